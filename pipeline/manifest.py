@@ -1,0 +1,85 @@
+"""The run manifest (``_run.json``): what produced the data, and whether a rerun may join it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from importlib import metadata
+from typing import Any
+
+from pipeline.config import JobConfig, to_dict
+from pipeline.models import ModelSpec
+
+PACKAGES = ("autolabel", "sam2", "torch", "torchvision", "ray", "pycocotools", "pyarrow", "numpy")
+
+# Settings that change the masks; the rest (runtime, storage) may differ between reruns.
+FINGERPRINT_SECTIONS = ("model", "amg", "image")
+
+
+class RunConflictError(ValueError):
+    """The output already holds a run made with other settings."""
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that shape the output."""
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def fingerprint(job: JobConfig, model: ModelSpec) -> str:
+    """A hash of everything that decides the masks: model identity and generator settings."""
+    config = to_dict(job)
+    identity = {section: config[section] for section in FINGERPRINT_SECTIONS}
+    identity["resolved_model"] = {"config": model.config, "checkpoint": model.checkpoint}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def new_manifest(
+    job: JobConfig, model: ModelSpec, source: str, num_images: int, num_shards: int
+) -> dict[str, Any]:
+    """The manifest written when a run starts.
+
+    Args:
+        job: the resolved config.
+        model: the resolved model (config + checkpoint).
+        source: the ``--input`` as given.
+        num_images: images listed; num_shards: shards planned.
+    """
+    return {
+        "format": "autolabel-run/1",
+        "fingerprint": fingerprint(job, model),
+        "config": to_dict(job),
+        "model": {"name": model.name, "config": model.config, "checkpoint": model.checkpoint},
+        "input": source,
+        "versions": package_versions(),
+        "planned": {"images": num_images, "shards": num_shards},
+        "started_at": time.time(),
+        "status": "running",
+    }
+
+
+def check_compatible(existing: dict[str, Any] | None, manifest: dict[str, Any]) -> None:
+    """Refuse to mix runs: the output's manifest must have the same fingerprint.
+
+    Raises:
+        RunConflictError: the output holds a run with a different config or model.
+    """
+    if existing is None or existing.get("fingerprint") == manifest["fingerprint"]:
+        return
+    differences = [
+        section
+        for section in FINGERPRINT_SECTIONS
+        if existing.get("config", {}).get(section) != manifest["config"][section]
+    ]
+    what = ", ".join(differences) or "model"
+    raise RunConflictError(
+        f"the output holds a run with different settings ({what}); "
+        "use another --output, or --overwrite to replace it"
+    )

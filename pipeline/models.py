@@ -1,0 +1,210 @@
+"""Model identity: official names → sam2 config + checkpoint URL, checkpoint fetching, building.
+
+Checkpoints use the official layout (a ``torch.save``-d dict whose ``"model"`` entry is the
+state dict), so a random test checkpoint and a downloaded one go through the same loader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from pipeline.errors import one_line
+from pipeline.storage import open_fs, strip_protocol
+
+CHECKPOINT_BASE = "https://dl.fbaipublicfiles.com/segment_anything_2"
+
+# name → (sam2 config name, checkpoint URL); the eight checkpoints Meta publishes.
+OFFICIAL_MODELS: dict[str, tuple[str, str]] = {
+    "sam2-hiera-tiny": ("configs/sam2/sam2_hiera_t.yaml", "072824/sam2_hiera_tiny.pt"),
+    "sam2-hiera-small": ("configs/sam2/sam2_hiera_s.yaml", "072824/sam2_hiera_small.pt"),
+    "sam2-hiera-base-plus": (
+        "configs/sam2/sam2_hiera_b+.yaml",
+        "072824/sam2_hiera_base_plus.pt",
+    ),
+    "sam2-hiera-large": ("configs/sam2/sam2_hiera_l.yaml", "072824/sam2_hiera_large.pt"),
+    "sam2.1-hiera-tiny": ("configs/sam2.1/sam2.1_hiera_t.yaml", "092824/sam2.1_hiera_tiny.pt"),
+    "sam2.1-hiera-small": ("configs/sam2.1/sam2.1_hiera_s.yaml", "092824/sam2.1_hiera_small.pt"),
+    "sam2.1-hiera-base-plus": (
+        "configs/sam2.1/sam2.1_hiera_b+.yaml",
+        "092824/sam2.1_hiera_base_plus.pt",
+    ),
+    "sam2.1-hiera-large": ("configs/sam2.1/sam2.1_hiera_l.yaml", "092824/sam2.1_hiera_large.pt"),
+}
+OFFICIAL_MODELS = {
+    name: (config, f"{CHECKPOINT_BASE}/{path}") for name, (config, path) in OFFICIAL_MODELS.items()
+}
+
+# Same switches sam2's build_sam2 applies with apply_postprocessing=True.
+POSTPROCESSING_OVERRIDES = {
+    "model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability": True,
+    "model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta": 0.05,
+    "model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh": 0.98,
+}
+
+
+class ModelError(ValueError):
+    """A model that cannot be resolved or loaded; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to build: a sam2 config (package name or yaml path) and a checkpoint URI."""
+
+    config: str
+    checkpoint: str | None
+    name: str | None = None
+
+
+def resolve_model(name: str | None, config: str | None, checkpoint: str | None) -> ModelSpec:
+    """Turn the ``model.*`` settings into a concrete config and checkpoint.
+
+    Args:
+        name: one of ``OFFICIAL_MODELS`` or None.
+        config: a sam2 config name (``configs/sam2.1/sam2.1_hiera_t.yaml``) or a yaml path;
+            overrides the name's config.
+        checkpoint: local path or fsspec URI (``s3://``, ``https://`` …); overrides the
+            name's download URL.
+    """
+    if name is not None and name not in OFFICIAL_MODELS:
+        known = ", ".join(OFFICIAL_MODELS)
+        raise ModelError(f"unknown model.name {name!r}; expected one of: {known}")
+    default_config, default_url = OFFICIAL_MODELS.get(name, (None, None))
+    config = config or default_config
+    checkpoint = checkpoint or default_url
+    if config is None:
+        raise ModelError("set model.name, or model.config and model.checkpoint")
+    if not is_package_config(config) and not Path(config).is_file():
+        raise ModelError(f"model.config {config!r} is neither a sam2 config nor a yaml file")
+    return ModelSpec(config=config, checkpoint=checkpoint, name=name)
+
+
+def is_package_config(config: str) -> bool:
+    """True when ``config`` names a yaml shipped inside the sam2 package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sam2")
+    root = Path(spec.origin).parent if spec and spec.origin else None
+    return root is not None and config.startswith("configs/") and (root / config).is_file()
+
+
+def check_checkpoint(uri: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Fail fast (before any model loads) when a checkpoint cannot be found.
+
+    Args:
+        uri: local path or fsspec URI of the checkpoint.
+        storage_options: fsspec options for that URI's filesystem.
+    """
+    try:
+        fs, path = open_fs(uri, storage_options)
+        found = fs.exists(path)
+    except Exception as error:  # any filesystem error means "cannot read it"
+        raise ModelError(f"cannot read checkpoint {uri}: {one_line(error)}") from error
+    if not found:
+        raise ModelError(f"checkpoint not found: {uri}")
+
+
+def cache_dir() -> Path:
+    """Per-node checkpoint cache: ``$AUTOLABEL_CACHE`` or ``~/.cache/autolabel/checkpoints``."""
+    default = Path.home() / ".cache" / "autolabel" / "checkpoints"
+    return Path(os.environ.get("AUTOLABEL_CACHE", default))
+
+
+def local_checkpoint(uri: str, storage_options: dict[str, Any] | None = None) -> str:
+    """Return a local path for ``uri``, downloading a remote one once per node.
+
+    Concurrent callers (several actors starting on one node) serialise on a file lock; the
+    file is written under a temporary name and renamed, so a reader never sees a partial one.
+
+    Args:
+        uri: local path or fsspec URI of the checkpoint.
+        storage_options: fsspec options for that URI's filesystem.
+    """
+    fs, path = open_fs(uri, storage_options)
+    if "file" in as_tuple(fs.protocol):
+        return strip_protocol(uri)
+    from filelock import FileLock
+
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    target = cache_dir() / f"{digest}-{Path(path).name}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not target.exists():
+            partial = target.with_name(target.name + ".partial")
+            with fs.open(path, "rb") as src, open(partial, "wb") as dst:
+                shutil.copyfileobj(src, dst, length=8 << 20)
+            os.replace(partial, target)
+    return str(target)
+
+
+def as_tuple(protocol: str | tuple[str, ...]) -> tuple[str, ...]:
+    """fsspec's ``protocol`` is a string or a tuple; make it a tuple."""
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def load_model_config(config: str) -> Any:
+    """Load a sam2 model config, by package name through hydra or by path, as an OmegaConf."""
+    from omegaconf import OmegaConf
+
+    if is_package_config(config):
+        from hydra import compose
+
+        import sam2  # noqa: F401  (initialises hydra's search path on the sam2 package)
+
+        cfg = compose(config_name=config)
+    else:
+        cfg = OmegaConf.load(config)
+    for key, value in POSTPROCESSING_OVERRIDES.items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def build_model(spec: ModelSpec, device: str, storage_options: dict[str, Any] | None = None):
+    """Build a SAM 2 model in eval mode on ``device`` with the checkpoint's weights.
+
+    Package configs go through sam2's own ``build_sam2``; a yaml path is loaded the same way
+    (same post-processing switches, same checkpoint loader).
+
+    Args:
+        spec: the resolved config and checkpoint.
+        device: ``"cpu"`` or ``"cuda"`` / ``"cuda:N"``.
+        storage_options: fsspec options for a remote checkpoint.
+    """
+    ckpt = local_checkpoint(spec.checkpoint, storage_options) if spec.checkpoint else None
+    if is_package_config(spec.config):
+        from sam2.build_sam import build_sam2
+
+        return build_sam2(spec.config, ckpt, device=device, mode="eval")
+    from hydra.utils import instantiate
+    from sam2.build_sam import _load_checkpoint
+
+    model = instantiate(load_model_config(spec.config).model, _recursive_=True)
+    _load_checkpoint(model, ckpt)
+    return model.to(device).eval()
+
+
+def save_random_checkpoint(config: str, out: str, seed: int = 0) -> str:
+    """Write a randomly initialised model for ``config`` in the official checkpoint layout.
+
+    Used by the offline demo and tests, where official weights cannot be downloaded.
+
+    Args:
+        config: a sam2 config name or yaml path.
+        out: where to write the ``.pt`` file (local path or fsspec URI).
+        seed: torch seed, so the same seed gives the same weights.
+    """
+    import torch
+    from hydra.utils import instantiate
+
+    torch.manual_seed(seed)
+    model = instantiate(load_model_config(config).model, _recursive_=True)
+    with fsspec.open(out, "wb") as f:
+        torch.save({"model": model.state_dict()}, f)
+    return out

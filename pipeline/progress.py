@@ -1,0 +1,109 @@
+"""What the user watches: a live progress bar during the run and a summary table after it."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import ray
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+# Without a terminal (CI logs, `ray job submit`), print a plain line this often instead.
+PLAIN_INTERVAL_S = 10.0
+
+
+@ray.remote(num_cpus=0)
+class ProgressTracker:
+    """Images and masks done in each running shard, as reported by the workers."""
+
+    def __init__(self) -> None:
+        self.shards: dict[str, tuple[int, int]] = {}
+
+    def report(self, shard: str, images: int, masks: int) -> None:
+        """A worker's latest counts for ``shard`` (a retry overwrites the failed attempt's)."""
+        self.shards[shard] = (images, masks)
+
+    def forget(self, shard: str) -> None:
+        """Drop a shard that finished (the driver counts it) or failed (it will restart)."""
+        self.shards.pop(shard, None)
+
+    def totals(self, running: list[str]) -> tuple[int, int]:
+        """Images and masks done so far in the given running shards."""
+        counts = [self.shards.get(name, (0, 0)) for name in running]
+        return sum(i for i, _ in counts), sum(m for _, m in counts)
+
+
+class ProgressView:
+    """Images done/total, images/s, masks/s and ETA: a live bar on a terminal, lines otherwise.
+
+    Args:
+        total: images to process in this run.
+        enabled: False shows nothing (tests, library use).
+    """
+
+    def __init__(self, total: int, enabled: bool = True) -> None:
+        self.total = total
+        self.enabled = enabled
+        self.console = Console(file=sys.stderr)
+        self.live = enabled and self.console.is_terminal
+        self.start = time.time()
+        self.last_line = 0.0
+        self.progress = Progress(
+            TextColumn("[bold]labelling"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("images · {task.fields[ips]:.2f} img/s · {task.fields[mps]:.1f} masks/s"),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not self.live,
+        )
+        self.task = self.progress.add_task("images", total=total, ips=0.0, mps=0.0)
+
+    def __enter__(self) -> ProgressView:
+        self.start = time.time()
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, images: int, masks: int) -> None:
+        """Show the latest totals of this run."""
+        elapsed = max(time.time() - self.start, 1e-6)
+        ips, mps = images / elapsed, masks / elapsed
+        self.progress.update(self.task, completed=images, ips=ips, mps=mps)
+        if self.enabled and not self.live and time.time() - self.last_line >= PLAIN_INTERVAL_S:
+            self.last_line = time.time()
+            eta = (self.total - images) / ips if ips > 0 else float("nan")
+            self.console.print(
+                f"labelling: {images}/{self.total} images, {ips:.2f} img/s, "
+                f"{mps:.1f} masks/s, ETA {eta:.0f} s",
+                highlight=False,
+            )
+
+
+def summary_table(summary: Any) -> Table:
+    """The end-of-run table: images ok/failed, masks, throughput, shards, output."""
+    table = Table(title="autolabel run", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    rate = summary.images_this_run / summary.seconds if summary.seconds else 0.0
+    mask_rate = summary.masks_this_run / summary.seconds if summary.seconds else 0.0
+    per_image = summary.masks / summary.ok if summary.ok else 0.0
+    rows = [
+        ("images ok", f"{summary.ok}"),
+        ("images failed", f"{summary.errors}"),
+        ("masks", f"{summary.masks} ({per_image:.1f} per image)"),
+        ("this run", f"{summary.images_this_run} images in {summary.seconds:.1f} s"),
+        ("throughput", f"{rate:.2f} images/s, {mask_rate:.1f} masks/s"),
+        ("shards", f"{summary.shards_done} done, {summary.shards_skipped} already committed"),
+        ("output", summary.output),
+    ]
+    if summary.failed_shards:
+        rows.append(("FAILED shards", ", ".join(sorted(summary.failed_shards))))
+    for row in rows:
+        table.add_row(*row)
+    return table

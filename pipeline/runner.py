@@ -1,0 +1,239 @@
+"""The driver: plan, launch actors, hand out shards, retry, watch progress, summarise.
+
+The driver never touches per-image data: actors read, compute and commit; only counts come
+back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from pipeline.config import JobConfig
+from pipeline.errors import one_line
+from pipeline.manifest import check_compatible, new_manifest
+from pipeline.models import ModelSpec, check_checkpoint, resolve_model
+from pipeline.progress import ProgressTracker, ProgressView
+from pipeline.sources import Shard, list_images, plan_shards
+from pipeline.storage import open_fs, read_json, write_json_atomic
+from pipeline.writer import RunLayout, committed_shards, read_markers
+
+MAX_SHARD_ATTEMPTS = 3
+
+
+@dataclass
+class RunPlan:
+    """Everything checked before any model loads."""
+
+    job: JobConfig
+    model: ModelSpec
+    source: str
+    output: str
+    shards: list[Shard]
+    todo: list[Shard]
+    manifest: dict[str, Any]
+
+    @property
+    def num_images(self) -> int:
+        return sum(len(s.images) for s in self.shards)
+
+
+@dataclass
+class RunSummary:
+    """Counts of a finished run, for the summary table and the manifest."""
+
+    output: str
+    images: int = 0
+    ok: int = 0
+    errors: int = 0
+    masks: int = 0
+    shards_done: int = 0
+    shards_skipped: int = 0
+    failed_shards: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    images_this_run: int = 0
+    masks_this_run: int = 0
+
+    @property
+    def succeeded(self) -> bool:
+        return not self.failed_shards
+
+
+def plan_run(job: JobConfig, source: str, output: str, overwrite: bool = False) -> RunPlan:
+    """Validate model, input and output, and plan the shards, before any model loads.
+
+    Args:
+        job: the resolved config.
+        source: the ``--input`` (folder, glob, URI or manifest).
+        output: the ``--output`` folder or URI.
+        overwrite: replace an output that holds a run with other settings.
+
+    Raises:
+        ModelError, InputError, RunConflictError: with a one-line message.
+    """
+    options = job.storage.options
+    model = resolve_model(job.model.name, job.model.config, job.model.checkpoint)
+    if model.checkpoint:
+        check_checkpoint(model.checkpoint, options)
+    images = list_images(source, options)
+    shards = plan_shards(images, job.runtime.shard_size)
+    layout = RunLayout(output)
+    manifest = new_manifest(job, model, source, len(images), len(shards))
+    existing = read_json(layout.manifest, options)
+    if overwrite and existing is not None:
+        remove_run(layout, options)
+        existing = None
+    check_compatible(existing, manifest)
+    done = committed_shards(layout, options) if existing else set()
+    todo = [s for s in shards if s.name not in done]
+    return RunPlan(job, model, source, output, shards, todo, manifest)
+
+
+def remove_run(layout: RunLayout, storage_options: dict[str, Any] | None) -> None:
+    """Delete a previous run's files (``--overwrite``)."""
+    for folder in (layout.markers_dir, layout.masks_dir, layout.images_dir):
+        fs, path = open_fs(folder, storage_options)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    fs, path = open_fs(layout.manifest, storage_options)
+    if fs.exists(path):
+        fs.rm(path)
+
+
+def connect_ray(address: str | None) -> None:
+    """Join a running cluster when there is one, else start a local one."""
+    if not ray.is_initialized():
+        ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False)
+
+
+def actor_resources(job: JobConfig) -> tuple[int, dict[str, float]]:
+    """How many actors to start and what each one reserves."""
+    rt = job.runtime
+    resources = ray.cluster_resources()
+    gpus = 0.0 if rt.device == "cpu" else resources.get("GPU", 0.0)
+    if gpus > 0:
+        count = rt.num_actors or max(1, int(gpus / rt.gpus_per_actor))
+        return count, {"num_gpus": rt.gpus_per_actor, "num_cpus": min(rt.cpus_per_actor, 1.0)}
+    cpus = resources.get("CPU", 1.0)
+    count = rt.num_actors or max(1, int(cpus // rt.cpus_per_actor))
+    return count, {"num_gpus": 0, "num_cpus": min(rt.cpus_per_actor, cpus)}
+
+
+def execute(plan: RunPlan, show_progress: bool = True) -> RunSummary:
+    """Run the planned shards on Ray actors and return the run's summary.
+
+    Args:
+        plan: from ``plan_run``.
+        show_progress: draw the live progress bar.
+    """
+    from pipeline.worker import ShardWorker
+
+    layout = RunLayout(plan.output)
+    options = plan.job.storage.options
+    write_json_atomic(layout.manifest, plan.manifest, options)
+    start = time.time()
+    summary = RunSummary(output=plan.output, shards_skipped=len(plan.shards) - len(plan.todo))
+    if plan.todo:
+        connect_ray(plan.job.runtime.address)
+        tracker = ProgressTracker.remote()
+        count, resources = actor_resources(plan.job)
+        count = min(count, len(plan.todo))
+        remote_worker = ray.remote(max_restarts=0)(ShardWorker).options(**resources)
+
+        def launch():
+            return remote_worker.remote(plan.job, plan.model, plan.output, tracker)
+
+        view = ProgressView(sum(len(s.images) for s in plan.todo), enabled=show_progress)
+        with view:
+            dispatch(plan.todo, [launch() for _ in range(count)], launch, tracker, view, summary)
+        ray.kill(tracker)
+    summary.seconds = time.time() - start
+    finish_manifest(plan, summary, layout)
+    return summary
+
+
+def dispatch(todo, workers, launch, tracker, view, summary: RunSummary) -> None:
+    """Hand shards to workers (two in flight each), retry failed ones on fresh actors."""
+    queue = deque((shard, 1) for shard in todo)
+    in_flight: dict[Any, tuple[Shard, int, Any]] = {}
+
+    def submit(worker) -> None:
+        if queue:
+            shard, attempt = queue.popleft()
+            in_flight[worker.process.remote(shard)] = (shard, attempt, worker)
+
+    for worker in workers:
+        submit(worker)
+        submit(worker)
+    def show() -> None:
+        running = [shard.name for shard, _, _ in in_flight.values()]
+        images, masks = ray.get(tracker.totals.remote(running))
+        view.update(summary.images_this_run + images, summary.masks_this_run + masks)
+
+    while in_flight:
+        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+        show()
+        for ref in ready:
+            shard, attempt, worker = in_flight.pop(ref)
+            try:
+                result = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError) as error:
+                worker = replace_dead(worker, in_flight, launch)
+                retry(queue, summary, shard, attempt, f"worker died: {one_line(error)}")
+            except ray.exceptions.RayTaskError as error:
+                retry(queue, summary, shard, attempt, one_line(error.cause or error))
+            else:
+                summary.shards_done += 1
+                summary.images_this_run += result["images"]
+                summary.masks_this_run += result["masks"]
+            tracker.forget.remote(shard.name)
+            submit(worker)
+    show()
+
+
+def replace_dead(worker, in_flight: dict, launch):
+    """Start a new actor for a dead one and move the dead one's queued shards onto it."""
+    fresh = launch()
+    for ref, (shard, attempt, owner) in list(in_flight.items()):
+        if owner is worker:
+            in_flight[ref] = (shard, attempt, fresh)
+    return fresh
+
+
+def retry(queue: deque, summary: RunSummary, shard: Shard, attempt: int, reason: str) -> None:
+    """Queue a failed shard again, or give up on it after ``MAX_SHARD_ATTEMPTS``."""
+    logging.getLogger(__name__).warning("%s attempt %d failed: %s", shard.name, attempt, reason)
+    if attempt < MAX_SHARD_ATTEMPTS:
+        queue.append((shard, attempt + 1))
+    else:
+        summary.failed_shards[shard.name] = reason
+
+
+def finish_manifest(plan: RunPlan, summary: RunSummary, layout: RunLayout) -> None:
+    """Total the committed shards and record the outcome in the manifest."""
+    options = plan.job.storage.options
+    for marker in read_markers(layout, options):
+        summary.images += marker["images"]
+        summary.ok += marker["ok"]
+        summary.errors += marker["errors"]
+        summary.masks += marker["masks"]
+    manifest = {
+        **plan.manifest,
+        "finished_at": time.time(),
+        "status": "complete" if summary.succeeded else "failed",
+        "counts": {
+            "images": summary.images,
+            "ok": summary.ok,
+            "errors": summary.errors,
+            "masks": summary.masks,
+            "shards_committed": summary.shards_done + summary.shards_skipped,
+        },
+        "failed_shards": summary.failed_shards,
+        "seconds": summary.seconds,
+    }
+    write_json_atomic(layout.manifest, manifest, options)

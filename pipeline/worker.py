@@ -1,0 +1,166 @@
+"""What runs inside one Ray actor: load the model once, then turn shards into committed files.
+
+Reading and decoding run in a thread pool ahead of the model, so I/O overlaps inference.
+Only counts go back to the driver; rows go straight to storage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.config import JobConfig
+from pipeline.errors import one_line
+from pipeline.imageio import DecodedImage, ImageReadError, load_image
+from pipeline.models import ModelSpec
+from pipeline.schema import IMAGE_SCHEMA, MASK_SCHEMA, image_row, image_table, mask_rows
+from pipeline.sources import ImageRef, Shard
+from pipeline.writer import RunLayout, commit_shard
+
+
+def pick_device(requested: str) -> str:
+    """``cuda`` when asked for or available (``auto``), else ``cpu``."""
+    import torch
+
+    if requested == "cpu":
+        return "cpu"
+    if requested == "cuda" or torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+class ShardWorker:
+    """Holds one model and processes shards, one at a time.
+
+    Args:
+        job: the resolved job config.
+        model: the resolved model spec.
+        output: the run's output root (path or URI).
+        progress: an actor handle with ``report(shard, images, masks)``, or None.
+    """
+
+    def __init__(self, job: JobConfig, model: ModelSpec, output: str, progress: Any = None):
+        import torch
+
+        from pipeline.generator import MaskGenerator, default_dtype
+        from pipeline.models import build_model
+
+        logging.getLogger("root").setLevel(logging.WARNING)
+        # sam2 builds with torch.jit.script, which torch now flags on every model load.
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        self.job = job
+        self.layout = RunLayout(output)
+        self.progress = progress
+        self.storage_options = dict(job.storage.options)
+        self.device = pick_device(job.runtime.device)
+        if self.device == "cpu":
+            torch.set_num_threads(max(1, int(job.runtime.cpus_per_actor)))
+        dtype = job.model.dtype or default_dtype(self.device)
+        sam = build_model(model, self.device, self.storage_options)
+        self.generator = MaskGenerator(sam, job.amg, dtype=dtype)
+        self.readers = ThreadPoolExecutor(job.runtime.read_threads, thread_name_prefix="read")
+
+    def pid(self) -> int:
+        """The actor's process id (tests kill it to simulate a crash)."""
+        return os.getpid()
+
+    def process(self, shard: Shard) -> dict[str, Any]:
+        """Generate masks for every image of ``shard`` and commit its files.
+
+        Returns:
+            The shard's counts: images, ok, errors, masks, seconds.
+        """
+        start = time.perf_counter()
+        tables: list[pa.Table] = []
+        rows: list[dict[str, Any]] = []
+        masks_done = 0
+        for ref, loaded in self.decoded(shard.images):
+            row, table = self.label_image(ref, loaded, shard.name)
+            rows.append(row)
+            if table is not None:
+                tables.append(table)
+                masks_done += table.num_rows
+            self.report(shard.name, len(rows), masks_done)
+        masks = pa.concat_tables(tables) if tables else MASK_SCHEMA.empty_table()
+        errors = sum(row["status"] == "error" for row in rows)
+        stats = {
+            "images": len(rows),
+            "ok": len(rows) - errors,
+            "errors": errors,
+            "masks": masks.num_rows,
+            "seconds": time.perf_counter() - start,
+        }
+        commit_shard(
+            self.layout,
+            shard.name,
+            masks,
+            image_table(rows) if rows else IMAGE_SCHEMA.empty_table(),
+            stats,
+            self.storage_options,
+            row_group_size=self.job.output.mask_row_group_size,
+            compression=self.job.output.compression,
+        )
+        return {**stats, "shard": shard.name}
+
+    def decoded(self, images: tuple[ImageRef, ...]) -> Iterator[tuple[ImageRef, Future]]:
+        """Yield each image with its decode future, keeping ``prefetch`` decodes in flight."""
+        pending: deque[tuple[ImageRef, Future]] = deque()
+        queue = iter(images)
+        for ref in queue:
+            pending.append((ref, self.readers.submit(self.load, ref.uri)))
+            if len(pending) >= self.job.runtime.prefetch:
+                yield pending.popleft()
+        while pending:
+            yield pending.popleft()
+
+    def load(self, uri: str) -> DecodedImage:
+        """Read and decode one image with the job's limits."""
+        return load_image(
+            uri,
+            self.storage_options,
+            max_short_side=self.job.image.max_short_side,
+            max_pixels=self.job.image.max_pixels,
+        )
+
+    def label_image(
+        self, ref: ImageRef, loaded: Future, shard: str
+    ) -> tuple[dict[str, Any], pa.Table | None]:
+        """One image's row and mask table; any failure becomes an error row."""
+        start = time.perf_counter()
+        try:
+            image = loaded.result()
+        except ImageReadError as error:
+            return image_row(ref.image_id, ref.uri, shard, error=str(error)), None
+        except Exception as error:  # e.g. MemoryError while decoding
+            reason = f"cannot read image: {one_line(error)}"
+            return image_row(ref.image_id, ref.uri, shard, error=reason), None
+        try:
+            records = self.generator.generate(image.pixels)
+        except Exception as error:  # one bad image must not stop the shard
+            reason = f"mask generation failed: {one_line(error)}"
+            return image_row(ref.image_id, ref.uri, shard, error=reason), None
+        row = image_row(
+            ref.image_id,
+            ref.uri,
+            shard,
+            width=image.width,
+            height=image.height,
+            original_width=image.original_width,
+            original_height=image.original_height,
+            num_masks=len(records),
+            seconds=time.perf_counter() - start,
+        )
+        return row, mask_rows(ref.image_id, ref.uri, records)
+
+    def report(self, shard: str, images: int, masks: int) -> None:
+        """Tell the driver's progress tracker how far this shard is (fire and forget)."""
+        if self.progress is not None:
+            self.progress.report.remote(shard, images, masks)
