@@ -1,0 +1,99 @@
+"""Config: presets, overrides and one-line errors before anything loads."""
+
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.config import ConfigError, load_config
+
+
+def test_defaults_match_sam2_generator():
+    import inspect
+
+    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+    amg = load_config().amg
+    params = inspect.signature(SAM2AutomaticMaskGenerator.__init__).parameters
+    for name in ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
+                 "stability_score_offset", "mask_threshold", "box_nms_thresh", "crop_n_layers",
+                 "crop_nms_thresh", "crop_overlap_ratio", "crop_n_points_downscale_factor",
+                 "min_mask_region_area", "use_m2m", "multimask_output"):
+        assert getattr(amg, name) == pytest.approx(params[name].default), name
+    assert load_config("default").amg == amg
+
+
+def test_sa1b_preset_has_the_automatic_stage_settings():
+    job = load_config("sa1b")
+    assert (job.amg.points_per_side, job.amg.crop_n_layers) == (32, 2)
+    assert job.amg.crop_n_points_downscale_factor == 2
+    assert job.amg.pred_iou_thresh == pytest.approx(0.88)
+    assert job.amg.stability_score_thresh == pytest.approx(0.95)
+    assert job.amg.stability_score_offset == 1.0
+    assert job.amg.box_nms_thresh == pytest.approx(0.7)
+    assert job.amg.min_mask_region_area == 100
+    assert job.amg.max_mask_area_fraction == pytest.approx(0.95)
+    assert job.image.max_short_side == 1500
+
+
+def test_overrides_win_over_preset():
+    job = load_config("sa1b", ["amg.points_per_side=8", "runtime.gpus_per_actor=0.5"])
+    assert job.amg.points_per_side == 8
+    assert job.runtime.gpus_per_actor == 0.5
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("amg.no_such_key=1", "unknown config key: amg.no_such_key"),
+        ("nosection.x=1", "unknown config key"),
+        ("amg.points_per_side=many", "bad value for amg.points_per_side"),
+        ("amg.pred_iou_thresh=1.5", "amg.pred_iou_thresh must be in [0, 1]"),
+        ("model.dtype=float8", "model.dtype must be one of"),
+        ("runtime.shard_size=0", "runtime.shard_size must be >= 1"),
+        ("points_per_side", "is not of the form key=value"),
+    ],
+)
+def test_bad_overrides_are_one_line_errors(override, message):
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, [override])
+    assert message in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_cli_rejects_bad_key_before_loading_anything(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", "--input", str(tmp_path),
+         "--output", str(tmp_path / "out"), "amg.points_per_sid=4"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "autolabel: error: unknown config key: amg.points_per_sid"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--input", "/no/such/folder"], "input not found: /no/such/folder"),
+        (["--input", "{empty}"], "no images found in"),
+        (["--input", "{images}", "model.checkpoint=/no/such.pt"], "checkpoint not found: /no/such.pt"),
+        (["--input", "{images}", "model.name=sam3-huge"], "unknown model.name 'sam3-huge'"),
+    ],
+)
+def test_cli_input_and_model_errors(tmp_path, image_folder, micro_overrides, args, message):
+    (tmp_path / "empty").mkdir()
+    args = [a.format(empty=tmp_path / "empty", images=image_folder) for a in args]
+    overrides = [o for o in micro_overrides if not o.startswith("model.checkpoint")]
+    if not any(a.startswith("model.checkpoint") for a in args):
+        overrides = micro_overrides
+    if any(a.startswith("model.name") for a in args):
+        overrides = []
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", "--output", str(tmp_path / "out"),
+         *args, *overrides],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
