@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,8 +136,7 @@ def local_checkpoint(uri: str, storage_options: dict[str, Any] | None = None) ->
     with FileLock(str(target) + ".lock"):
         if not target.exists():
             partial = target.with_name(target.name + ".partial")
-            with fs.open(path, "rb") as src, open(partial, "wb") as dst:
-                shutil.copyfileobj(src, dst, length=8 << 20)
+            fs.get_file(path, str(partial))
             os.replace(partial, target)
     return str(target)
 
