@@ -80,6 +80,8 @@ def run_command(args: argparse.Namespace) -> int:
     )
     summary = execute(plan, show_progress=not args.no_progress)
     Console().print(summary_table(summary))
+    # A plain line (never wrapped by the table) that users can copy.
+    print(f"output: {summary.output}")
     return 0 if summary.succeeded else 1
 
 

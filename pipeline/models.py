@@ -151,9 +151,8 @@ def load_model_config(config: str) -> Any:
     from omegaconf import OmegaConf
 
     if is_package_config(config):
-        from hydra import compose
-
         import sam2  # noqa: F401  (initialises hydra's search path on the sam2 package)
+        from hydra import compose
 
         cfg = compose(config_name=config)
     else:

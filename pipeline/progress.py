@@ -86,7 +86,7 @@ class ProgressView:
 
 
 def summary_table(summary: Any) -> Table:
-    """The end-of-run table: images ok/failed, masks, throughput, shards, output."""
+    """The end-of-run table: images ok/failed, masks, throughput, shards."""
     table = Table(title="autolabel run", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value")
@@ -100,7 +100,6 @@ def summary_table(summary: Any) -> Table:
         ("this run", f"{summary.images_this_run} images in {summary.seconds:.1f} s"),
         ("throughput", f"{rate:.2f} images/s, {mask_rate:.1f} masks/s"),
         ("shards", f"{summary.shards_done} done, {summary.shards_skipped} already committed"),
-        ("output", summary.output),
     ]
     if summary.failed_shards:
         rows.append(("FAILED shards", ", ".join(sorted(summary.failed_shards))))

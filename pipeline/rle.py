@@ -43,4 +43,7 @@ def bbox(rle: dict[str, Any]) -> list[float]:
 def as_pycocotools(rle: dict[str, Any]) -> dict[str, Any]:
     """The dict pycocotools wants: ``size`` as a list, ``counts`` as bytes."""
     counts = rle["counts"]
-    return {"size": list(rle["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
+    return {
+        "size": list(rle["size"]),
+        "counts": counts.encode() if isinstance(counts, str) else counts,
+    }

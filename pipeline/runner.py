@@ -170,6 +170,7 @@ def dispatch(todo, workers, launch, tracker, view, summary: RunSummary) -> None:
     for worker in workers:
         submit(worker)
         submit(worker)
+
     def show() -> None:
         running = [shard.name for shard, _, _ in in_flight.values()]
         images, masks = ray.get(tracker.totals.remote(running))

@@ -138,7 +138,9 @@ def commit_shard(
         compression,
     )
     write_json_atomic(
-        layout.marker(shard), {**stats, "shard": shard, "committed_at": time.time()}, storage_options
+        layout.marker(shard),
+        {**stats, "shard": shard, "committed_at": time.time()},
+        storage_options,
     )
 
 

@@ -15,10 +15,22 @@ def test_defaults_match_sam2_generator():
 
     amg = load_config().amg
     params = inspect.signature(SAM2AutomaticMaskGenerator.__init__).parameters
-    for name in ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
-                 "stability_score_offset", "mask_threshold", "box_nms_thresh", "crop_n_layers",
-                 "crop_nms_thresh", "crop_overlap_ratio", "crop_n_points_downscale_factor",
-                 "min_mask_region_area", "use_m2m", "multimask_output"):
+    for name in (
+        "points_per_side",
+        "points_per_batch",
+        "pred_iou_thresh",
+        "stability_score_thresh",
+        "stability_score_offset",
+        "mask_threshold",
+        "box_nms_thresh",
+        "crop_n_layers",
+        "crop_nms_thresh",
+        "crop_overlap_ratio",
+        "crop_n_points_downscale_factor",
+        "min_mask_region_area",
+        "use_m2m",
+        "multimask_output",
+    ):
         assert getattr(amg, name) == pytest.approx(params[name].default), name
     assert load_config("default").amg == amg
 
@@ -63,9 +75,20 @@ def test_bad_overrides_are_one_line_errors(override, message):
 
 def test_cli_rejects_bad_key_before_loading_anything(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "--input", str(tmp_path),
-         "--output", str(tmp_path / "out"), "amg.points_per_sid=4"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "run",
+            "--input",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "out"),
+            "amg.points_per_sid=4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "autolabel: error: unknown config key: amg.points_per_sid"
@@ -77,7 +100,10 @@ def test_cli_rejects_bad_key_before_loading_anything(tmp_path):
     [
         (["--input", "/no/such/folder"], "input not found: /no/such/folder"),
         (["--input", "{empty}"], "no images found in"),
-        (["--input", "{images}", "model.checkpoint=/no/such.pt"], "checkpoint not found: /no/such.pt"),
+        (
+            ["--input", "{images}", "model.checkpoint=/no/such.pt"],
+            "checkpoint not found: /no/such.pt",
+        ),
         (["--input", "{images}", "model.name=sam3-huge"], "unknown model.name 'sam3-huge'"),
     ],
 )
@@ -90,9 +116,19 @@ def test_cli_input_and_model_errors(tmp_path, image_folder, micro_overrides, arg
     if any(a.startswith("model.name") for a in args):
         overrides = []
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "--output", str(tmp_path / "out"),
-         *args, *overrides],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "run",
+            "--output",
+            str(tmp_path / "out"),
+            *args,
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()

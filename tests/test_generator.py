@@ -19,14 +19,18 @@ def micro_model(micro_checkpoint):
 
 def stock_masks(model, amg, image):
     stock = SAM2AutomaticMaskGenerator(
-        model, output_mode="coco_rle", min_mask_region_area=0,
+        model,
+        output_mode="coco_rle",
+        min_mask_region_area=0,
         **{name: getattr(amg, name) for name in SAM2_ARGUMENTS},
     )
     fix_feature_sizes(stock.predictor)
     return stock.generate(image)
 
 
-@pytest.mark.parametrize("extra", [[], ["amg.crop_n_layers=1", "amg.points_per_side=3", "amg.crop_nms_thresh=1.0"]])
+@pytest.mark.parametrize(
+    "extra", [[], ["amg.crop_n_layers=1", "amg.points_per_side=3", "amg.crop_nms_thresh=1.0"]]
+)
 def test_same_masks_as_stock_generator(micro_model, extra):
     amg = load_config(None, PERMISSIVE + extra).amg
     ours = MaskGenerator(micro_model, amg)
@@ -35,7 +39,7 @@ def test_same_masks_as_stock_generator(micro_model, extra):
         expected = stock_masks(micro_model, amg, image)
         got = ours.generate(image)
         assert len(got) == len(expected) > 3
-        for mine, theirs in zip(got, expected):
+        for mine, theirs in zip(got, expected, strict=True):
             assert mine["segmentation"]["counts"] == theirs["segmentation"]["counts"]
             assert mine["segmentation"]["size"] == list(theirs["segmentation"]["size"])
             assert mine["area"] == theirs["area"]

@@ -20,7 +20,9 @@ def test_encode_decode_roundtrip():
     encoded = rle.encode_mask(mask)
     assert isinstance(encoded["counts"], str)
     assert encoded["size"] == [7, 11]
-    assert np.array_equal(mask_utils.decode({**encoded, "counts": encoded["counts"].encode()}), mask)
+    assert np.array_equal(
+        mask_utils.decode({**encoded, "counts": encoded["counts"].encode()}), mask
+    )
     assert rle.area(encoded) == int(mask.sum()) == 15
     assert rle.bbox(encoded) == [2.0, 1.0, 9.0, 5.0]
 
