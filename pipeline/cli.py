@@ -72,11 +72,10 @@ def run_command(args: argparse.Namespace) -> int:
 
     job = load_config(args.config, args.overrides)
     plan = plan_run(job, args.input, args.output, overwrite=args.overwrite)
-    console = Console(stderr=True)
-    console.print(
-        f"{plan.num_images} images in {len(plan.shards)} shards; "
-        f"{len(plan.shards) - len(plan.todo)} already committed; model {plan.model.config}",
-        highlight=False,
+    print(
+        f"{plan.num_images} images in {len(plan.shards)} shards "
+        f"({len(plan.shards) - len(plan.todo)} already committed); model {plan.model.config}",
+        file=sys.stderr,
     )
     summary = execute(plan, show_progress=not args.no_progress)
     Console().print(summary_table(summary))

@@ -77,10 +77,10 @@ class ProgressView:
         self.progress.update(self.task, completed=images, ips=ips, mps=mps)
         if self.enabled and not self.live and time.time() - self.last_line >= PLAIN_INTERVAL_S:
             self.last_line = time.time()
-            eta = (self.total - images) / ips if ips > 0 else float("nan")
+            eta = f"{(self.total - images) / ips:.0f} s" if ips > 0 else "?"
             self.console.print(
                 f"labelling: {images}/{self.total} images, {ips:.2f} img/s, "
-                f"{mps:.1f} masks/s, ETA {eta:.0f} s",
+                f"{mps:.1f} masks/s, ETA {eta}",
                 highlight=False,
             )
 
