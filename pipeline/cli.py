@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from pipeline.config import ConfigError, load_config
+from pipeline.errors import redact
 
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError,)
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except USER_ERRORS + user_errors() as error:
-        print(f"autolabel: error: {error}", file=sys.stderr)
+        print(f"autolabel: error: {redact(str(error))}", file=sys.stderr)
         return 2
 
 

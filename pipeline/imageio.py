@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from pipeline.errors import one_line
-from pipeline.storage import open_fs
+from pipeline.storage import open_fs, with_retries
 
 
 class ImageReadError(ValueError):
@@ -42,8 +42,7 @@ class DecodedImage:
 def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
     """Read a whole file through fsspec."""
     fs, path = open_fs(uri, storage_options)
-    with fs.open(path, "rb") as f:
-        return f.read()
+    return with_retries(lambda: fs.cat_file(path), what="read")
 
 
 def decode_image(data: bytes, max_short_side: int = 0, max_pixels: int = 0) -> DecodedImage:

@@ -10,6 +10,7 @@ from importlib import metadata
 from typing import Any
 
 from pipeline.config import JobConfig, to_dict
+from pipeline.errors import redact
 from pipeline.models import ModelSpec
 
 PACKAGES = ("autolabel", "sam2", "torch", "torchvision", "ray", "pycocotools", "pyarrow", "numpy")
@@ -56,8 +57,12 @@ def new_manifest(
         "format": "autolabel-run/1",
         "fingerprint": fingerprint(job, model),
         "config": to_dict(job),
-        "model": {"name": model.name, "config": model.config, "checkpoint": model.checkpoint},
-        "input": source,
+        "model": {
+            "name": model.name,
+            "config": model.config,
+            "checkpoint": redact(model.checkpoint) if model.checkpoint else None,
+        },
+        "input": redact(source),
         "versions": package_versions(),
         "planned": {"images": num_images, "shards": num_shards},
         "started_at": time.time(),

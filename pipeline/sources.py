@@ -13,7 +13,8 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.storage import as_uri, open_fs
+from pipeline.errors import one_line, redact
+from pipeline.storage import as_uri, open_fs, with_retries
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 MANIFEST_EXTENSIONS = (".txt", ".lst", ".csv", ".parquet")
@@ -60,11 +61,11 @@ def list_images(source: str, storage_options: dict[str, Any] | None = None) -> l
         InputError: the source does not exist, cannot be read, or lists no image.
     """
     try:
-        uris = list_uris(source, storage_options)
+        uris = with_retries(lambda: list_uris(source, storage_options), what="listing")
     except InputError:
         raise
     except Exception as error:
-        raise InputError(f"cannot list input {source}: {error}") from error
+        raise InputError(f"cannot list input {redact(source)}: {one_line(error)}") from error
     if not uris:
         raise InputError(f"no images found in {source}")
     refs = {uri: ImageRef(image_id_for(uri), uri) for uri in uris}
@@ -109,7 +110,7 @@ def read_manifest(fs, path: str, source: str) -> list[str]:
     except InputError:
         raise
     except Exception as error:
-        raise InputError(f"cannot read manifest {source}: {error}") from error
+        raise InputError(f"cannot read manifest {source}: {one_line(error)}") from error
     if lower.endswith(".csv"):
         reader = csv.DictReader(io.StringIO(text))
         if "uri" not in (reader.fieldnames or []):

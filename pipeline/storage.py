@@ -9,10 +9,56 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import fsspec
 from fsspec.core import url_to_fs
+
+from pipeline.errors import redact
+
+T = TypeVar("T")
+
+# Errors that mean "the data is not there" or "not allowed": retrying cannot help.
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
+    FileNotFoundError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+    ValueError,
+)
+
+
+def with_retries(
+    action: Callable[[], T], attempts: int = 5, first_delay: float = 0.5, what: str = "storage"
+) -> T:
+    """Run ``action``, retrying transient storage errors with exponential backoff.
+
+    Args:
+        action: the call to make (no arguments).
+        attempts: tries in all before the last error is raised.
+        first_delay: seconds before the second try; doubled each time.
+        what: a name for the log line of each retry.
+    """
+    delay = first_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except PERMANENT_ERRORS:
+            raise
+        except (OSError, TimeoutError, ConnectionError) as error:
+            if attempt == attempts:
+                raise
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "%s error (try %d of %d), retrying in %.1f s: %s",
+                what, attempt, attempts, delay, redact(str(error)),
+            )
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
 
 
 def open_fs(uri: str, storage_options: dict[str, Any] | None = None):
@@ -75,7 +121,7 @@ def write_json_atomic(uri: str, data: dict, storage_options: dict[str, Any] | No
             f.write(payload)
         os.replace(tmp, path)
     else:
-        fs.pipe_file(path, payload)
+        with_retries(lambda: fs.pipe_file(path, payload), what="write")
 
 
 __all__ = ["as_uri", "fsspec", "is_local", "join", "open_fs", "read_json", "write_json_atomic"]

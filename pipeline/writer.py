@@ -23,7 +23,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.storage import is_local, join, open_fs, read_json, write_json_atomic
+from pipeline.storage import (
+    is_local,
+    join,
+    open_fs,
+    read_json,
+    with_retries,
+    write_json_atomic,
+)
 
 MANIFEST_NAME = "_run.json"
 
@@ -96,14 +103,14 @@ def write_parquet(
     target = path
     if is_local(uri):
         target = f"{parent}/_{uuid.uuid4().hex}.{os.path.basename(path)}.partial"
-    with fs.open(target, "wb") as f:
-        pq.write_table(
-            table,
-            f,
-            row_group_size=row_group_size,
-            compression=compression,
-            write_statistics=True,
-        )
+
+    def upload() -> None:
+        with fs.open(target, "wb") as f:
+            pq.write_table(
+                table, f, row_group_size=row_group_size, compression=compression
+            )
+
+    with_retries(upload, what="write")
     if target != path:
         os.replace(target, path)
 
