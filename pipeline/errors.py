@@ -22,4 +22,3 @@ def redact(text: str) -> str:
     """Hide credentials in URIs: ``user:pass@`` and signed-URL query parameters."""
     text = _USERINFO.sub(r"\g<scheme>***@", text)
     return _SECRET_QUERY.sub(r"\g<key>***", text)
-

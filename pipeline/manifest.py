@@ -15,8 +15,9 @@ from pipeline.models import ModelSpec
 
 PACKAGES = ("autolabel", "sam2", "torch", "torchvision", "ray", "pycocotools", "pyarrow", "numpy")
 
-# Settings that change the masks; the rest (runtime, storage) may differ between reruns.
+# Settings that change the masks or the shard plan; the rest may differ between reruns.
 FINGERPRINT_SECTIONS = ("model", "amg", "image")
+FINGERPRINT_RUNTIME = ("shard_size",)
 
 
 class RunConflictError(ValueError):
@@ -38,6 +39,7 @@ def fingerprint(job: JobConfig, model: ModelSpec) -> str:
     """A hash of everything that decides the masks: model identity and generator settings."""
     config = to_dict(job)
     identity = {section: config[section] for section in FINGERPRINT_SECTIONS}
+    identity["runtime"] = {key: config["runtime"][key] for key in FINGERPRINT_RUNTIME}
     identity["resolved_model"] = {"config": model.config, "checkpoint": model.checkpoint}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -78,13 +80,41 @@ def check_compatible(existing: dict[str, Any] | None, manifest: dict[str, Any]) 
     """
     if existing is None or existing.get("fingerprint") == manifest["fingerprint"]:
         return
+    old = existing.get("config", {})
     differences = [
         section
         for section in FINGERPRINT_SECTIONS
-        if existing.get("config", {}).get(section) != manifest["config"][section]
+        if old.get(section) != manifest["config"][section]
+    ]
+    differences += [
+        f"runtime.{key}"
+        for key in FINGERPRINT_RUNTIME
+        if old.get("runtime", {}).get(key) != manifest["config"]["runtime"][key]
     ]
     what = ", ".join(differences) or "model"
     raise RunConflictError(
         f"the output holds a run with different settings ({what}); "
         "use another --output, or --overwrite to replace it"
     )
+
+
+def check_same_listing(markers: dict[str, dict[str, Any]], planned: dict[str, str]) -> None:
+    """Refuse to resume when a committed shard now stands for other images.
+
+    Args:
+        markers: committed shards' markers by shard name.
+        planned: the new plan's listing hash by shard name.
+
+    Raises:
+        RunConflictError: the input listing changed since those shards were committed.
+    """
+    changed = sorted(
+        name
+        for name, marker in markers.items()
+        if name not in planned or marker.get("listing_hash") != planned[name]
+    )
+    if changed:
+        raise RunConflictError(
+            f"the input listing changed since {changed[0]} was committed "
+            f"({len(changed)} shard(s) differ); use another --output, or --overwrite"
+        )

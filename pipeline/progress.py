@@ -102,7 +102,12 @@ def summary_table(summary: Any) -> Table:
         ("shards", f"{summary.shards_done} done, {summary.shards_skipped} already committed"),
     ]
     if summary.failed_shards:
-        rows.append(("FAILED shards", ", ".join(sorted(summary.failed_shards))))
+        failed = sorted(summary.failed_shards)
+        shown = ", ".join(failed[:10]) + (
+            f" and {len(failed) - 10} more" if len(failed) > 10 else ""
+        )
+        rows.append(("FAILED shards", shown))
+        rows.append(("reason", summary.fatal or summary.failed_shards[failed[0]]))
     for row in rows:
         table.add_row(*row)
     return table

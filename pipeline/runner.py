@@ -16,12 +16,12 @@ import ray
 
 from pipeline.config import JobConfig
 from pipeline.errors import one_line
-from pipeline.manifest import check_compatible, new_manifest
+from pipeline.manifest import check_compatible, check_same_listing, new_manifest
 from pipeline.models import ModelSpec, check_checkpoint, resolve_model
 from pipeline.progress import ProgressTracker, ProgressView
 from pipeline.sources import Shard, list_images, plan_shards
 from pipeline.storage import open_fs, read_json, write_json_atomic
-from pipeline.writer import RunLayout, committed_shards, read_markers
+from pipeline.writer import RunLayout, read_markers, remove_partials
 
 MAX_SHARD_ATTEMPTS = 3
 
@@ -58,6 +58,7 @@ class RunSummary:
     seconds: float = 0.0
     images_this_run: int = 0
     masks_this_run: int = 0
+    fatal: str | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -89,8 +90,9 @@ def plan_run(job: JobConfig, source: str, output: str, overwrite: bool = False) 
         remove_run(layout, options)
         existing = None
     check_compatible(existing, manifest)
-    done = committed_shards(layout, options) if existing else set()
-    todo = [s for s in shards if s.name not in done]
+    markers = read_markers(layout, options) if existing else {}
+    check_same_listing(markers, {s.name: s.listing_hash for s in shards})
+    todo = [s for s in shards if s.name not in markers]
     return RunPlan(job, model, source, output, shards, todo, manifest)
 
 
@@ -136,6 +138,7 @@ def execute(plan: RunPlan, show_progress: bool = True) -> RunSummary:
     layout = RunLayout(plan.output)
     options = plan.job.storage.options
     write_json_atomic(layout.manifest, plan.manifest, options)
+    remove_partials(layout, options)
     start = time.time()
     summary = RunSummary(output=plan.output, shards_skipped=len(plan.shards) - len(plan.todo))
     if plan.todo:
@@ -149,76 +152,115 @@ def execute(plan: RunPlan, show_progress: bool = True) -> RunSummary:
             return remote_worker.remote(plan.job, plan.model, plan.output, tracker)
 
         view = ProgressView(sum(len(s.images) for s in plan.todo), enabled=show_progress)
-        with view:
-            dispatch(plan.todo, [launch() for _ in range(count)], launch, tracker, view, summary)
+        dispatcher = ShardDispatcher(plan.todo, launch, tracker, view, summary)
+        try:
+            with view:
+                dispatcher.run(count)
+        except WorkerStartError as error:
+            summary.fatal = str(error)
+            for shard in plan.todo:
+                if shard.name not in dispatcher.done:
+                    summary.failed_shards.setdefault(shard.name, summary.fatal)
+            for _shard, _, worker in dispatcher.in_flight.values():
+                ray.kill(worker, no_restart=True)
         ray.kill(tracker)
     summary.seconds = time.time() - start
     finish_manifest(plan, summary, layout)
     return summary
 
 
-def dispatch(todo, workers, launch, tracker, view, summary: RunSummary) -> None:
-    """Hand shards to workers (two in flight each), retry failed ones on fresh actors."""
-    queue = deque((shard, 1) for shard in todo)
-    in_flight: dict[Any, tuple[Shard, int, Any]] = {}
-
-    def submit(worker) -> None:
-        if queue:
-            shard, attempt = queue.popleft()
-            in_flight[worker.process.remote(shard)] = (shard, attempt, worker)
-
-    for worker in workers:
-        submit(worker)
-        submit(worker)
-
-    def show() -> None:
-        running = [shard.name for shard, _, _ in in_flight.values()]
-        images, masks = ray.get(tracker.totals.remote(running))
-        view.update(summary.images_this_run + images, summary.masks_this_run + masks)
-
-    while in_flight:
-        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
-        show()
-        for ref in ready:
-            shard, attempt, worker = in_flight.pop(ref)
-            try:
-                result = ray.get(ref)
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError) as error:
-                worker = replace_dead(worker, in_flight, launch)
-                retry(queue, summary, shard, attempt, f"worker died: {one_line(error)}")
-            except ray.exceptions.RayTaskError as error:
-                retry(queue, summary, shard, attempt, one_line(error.cause or error))
-            else:
-                summary.shards_done += 1
-                summary.images_this_run += result["images"]
-                summary.masks_this_run += result["masks"]
-            tracker.forget.remote(shard.name)
-            submit(worker)
-    show()
+class WorkerStartError(RuntimeError):
+    """An actor could not load the model: every shard would fail the same way."""
 
 
-def replace_dead(worker, in_flight: dict, launch):
-    """Start a new actor for a dead one and move the dead one's queued shards onto it."""
-    fresh = launch()
-    for ref, (shard, attempt, owner) in list(in_flight.items()):
-        if owner is worker:
-            in_flight[ref] = (shard, attempt, fresh)
-    return fresh
+class ShardDispatcher:
+    """Hands shards to workers, two in flight each, and retries failed shards on fresh actors.
 
+    A worker whose shard failed (its process died, or the shard raised, e.g. a CUDA error) is
+    killed and replaced, so a broken CUDA context never sees another shard. A shard is tried
+    ``MAX_SHARD_ATTEMPTS`` times, then recorded as failed.
 
-def retry(queue: deque, summary: RunSummary, shard: Shard, attempt: int, reason: str) -> None:
-    """Queue a failed shard again, or give up on it after ``MAX_SHARD_ATTEMPTS``."""
-    logging.getLogger(__name__).warning("%s attempt %d failed: %s", shard.name, attempt, reason)
-    if attempt < MAX_SHARD_ATTEMPTS:
-        queue.append((shard, attempt + 1))
-    else:
-        summary.failed_shards[shard.name] = reason
+    Args:
+        todo: shards to process.
+        launch: starts one worker actor and returns its handle.
+        tracker: the ``ProgressTracker`` actor; view: the ``ProgressView``.
+        summary: counts of this run, updated in place.
+    """
+
+    def __init__(self, todo: list[Shard], launch, tracker, view, summary: RunSummary) -> None:
+        self.queue = deque((shard, 1) for shard in todo)
+        self.in_flight: dict[Any, tuple[Shard, int, Any]] = {}
+        self.replaced: dict[int, Any] = {}  # id(dead worker) → its replacement
+        self.done: set[str] = set()
+        self.launch, self.tracker, self.view, self.summary = launch, tracker, view, summary
+
+    def run(self, num_workers: int) -> None:
+        """Start ``num_workers`` actors and work until no shard is queued or in flight."""
+        for _ in range(num_workers):
+            worker = self.launch()
+            self.submit(worker)
+            self.submit(worker)
+        while self.in_flight:
+            ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=0.5)
+            for ref in ready:
+                self.settle(ref)
+            self.show()
+
+    def submit(self, worker) -> None:
+        """Give ``worker`` the next queued shard, if any."""
+        if self.queue:
+            shard, attempt = self.queue.popleft()
+            self.in_flight[worker.process.remote(shard)] = (shard, attempt, worker)
+
+    def settle(self, ref) -> None:
+        """Record a finished task: count it, or retry its shard on a fresh worker."""
+        shard, attempt, worker = self.in_flight.pop(ref)
+        self.tracker.forget.remote(shard.name)
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayActorError as error:
+            if error.actor_init_failed:
+                raise WorkerStartError(f"a worker could not start: {one_line(error)}") from error
+            self.retry(shard, attempt, f"worker died: {one_line(error)}")
+            worker = self.replacement(worker)
+        except ray.exceptions.RayTaskError as error:
+            self.retry(shard, attempt, one_line(error.cause or error))
+            worker = self.replacement(worker)
+        else:
+            self.done.add(shard.name)
+            self.summary.shards_done += 1
+            self.summary.images_this_run += result["images"]
+            self.summary.masks_this_run += result["masks"]
+        self.submit(worker)
+
+    def replacement(self, worker):
+        """The fresh actor standing in for a failed one (started once per failed actor)."""
+        if id(worker) not in self.replaced:
+            ray.kill(worker, no_restart=True)
+            self.replaced[id(worker)] = self.launch()
+        return self.replaced[id(worker)]
+
+    def retry(self, shard: Shard, attempt: int, reason: str) -> None:
+        """Queue a failed shard again, or give up on it after ``MAX_SHARD_ATTEMPTS``."""
+        log = logging.getLogger(__name__)
+        log.warning("%s attempt %d failed: %s", shard.name, attempt, reason)
+        if attempt < MAX_SHARD_ATTEMPTS:
+            self.queue.append((shard, attempt + 1))
+        else:
+            self.summary.failed_shards[shard.name] = reason
+
+    def show(self) -> None:
+        """Update the progress view: finished shards plus the running ones' reports."""
+        running = [shard.name for shard, _, _ in self.in_flight.values()]
+        images, masks = ray.get(self.tracker.totals.remote(running))
+        s = self.summary
+        self.view.update(s.images_this_run + images, s.masks_this_run + masks)
 
 
 def finish_manifest(plan: RunPlan, summary: RunSummary, layout: RunLayout) -> None:
     """Total the committed shards and record the outcome in the manifest."""
     options = plan.job.storage.options
-    for marker in read_markers(layout, options):
+    for marker in read_markers(layout, options).values():
         summary.images += marker["images"]
         summary.ok += marker["ok"]
         summary.errors += marker["errors"]
@@ -235,6 +277,7 @@ def finish_manifest(plan: RunPlan, summary: RunSummary, layout: RunLayout) -> No
             "shards_committed": summary.shards_done + summary.shards_skipped,
         },
         "failed_shards": summary.failed_shards,
+        "fatal": summary.fatal,
         "seconds": summary.seconds,
     }
     write_json_atomic(layout.manifest, manifest, options)

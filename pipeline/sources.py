@@ -44,6 +44,14 @@ class Shard:
         """File stem of the shard, e.g. ``shard-00007``."""
         return f"shard-{self.index:05d}"
 
+    @property
+    def listing_hash(self) -> str:
+        """A hash of the shard's image URIs; a rerun may skip the shard only if it matches."""
+        digest = hashlib.blake2b(digest_size=12)
+        for ref in self.images:
+            digest.update(ref.uri.encode() + b"\n")
+        return digest.hexdigest()
+
 
 def image_id_for(uri: str) -> int:
     """A stable positive 63-bit id from the image URI (same URI → same id, on any machine)."""

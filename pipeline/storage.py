@@ -54,7 +54,11 @@ def with_retries(
 
             logging.getLogger(__name__).warning(
                 "%s error (try %d of %d), retrying in %.1f s: %s",
-                what, attempt, attempts, delay, redact(str(error)),
+                what,
+                attempt,
+                attempts,
+                delay,
+                redact(str(error)),
             )
             time.sleep(delay)
             delay *= 2
@@ -116,7 +120,7 @@ def write_json_atomic(uri: str, data: dict, storage_options: dict[str, Any] | No
     payload = json.dumps(data, indent=2, sort_keys=True, default=str).encode()
     if is_local(uri):
         fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        tmp = path + ".tmp"
+        tmp = f"{path}.{os.getpid()}.tmp"
         with fs.open(tmp, "wb") as f:
             f.write(payload)
         os.replace(tmp, path)

@@ -37,6 +37,16 @@ def pick_device(requested: str) -> str:
     return "cpu"
 
 
+def is_device_failure(error: BaseException) -> bool:
+    """CUDA errors and out-of-memory: the device, not the image, is at fault."""
+    import torch
+
+    if isinstance(error, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    text = str(error)
+    return any(marker in text for marker in ("CUDA error", "CUBLAS_STATUS", "cuDNN error"))
+
+
 class ShardWorker:
     """Holds one model and processes shards, one at a time.
 
@@ -97,6 +107,7 @@ class ShardWorker:
             "errors": errors,
             "masks": masks.num_rows,
             "seconds": time.perf_counter() - start,
+            "listing_hash": shard.listing_hash,
         }
         commit_shard(
             self.layout,
@@ -145,6 +156,8 @@ class ShardWorker:
         try:
             records = self.generator.generate(image.pixels)
         except Exception as error:  # one bad image must not stop the shard
+            if is_device_failure(error):
+                raise  # the shard is retried on a fresh actor with a fresh CUDA context
             reason = f"mask generation failed: {one_line(error)}"
             return image_row(ref.image_id, ref.uri, shard, error=reason), None
         row = image_row(

@@ -106,9 +106,7 @@ def write_parquet(
 
     def upload() -> None:
         with fs.open(target, "wb") as f:
-            pq.write_table(
-                table, f, row_group_size=row_group_size, compression=compression
-            )
+            pq.write_table(table, f, row_group_size=row_group_size, compression=compression)
 
     with_retries(upload, what="write")
     if target != path:
@@ -151,11 +149,28 @@ def commit_shard(
     )
 
 
-def read_markers(layout: RunLayout, storage_options: dict[str, Any] | None = None) -> list[dict]:
+def read_markers(
+    layout: RunLayout, storage_options: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
     """Every committed shard's marker, by shard name."""
-    markers = []
+    markers = {}
     for name in sorted(committed_shards(layout, storage_options)):
         marker = read_json(layout.marker(name), storage_options)
         if marker is not None:
-            markers.append(marker)
+            markers[name] = marker
     return markers
+
+
+def remove_partials(layout: RunLayout, storage_options: dict[str, Any] | None = None) -> int:
+    """Delete files a killed writer left under temporary names; returns how many."""
+    removed = 0
+    for folder in (layout.masks_dir, layout.images_dir, layout.markers_dir):
+        fs, path = open_fs(folder, storage_options)
+        if not fs.exists(path):
+            continue
+        for name in fs.ls(path, detail=False):
+            base = os.path.basename(name)
+            if base.endswith((".partial", ".tmp")):
+                fs.rm(name)
+                removed += 1
+    return removed
