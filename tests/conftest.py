@@ -10,6 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parent.parent
+TEST_BUCKET = "autolabel-tests"
 MICRO_CONFIG = str(ROOT / "configs" / "models" / "sam2.1_hiera_micro.yaml")
 
 # Settings that make a random-weight model keep many masks, so every test sees real RLEs.
@@ -69,11 +70,100 @@ def image_folder(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray cluster for in-process pipeline tests."""
+def ray_local(s3_server):
+    """One local Ray cluster for in-process pipeline tests (started after the S3 server, so
+    its workers see the AWS_* variables, as a cluster's nodes would)."""
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield
     ray.shutdown()
+
+
+def free_port_pair() -> int:
+    """A free port p whose p + 10000 is free too (SeaweedFS puts gRPC there)."""
+    import random
+    import socket
+
+    for _ in range(200):
+        port = random.randint(20000, 29000)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free ports")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server on loopback (SeaweedFS), with the standard AWS_* variables pointing at it.
+
+    Yields the endpoint URL. The variables are set for this process and everything it starts
+    afterwards (the Ray cluster of these tests included).
+    """
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    import s3fs
+
+    weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+    data = tmp_path_factory.mktemp("seaweedfs")
+    ports = {name: free_port_pair() for name in ("s3", "master", "volume", "filer")}
+    log = open(data / "weed.log", "wb")
+    server = subprocess.Popen(
+        [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3",
+         f"-s3.port={ports['s3']}", f"-master.port={ports['master']}",
+         f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
+         "-master.volumeSizeLimitMB=100"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    endpoint = f"http://127.0.0.1:{ports['s3']}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "autolabel-test",
+           "AWS_SECRET_ACCESS_KEY": "autolabel-test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    deadline = time.time() + 90
+    while True:
+        try:
+            fs = s3fs.S3FileSystem(skip_instance_cache=True)
+            fs.mkdir(TEST_BUCKET)
+            fs.pipe(f"{TEST_BUCKET}/ready", b"1")
+            break
+        except Exception:
+            if time.time() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError((data / "weed.log").read_text()[-2000:]) from None
+            time.sleep(1)
+    yield endpoint
+    server.terminate()
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+    log.close()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture()
+def s3(s3_server):
+    """An s3fs filesystem on the loopback server and a fresh ``bucket/prefix`` for the test.
+
+    One bucket for the session: SeaweedFS allocates volumes per bucket, and a new bucket right
+    after another can answer "internal error" while it does.
+    """
+    import uuid
+
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    return fs, f"{TEST_BUCKET}/t-{uuid.uuid4().hex[:10]}"
