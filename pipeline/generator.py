@@ -4,7 +4,8 @@ On top of the stock generator this adds what SA-1B's automatic stage needs and s
 does not do: hole and island removal at full resolution (``min_mask_region_area``, which the
 stock generator only forwards to a low-resolution filter that needs sam2's optional CUDA
 extension), dropping masks that cover too much of the image, and COCO boxes computed from the
-RLE itself.
+RLE itself. Empty masks, which the stock generator keeps when its thresholds are 0 (tiny
+images), are dropped.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class MaskGenerator:
         for i, uncompressed in enumerate(data["rles"]):
             segmentation = rle.compress(uncompressed)
             area = rle.area(segmentation)
-            if area > max_area:
+            if area == 0 or area > max_area:  # an empty mask labels nothing
                 continue
             x0, y0, x1, y1 = (float(v) for v in data["crop_boxes"][i])
             records.append(

@@ -101,6 +101,8 @@ def summary_table(summary: Any) -> Table:
         ("throughput", f"{rate:.2f} images/s, {mask_rate:.1f} masks/s"),
         ("shards", f"{summary.shards_done} done, {summary.shards_skipped} already committed"),
     ]
+    if summary.retries:
+        rows.append(("retried shards", f"{summary.retries} (a worker died or a shard raised)"))
     if summary.failed_shards:
         failed = sorted(summary.failed_shards)
         shown = ", ".join(failed[:10]) + (

@@ -59,6 +59,7 @@ class RunSummary:
     images_this_run: int = 0
     masks_this_run: int = 0
     fatal: str | None = None
+    retries: int = 0
 
     @property
     def succeeded(self) -> bool:
@@ -245,6 +246,7 @@ class ShardDispatcher:
         log = logging.getLogger(__name__)
         log.warning("%s attempt %d failed: %s", shard.name, attempt, reason)
         if attempt < MAX_SHARD_ATTEMPTS:
+            self.summary.retries += 1
             self.queue.append((shard, attempt + 1))
         else:
             self.summary.failed_shards[shard.name] = reason
@@ -277,6 +279,7 @@ def finish_manifest(plan: RunPlan, summary: RunSummary, layout: RunLayout) -> No
             "shards_committed": summary.shards_done + summary.shards_skipped,
         },
         "failed_shards": summary.failed_shards,
+        "shard_retries": summary.retries,
         "fatal": summary.fatal,
         "seconds": summary.seconds,
     }

@@ -117,15 +117,29 @@ def s3_server(tmp_path_factory):
     ports = {name: free_port_pair() for name in ("s3", "master", "volume", "filer")}
     log = open(data / "weed.log", "wb")
     server = subprocess.Popen(
-        [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3",
-         f"-s3.port={ports['s3']}", f"-master.port={ports['master']}",
-         f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
-         "-master.volumeSizeLimitMB=100"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            weed,
+            "server",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-s3",
+            f"-s3.port={ports['s3']}",
+            f"-master.port={ports['master']}",
+            f"-volume.port={ports['volume']}",
+            f"-filer.port={ports['filer']}",
+            "-master.volumeSizeLimitMB=100",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     endpoint = f"http://127.0.0.1:{ports['s3']}"
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "autolabel-test",
-           "AWS_SECRET_ACCESS_KEY": "autolabel-test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "autolabel-test",
+        "AWS_SECRET_ACCESS_KEY": "autolabel-test-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     deadline = time.time() + 90

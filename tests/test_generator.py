@@ -25,7 +25,7 @@ def stock_masks(model, amg, image):
         **{name: getattr(amg, name) for name in SAM2_ARGUMENTS},
     )
     fix_feature_sizes(stock.predictor)
-    return stock.generate(image)
+    return [r for r in stock.generate(image) if r["area"] > 0]  # we drop empty masks
 
 
 @pytest.mark.parametrize(

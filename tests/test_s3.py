@@ -32,19 +32,36 @@ def test_bucket_in_bucket_out_with_checkpoint_in_bucket(s3, micro_checkpoint, tm
     fs.pipe(f"{bucket}/photos/notes/broken.jpg", b"\xff\xd8\xff truncated")
     fs.put_file(micro_checkpoint, f"{bucket}/models/micro.pt")
     output = f"s3://{bucket}/labels/run1"
-    overrides = [f"model.config={MICRO_CONFIG}", f"model.checkpoint=s3://{bucket}/models/micro.pt",
-                 *PERMISSIVE, "runtime.shard_size=2"]
+    overrides = [
+        f"model.config={MICRO_CONFIG}",
+        f"model.checkpoint=s3://{bucket}/models/micro.pt",
+        *PERMISSIVE,
+        "runtime.shard_size=2",
+    ]
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "--input", f"s3://{bucket}/photos",
-         "--output", output, *overrides],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "run",
+            "--input",
+            f"s3://{bucket}/photos",
+            "--output",
+            output,
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
 
     images = ds.dataset(f"{bucket}/labels/run1/images", filesystem=fs).to_table().to_pylist()
     masks = ds.dataset(f"{bucket}/labels/run1/masks", filesystem=fs).to_table().to_pylist()
     assert sorted(r["image_uri"] for r in images) == sorted(
-        [*uris, f"s3://{bucket}/photos/notes/broken.jpg"])
+        [*uris, f"s3://{bucket}/photos/notes/broken.jpg"]
+    )
     assert [r["status"] for r in images].count("ok") == 4
     assert masks and all(r["image_uri"].startswith("s3://") for r in masks)
     for row in masks:
@@ -60,8 +77,11 @@ def test_manifest_of_s3_uris_and_secrets_in_options_never_leak(s3, micro_overrid
     listing = f"{bucket}/lists/images.txt"
     fs.pipe(listing, ("\n".join(uris) + f"\ns3://{bucket}/a/missing.png\n").encode())
     secret = "SuperSecretValue123"
-    overrides = [*micro_overrides, f"storage.options.secret={secret}",
-                 "storage.options.key=autolabel-test"]
+    overrides = [
+        *micro_overrides,
+        f"storage.options.secret={secret}",
+        "storage.options.key=autolabel-test",
+    ]
     plan = plan_run(load_config(None, overrides), f"s3://{listing}", str(tmp_path / "out"))
     summary = execute(plan, show_progress=False)
     assert summary.ok == 3 and summary.errors == 1
