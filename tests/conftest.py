@@ -115,7 +115,7 @@ def s3_server(tmp_path_factory):
     weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
     data = tmp_path_factory.mktemp("seaweedfs")
     ports = {name: free_port_pair() for name in ("s3", "master", "volume", "filer")}
-    log = open(data / "weed.log", "wb")
+    log = open(data / "weed.log", "wb")  # noqa: SIM115 (open while the server runs)
     server = subprocess.Popen(
         [
             weed,
