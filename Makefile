@@ -10,7 +10,7 @@ DEMO_CONFIG := configs/models/sam2.1_hiera_micro.yaml
 DEMO_CKPT := .cache/sam2.1_hiera_micro_random.pt
 DEMO_OUT ?= demo-output
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean cluster-demo
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,11 @@ demo: $(DEMO_CKPT)
 		model.config=$(DEMO_CONFIG) model.checkpoint=$(DEMO_CKPT) \
 		amg.points_per_side=8 amg.pred_iou_thresh=0 amg.stability_score_thresh=0 \
 		runtime.shard_size=4
+
+# The demo run submitted with `ray job submit` to a real two-node Ray cluster started on this
+# machine (head + worker on loopback, token auth), which is stopped afterwards.
+cluster-demo: $(DEMO_CKPT)
+	bash jobs/cluster_demo.sh cluster-demo-output $(DEMO_CKPT)
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check pipeline tests

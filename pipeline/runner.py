@@ -59,6 +59,7 @@ class RunSummary:
     images_this_run: int = 0
     masks_this_run: int = 0
     fatal: str | None = None
+    nodes: int = 0
     retries: int = 0
 
     @property
@@ -262,7 +263,9 @@ class ShardDispatcher:
 def finish_manifest(plan: RunPlan, summary: RunSummary, layout: RunLayout) -> None:
     """Total the committed shards and record the outcome in the manifest."""
     options = plan.job.storage.options
-    for marker in read_markers(layout, options).values():
+    markers = read_markers(layout, options)
+    summary.nodes = len({marker.get("node") for marker in markers.values()})
+    for marker in markers.values():
         summary.images += marker["images"]
         summary.ok += marker["ok"]
         summary.errors += marker["errors"]

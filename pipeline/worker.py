@@ -37,6 +37,13 @@ def pick_device(requested: str) -> str:
     return "cpu"
 
 
+def current_node() -> str:
+    """The Ray node this process runs on ("local" outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+
+
 def is_device_failure(error: BaseException) -> bool:
     """CUDA errors and out-of-memory: the device, not the image, is at fault."""
     import torch
@@ -77,6 +84,7 @@ class ShardWorker:
         sam = build_model(model, self.device, self.storage_options)
         self.generator = MaskGenerator(sam, job.amg, dtype=dtype)
         self.readers = ThreadPoolExecutor(job.runtime.read_threads, thread_name_prefix="read")
+        self.node = current_node()
 
     def pid(self) -> int:
         """The actor's process id (tests kill it to simulate a crash)."""
@@ -108,6 +116,7 @@ class ShardWorker:
             "masks": masks.num_rows,
             "seconds": time.perf_counter() - start,
             "listing_hash": shard.listing_hash,
+            "node": self.node,
         }
         commit_shard(
             self.layout,
