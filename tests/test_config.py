@@ -100,6 +100,7 @@ def test_cli_rejects_bad_key_before_loading_anything(tmp_path):
     [
         (["--input", "/no/such/folder"], "input not found: /no/such/folder"),
         (["--input", "{empty}"], "no images found in"),
+        (["--input", "{bad_manifest}"], "cannot read manifest"),
         (
             ["--input", "{images}", "model.checkpoint=/no/such.pt"],
             "checkpoint not found: /no/such.pt",
@@ -109,7 +110,13 @@ def test_cli_rejects_bad_key_before_loading_anything(tmp_path):
 )
 def test_cli_input_and_model_errors(tmp_path, image_folder, micro_overrides, args, message):
     (tmp_path / "empty").mkdir()
-    args = [a.format(empty=tmp_path / "empty", images=image_folder) for a in args]
+    (tmp_path / "list.parquet").write_bytes(b"PAR1 this is not parquet")
+    args = [
+        a.format(
+            empty=tmp_path / "empty", images=image_folder, bad_manifest=tmp_path / "list.parquet"
+        )
+        for a in args
+    ]
     overrides = [o for o in micro_overrides if not o.startswith("model.checkpoint")]
     if not any(a.startswith("model.checkpoint") for a in args):
         overrides = micro_overrides

@@ -56,6 +56,7 @@ def test_bucket_in_bucket_out_with_checkpoint_in_bucket(s3, micro_checkpoint, tm
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "autolabel-test-secret" not in result.stdout + result.stderr
 
     images = ds.dataset(f"{bucket}/labels/run1/images", filesystem=fs).to_table().to_pylist()
     masks = ds.dataset(f"{bucket}/labels/run1/masks", filesystem=fs).to_table().to_pylist()
