@@ -31,9 +31,39 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
-    show = commands.add_parser("config", help="print the resolved config as yaml")
-    show.add_argument("--config", help="preset name or yaml path")
-    show.add_argument("overrides", nargs="*", metavar="key=value")
+    config = commands.add_parser("config", help="print the resolved config as yaml")
+    config.add_argument("--config", help="preset name or yaml path")
+    config.add_argument("overrides", nargs="*", metavar="key=value")
+
+    filter_ = commands.add_parser(
+        "filter",
+        help="write a new run with only the masks that pass score/area filters",
+        description="Copy RUN to OUT keeping only the masks that pass the filters.",
+    )
+    filter_.add_argument("run", help="the run to read (path or URI)")
+    filter_.add_argument("out", help="where to write the filtered run (path or URI)")
+    filter_.add_argument("--overwrite", action="store_true", help="replace a run at OUT")
+    add_filter_flags(filter_)
+
+    stats = commands.add_parser("stats", help="summary table, JSON and plots of a run")
+    stats.add_argument("run", help="the run (path or URI)")
+    stats.add_argument("--out", help="folder for stats.json and the PNG plots")
+
+    export = commands.add_parser("export", help="export a run as COCO or SA-1B JSON")
+    export.add_argument("run", help="the run (path or URI)")
+    export.add_argument("--format", choices=("coco", "sa1b"), required=True)
+    export.add_argument(
+        "--out", required=True, help="coco: the JSON file; sa1b: a folder of per-image JSONs"
+    )
+    add_filter_flags(export)
+
+    show = commands.add_parser("show", help="draw masks over images into PNGs")
+    show.add_argument("run", help="the run (path or URI)")
+    show.add_argument("--out", required=True, help="folder for the overlay PNGs")
+    show.add_argument("--image-id", type=int, action="append", help="an image to draw")
+    show.add_argument("--sample", type=int, help="draw this many random ok images (default 8)")
+    show.add_argument("--seed", type=int, default=0, help="seed of the random sample")
+    add_filter_flags(show)
 
     random = commands.add_parser(
         "random-checkpoint",
@@ -43,6 +73,40 @@ def build_parser() -> argparse.ArgumentParser:
     random.add_argument("--out", required=True, help="where to write the .pt file")
     random.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def add_filter_flags(parser: argparse.ArgumentParser) -> None:
+    """The mask filter flags shared by filter, export and show."""
+    group = parser.add_argument_group("mask filters (all bounds inclusive)")
+    group.add_argument("--min-predicted-iou", type=float, metavar="X")
+    group.add_argument("--min-stability-score", type=float, metavar="X")
+    group.add_argument("--min-area", type=int, metavar="PIXELS")
+    group.add_argument("--max-area", type=int, metavar="PIXELS")
+    group.add_argument("--max-area-fraction", type=float, metavar="F", help="of the image")
+    group.add_argument("--top-k", type=int, metavar="K", help="per image, by predicted IoU")
+    group.add_argument(
+        "--where",
+        metavar="EXPR",
+        help="Python-syntax predicate over image_id, mask_index, area, predicted_iou, "
+        "stability_score, e.g. 'predicted_iou * stability_score > 0.85'",
+    )
+
+
+def mask_filter_from(args: argparse.Namespace):
+    """Build the MaskFilter from the parsed filter flags."""
+    from pipeline.filters import MaskFilter, parse_where
+
+    if args.where:
+        parse_where(args.where)  # a bad expression fails before any data is read
+    return MaskFilter(
+        min_predicted_iou=args.min_predicted_iou,
+        min_stability_score=args.min_stability_score,
+        min_area=args.min_area,
+        max_area=args.max_area,
+        max_area_fraction=args.max_area_fraction,
+        top_k=args.top_k,
+        where=args.where,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,11 +121,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors whose message is meant for the user as it is (one line, exit code 2)."""
+    from pipeline.dataset import RunNotFoundError
+    from pipeline.filters import FilterError
     from pipeline.manifest import RunConflictError
     from pipeline.models import ModelError
     from pipeline.sources import InputError
 
-    return (ModelError, InputError, RunConflictError)
+    return (ModelError, InputError, RunConflictError, RunNotFoundError, FilterError)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -104,8 +170,56 @@ def random_checkpoint_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def filter_command(args: argparse.Namespace) -> int:
+    """``autolabel filter``: a new run with only the kept masks."""
+    from pipeline.filters import filter_run
+
+    counts = filter_run(args.run, args.out, mask_filter_from(args), overwrite=args.overwrite)
+    print(
+        f"kept {counts['masks']} of {counts['masks_before']} masks on {counts['ok']} images; "
+        f"output: {args.out}"
+    )
+    return 0
+
+
+def stats_command(args: argparse.Namespace) -> int:
+    """``autolabel stats``: the summary table, and JSON + plots with --out."""
+    from rich.console import Console
+
+    from pipeline.stats import run_stats, stats_table
+
+    stats = run_stats(args.run, args.out)
+    Console().print(stats_table(stats, f"autolabel stats: {args.run}"))
+    if args.out:
+        print(f"wrote {args.out}/stats.json, distributions.png, survival.png")
+    return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    """``autolabel export``: COCO instances JSON or SA-1B per-image JSONs."""
+    from pipeline.export import export_coco, export_sa1b
+
+    exporter = export_coco if args.format == "coco" else export_sa1b
+    counts = exporter(args.run, args.out, mask_filter_from(args))
+    print(", ".join(f"{value} {key}" for key, value in counts.items()) + f"; output: {args.out}")
+    return 0
+
+
+def show_command(args: argparse.Namespace) -> int:
+    """``autolabel show``: overlay PNGs."""
+    from pipeline.overlays import show
+
+    paths = show(args.run, args.out, args.image_id, args.sample, args.seed, mask_filter_from(args))
+    print(f"wrote {len(paths)} overlays to {args.out}")
+    return 0
+
+
 COMMANDS = {
     "run": run_command,
+    "filter": filter_command,
+    "stats": stats_command,
+    "export": export_command,
+    "show": show_command,
     "config": config_command,
     "random-checkpoint": random_checkpoint_command,
 }

@@ -81,7 +81,10 @@ def resolve_model(name: str | None, config: str | None, checkpoint: str | None) 
         raise ModelError("set model.name, or model.config and model.checkpoint")
     if not is_package_config(config) and not Path(config).is_file():
         raise ModelError(f"model.config {config!r} is neither a sam2 config nor a yaml file")
-    return ModelSpec(config=config, checkpoint=checkpoint, name=name)
+    # A name whose config was swapped for another no longer names the model that runs.
+    return ModelSpec(
+        config=config, checkpoint=checkpoint, name=name if config == default_config else None
+    )
 
 
 def is_package_config(config: str) -> bool:

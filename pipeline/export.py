@@ -1,0 +1,212 @@
+"""Hand the pseudo-labels to other tools: one COCO instances JSON, or SA-1B's per-image JSONs.
+
+Both stream: the COCO file is written object by object, shard by shard, and the SA-1B files one
+image at a time, so a run larger than memory exports fine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from collections.abc import Iterator
+from typing import IO, Any
+
+from pipeline.dataset import Run, open_run
+from pipeline.filters import MaskFilter, filtered_shard
+from pipeline.storage import open_fs
+
+CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
+EXTRA_FIELDS = ("predicted_iou", "stability_score", "point_coords", "crop_box")
+
+
+def common_root(uris: list[str]) -> str:
+    """The longest folder prefix shared by all URIs ('' when there is none)."""
+    if not uris:
+        return ""
+    prefix = os.path.commonprefix(uris)
+    return prefix[: prefix.rfind("/") + 1] if "/" in prefix else ""
+
+
+def ok_images(run: Run) -> list[dict[str, Any]]:
+    """The image rows with status ``ok``, sorted by URI."""
+    table = run.images.to_table(
+        columns=["image_id", "image_uri", "width", "height", "status"],
+        filter=run.field("status") == "ok",
+    )
+    return sorted(table.to_pylist(), key=lambda row: row["image_uri"])
+
+
+def masks_by_image(run: Run, mask_filter: MaskFilter) -> Iterator[tuple[int, list[dict]]]:
+    """Each image's kept masks (sorted by ``mask_index``), shard by shard."""
+    for shard in run.shards:
+        masks, _ = filtered_shard(run, shard, mask_filter)
+        grouped: dict[int, list[dict]] = {}
+        for row in masks.to_pylist():
+            grouped.setdefault(row["image_id"], []).append(row)
+        for image_id, rows in grouped.items():
+            rows.sort(key=lambda row: row["mask_index"])
+            yield image_id, rows
+
+
+def export_coco(
+    source: str,
+    out: str,
+    mask_filter: MaskFilter | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, int]:
+    """Write one class-agnostic COCO instances JSON.
+
+    Images get ids 1..N (JSON tools lose precision on 63-bit ids; the run's ``image_id`` is
+    kept as ``autolabel_image_id``, as a string). Annotations carry RLE segmentation, bbox,
+    area, ``score`` (= predicted IoU), ``iscrowd`` 0, the single category ``object``, and the
+    SA-1B extras (predicted_iou, stability_score, point_coords, crop_box).
+
+    Args:
+        source: the run (path or URI).
+        out: the JSON file to write (path or URI).
+        mask_filter: which masks to export (default: all).
+        storage_options: fsspec options.
+
+    Returns:
+        Counts of images and annotations written.
+    """
+    run = open_run(source, storage_options)
+    mask_filter = mask_filter or MaskFilter()
+    images = ok_images(run)
+    root = common_root([row["image_uri"] for row in images])
+    coco_ids = {row["image_id"]: index for index, row in enumerate(images, start=1)}
+    fs, path = open_fs(out, storage_options)
+    parent = posixpath.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    annotations = 0
+    with fs.open(path, "w") as f:
+        f.write('{"info": ' + json.dumps(coco_info(run, mask_filter)))
+        f.write(', "licenses": [], "categories": [' + json.dumps(CATEGORY) + "]")
+        f.write(', "images": [')
+        write_list(f, (coco_image(row, coco_ids[row["image_id"]], root) for row in images))
+        f.write('], "annotations": [')
+        for image_id, rows in masks_by_image(run, mask_filter):
+            items = (
+                coco_annotation(row, annotations + i + 1, coco_ids[image_id])
+                for i, row in enumerate(rows)
+            )
+            if annotations:
+                f.write(", ")
+            write_list(f, items)
+            annotations += len(rows)
+        f.write("]}\n")
+    return {"images": len(images), "annotations": annotations}
+
+
+def write_list(f: IO[str], items: Iterator[dict]) -> None:
+    """Write JSON objects separated by commas (no brackets)."""
+    for index, item in enumerate(items):
+        if index:
+            f.write(", ")
+        f.write(json.dumps(item))
+
+
+def coco_info(run: Run, mask_filter: MaskFilter) -> dict[str, Any]:
+    """The ``info`` block: what made these labels."""
+    model = run.manifest.get("model", {})
+    return {
+        "description": "autolabel pseudo-labels (SAM 2 automatic mask generator)",
+        "version": run.manifest.get("format", ""),
+        "model": model.get("name") or model.get("config"),
+        "filter": mask_filter.describe(),
+        "source_run": run.root,
+    }
+
+
+def coco_image(row: dict[str, Any], coco_id: int, root: str) -> dict[str, Any]:
+    """One COCO image entry."""
+    return {
+        "id": coco_id,
+        "file_name": row["image_uri"][len(root) :],
+        "width": row["width"],
+        "height": row["height"],
+        "coco_url": row["image_uri"],
+        "autolabel_image_id": str(row["image_id"]),
+    }
+
+
+def coco_annotation(row: dict[str, Any], ann_id: int, image_id: int) -> dict[str, Any]:
+    """One COCO annotation from a mask row."""
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": CATEGORY["id"],
+        "segmentation": row["segmentation"],
+        "area": row["area"],
+        "bbox": row["bbox"],
+        "iscrowd": 0,
+        "score": row["predicted_iou"],
+        **{name: row[name] for name in EXTRA_FIELDS},
+    }
+
+
+def export_sa1b(
+    source: str,
+    out: str,
+    mask_filter: MaskFilter | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, int]:
+    """Write one SA-1B style JSON per ok image into the folder ``out``.
+
+    Each file is ``sa_<image_id>.json``: ``{"image": {image_id, width, height, file_name},
+    "annotations": [{id, segmentation, bbox, area, predicted_iou, stability_score,
+    point_coords, crop_box}]}``. Images whose masks were all filtered out still get a file.
+
+    Returns:
+        Counts of files and annotations written.
+    """
+    run = open_run(source, storage_options)
+    mask_filter = mask_filter or MaskFilter()
+    images = {row["image_id"]: row for row in ok_images(run)}
+    root = common_root([row["image_uri"] for row in images.values()])
+    fs, folder = open_fs(out, storage_options)
+    fs.makedirs(folder, exist_ok=True)
+    written: set[int] = set()
+    annotations = 0
+    for image_id, rows in masks_by_image(run, mask_filter):
+        if image_id in images:
+            write_sa1b_file(fs, folder, images[image_id], rows, root, first_id=annotations + 1)
+            written.add(image_id)
+            annotations += len(rows)
+    for image_id, row in images.items():
+        if image_id not in written:
+            write_sa1b_file(fs, folder, row, [], root, first_id=annotations + 1)
+    return {"files": len(images), "annotations": annotations}
+
+
+def write_sa1b_file(
+    fs, folder: str, image: dict, rows: list[dict], root: str, first_id: int
+) -> None:
+    """One image's SA-1B JSON; annotation ids run on from ``first_id`` (unique in the export)."""
+    document = {
+        "image": {
+            "image_id": image["image_id"],
+            "width": image["width"],
+            "height": image["height"],
+            "file_name": image["image_uri"][len(root) :],
+        },
+        "annotations": [
+            {
+                "id": first_id + index,
+                "segmentation": row["segmentation"],
+                "bbox": row["bbox"],
+                "area": row["area"],
+                **{name: row[name] for name in EXTRA_FIELDS},
+            }
+            for index, row in enumerate(rows)
+        ],
+    }
+    with fs.open(join_remote(folder, f"sa_{image['image_id']}.json"), "w") as f:
+        json.dump(document, f)
+
+
+def join_remote(folder: str, name: str) -> str:
+    """Join inside an fsspec filesystem path (always ``/``)."""
+    return posixpath.join(folder, name)

@@ -1,0 +1,271 @@
+"""Keep only the good masks: score, area and custom predicates, pushed down to Parquet.
+
+Score and area bounds and ``--where`` become one pyarrow expression, so a reader skips row
+groups (mask files are sorted by predicted IoU) and columns it does not need. The area fraction
+and the per-image top-k need the rows themselves and run on each shard in memory; a shard holds
+all masks of its images, so the result is exact.
+"""
+
+from __future__ import annotations
+
+import ast
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from pipeline.dataset import Run, open_run
+from pipeline.schema import MASK_SCHEMA
+from pipeline.storage import read_json, write_json_atomic
+from pipeline.writer import RunLayout, commit_shard, remove_partials
+
+# Columns ``--where`` may use: the scalar ones of a mask row.
+WHERE_COLUMNS = ("image_id", "mask_index", "area", "predicted_iou", "stability_score")
+
+
+class FilterError(ValueError):
+    """A filter that cannot be applied; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class MaskFilter:
+    """Which masks to keep. Every bound is inclusive; None means no bound.
+
+    Args:
+        min_predicted_iou: keep masks with ``predicted_iou`` at least this.
+        min_stability_score: keep masks with ``stability_score`` at least this.
+        min_area: keep masks of at least this many pixels.
+        max_area: keep masks of at most this many pixels.
+        max_area_fraction: keep masks covering at most this fraction of their image.
+        top_k: keep at most this many masks per image, the highest predicted IoU first.
+        where: any other predicate over the mask columns, in Python syntax, e.g.
+            ``"predicted_iou * stability_score > 0.85 and area < 50_000"``.
+    """
+
+    min_predicted_iou: float | None = None
+    min_stability_score: float | None = None
+    min_area: int | None = None
+    max_area: int | None = None
+    max_area_fraction: float | None = None
+    top_k: int | None = None
+    where: str | None = None
+
+    def expression(self) -> ds.Expression | None:
+        """The part of the filter a Parquet reader can push down (None: keep all rows)."""
+        parts = []
+        bounds = (
+            ("predicted_iou", ">=", self.min_predicted_iou),
+            ("stability_score", ">=", self.min_stability_score),
+            ("area", ">=", self.min_area),
+            ("area", "<=", self.max_area),
+        )
+        for column, op, value in bounds:
+            if value is not None:
+                field = ds.field(column)
+                parts.append(field >= value if op == ">=" else field <= value)
+        if self.where:
+            parts.append(parse_where(self.where))
+        if not parts:
+            return None
+        combined = parts[0]
+        for part in parts[1:]:
+            combined = combined & part
+        return combined
+
+    def apply_in_memory(self, masks: pa.Table) -> pa.Table:
+        """The filters that need the rows: area fraction, then top-k per image."""
+        if self.max_area_fraction is not None and masks.num_rows:
+            masks = masks.filter(pc.less_equal(area_fraction(masks), self.max_area_fraction))
+        if self.top_k is not None and masks.num_rows:
+            masks = top_k_per_image(masks, self.top_k)
+        return masks
+
+    def describe(self) -> dict[str, Any]:
+        """The filter's settings, for the manifest (unset bounds left out)."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+def area_fraction(masks: pa.Table) -> pa.Array:
+    """Each mask's area divided by its image's area (from the RLE's size)."""
+    sizes = pc.struct_field(masks.column("segmentation"), "size")
+    height = pc.list_element(sizes, 0).cast(pa.float64())
+    width = pc.list_element(sizes, 1).cast(pa.float64())
+    return pc.divide(masks.column("area").cast(pa.float64()), pc.multiply(height, width))
+
+
+def top_k_per_image(masks: pa.Table, k: int) -> pa.Table:
+    """At most ``k`` masks per image, those with the highest predicted IoU."""
+    order = pc.sort_indices(
+        masks, sort_keys=[("image_id", "ascending"), ("predicted_iou", "descending")]
+    )
+    ranked = masks.take(order)
+    ids = ranked.column("image_id").to_numpy()
+    starts = np.r_[0, np.flatnonzero(ids[1:] != ids[:-1]) + 1]
+    group_start = np.repeat(starts, np.diff(np.r_[starts, len(ids)]))
+    rank = np.arange(len(ids)) - group_start
+    return ranked.filter(pa.array(rank < k))
+
+
+COMPARISONS = {
+    ast.Gt: lambda a, b: a > b,
+    ast.GtE: lambda a, b: a >= b,
+    ast.Lt: lambda a, b: a < b,
+    ast.LtE: lambda a, b: a <= b,
+    ast.Eq: lambda a, b: a == b,
+    ast.NotEq: lambda a, b: a != b,
+}
+ARITHMETIC = {
+    ast.Add: pc.add,
+    ast.Sub: pc.subtract,
+    ast.Mult: pc.multiply,
+    ast.Div: pc.divide,
+}
+
+
+def parse_where(text: str) -> ds.Expression:
+    """Turn a Python-syntax predicate over mask columns into a pyarrow expression.
+
+    Supports ``and``/``or``/``not``, comparisons (chained too), ``+ - * /``, numbers, and
+    ``column in (v1, v2, …)``. Nothing is evaluated as Python.
+
+    Raises:
+        FilterError: a syntax error, an unknown column or an unsupported construct.
+    """
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as error:
+        raise FilterError(f"--where {text!r}: {error.msg}") from error
+    return to_expression(tree.body, text)
+
+
+def to_expression(node: ast.AST, text: str) -> Any:
+    """One AST node → pyarrow expression or scalar (see ``parse_where``)."""
+    if isinstance(node, ast.BoolOp):
+        parts = [to_expression(value, text) for value in node.values]
+        combined = parts[0]
+        for part in parts[1:]:
+            combined = combined & part if isinstance(node.op, ast.And) else combined | part
+        return combined
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        return ~to_expression(node.operand, text)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return pc.negate(to_expression(node.operand, text))
+    if isinstance(node, ast.Compare):
+        return compare(node, text)
+    if isinstance(node, ast.BinOp) and type(node.op) in ARITHMETIC:
+        left, right = to_expression(node.left, text), to_expression(node.right, text)
+        return ARITHMETIC[type(node.op)](left, right)
+    if isinstance(node, ast.Name):
+        if node.id not in WHERE_COLUMNS:
+            known = ", ".join(WHERE_COLUMNS)
+            raise FilterError(f"--where: unknown column {node.id!r} (use {known})")
+        return ds.field(node.id)
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+        return node.value
+    raise FilterError(f"--where {text!r}: unsupported expression {ast.unparse(node)!r}")
+
+
+def compare(node: ast.Compare, text: str) -> ds.Expression:
+    """A (possibly chained) comparison, or ``column in (…)``."""
+    parts = []
+    left = node.left
+    for op, right in zip(node.ops, node.comparators, strict=True):
+        if isinstance(op, ast.In | ast.NotIn) and isinstance(right, ast.Tuple | ast.List):
+            values = [to_expression(element, text) for element in right.elts]
+            member = pc.is_in(to_expression(left, text), value_set=pa.array(values))
+            parts.append(member if isinstance(op, ast.In) else ~member)
+        elif type(op) in COMPARISONS:
+            a, b = to_expression(left, text), to_expression(right, text)
+            parts.append(COMPARISONS[type(op)](as_expression(a), b))
+        else:
+            raise FilterError(f"--where {text!r}: unsupported comparison")
+        left = right
+    combined = parts[0]
+    for part in parts[1:]:
+        combined = combined & part
+    return combined
+
+
+def as_expression(value: Any) -> ds.Expression:
+    """Wrap a plain number so that comparisons build expressions, not booleans."""
+    return value if isinstance(value, ds.Expression) else pc.scalar(value)
+
+
+def filtered_shard(run: Run, shard: str, mask_filter: MaskFilter) -> tuple[pa.Table, pa.Table]:
+    """One shard's kept mask rows and its image rows with ``num_masks`` recounted."""
+    masks = mask_filter.apply_in_memory(run.shard_masks(shard, filter=mask_filter.expression()))
+    images = run.shard_images(shard)
+    kept = pc.value_counts(masks.column("image_id")) if masks.num_rows else None
+    counts: dict[int, int] = {}
+    if kept is not None:
+        counts = dict(
+            zip(kept.field("values").to_pylist(), kept.field("counts").to_pylist(), strict=True)
+        )
+    num_masks = pa.array(
+        [counts.get(i, 0) for i in images.column("image_id").to_pylist()], pa.int32()
+    )
+    images = images.set_column(images.schema.get_field_index("num_masks"), "num_masks", num_masks)
+    return masks.cast(MASK_SCHEMA), images
+
+
+def filter_run(
+    source: str,
+    output: str,
+    mask_filter: MaskFilter,
+    storage_options: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write a new run holding only the masks that pass ``mask_filter``.
+
+    The new run has the same layout and schema; its image rows carry the new ``num_masks``,
+    and its manifest records the filter and the source run.
+
+    Args:
+        source: the run to read (path or URI).
+        output: where to write the filtered run (path or URI); must not hold a run unless
+            ``overwrite``.
+        mask_filter: what to keep.
+        storage_options: fsspec options for both locations.
+        overwrite: replace a run already at ``output``.
+
+    Returns:
+        The new run's counts.
+    """
+    run = open_run(source, storage_options)
+    layout = RunLayout(output)
+    if read_json(layout.manifest, storage_options) is not None and not overwrite:
+        raise FilterError(f"{output} already holds a run; use --overwrite to replace it")
+    if overwrite:
+        from pipeline.runner import remove_run
+
+        remove_run(layout, storage_options)
+    remove_partials(layout, storage_options)
+    counts = {"images": 0, "ok": 0, "errors": 0, "masks": 0, "masks_before": 0}
+    start = time.time()
+    for shard in run.shards:
+        masks, images = filtered_shard(run, shard, mask_filter)
+        errors = sum(status == "error" for status in images.column("status").to_pylist())
+        stats = {
+            "images": images.num_rows,
+            "ok": images.num_rows - errors,
+            "errors": errors,
+            "masks": masks.num_rows,
+        }
+        commit_shard(layout, shard, masks, images, stats, storage_options)
+        for key, value in stats.items():
+            counts[key] += value
+    counts["masks_before"] = run.manifest.get("counts", {}).get("masks")
+    manifest = {
+        **run.manifest,
+        "status": "complete",
+        "filter": {"source": source, **mask_filter.describe()},
+        "counts": {**counts, "shards_committed": len(run.shards)},
+        "finished_at": time.time(),
+        "seconds": time.time() - start,
+    }
+    write_json_atomic(layout.manifest, manifest, storage_options)
+    return manifest["counts"]

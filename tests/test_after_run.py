@@ -1,0 +1,228 @@
+"""After the run: filter, stats, export, show, the Python API and the notebook."""
+
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pytest
+from nbclient import NotebookClient
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from pipeline.config import load_config
+from pipeline.dataset import decode_mask, open_run
+from pipeline.export import export_coco, export_sa1b
+from pipeline.filters import FilterError, MaskFilter, filter_run, parse_where
+from pipeline.overlays import show
+from pipeline.runner import execute, plan_run
+from pipeline.stats import run_stats
+from tests.conftest import ROOT, make_scene
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, micro_overrides) -> Path:
+    """A run of 6 images with many masks of varied scores and areas."""
+    folder = tmp_path_factory.mktemp("photos")
+    for i in range(6):
+        make_scene(64 + 8 * i, 48, seed=60 + i).save(folder / f"p{i}.png")
+    (folder / "bad.png").write_bytes(b"nope")
+    output = tmp_path_factory.mktemp("run") / "out"
+    overrides = [*micro_overrides, "amg.points_per_side=5", "runtime.shard_size=4"]
+    execute(plan_run(load_config(None, overrides), str(folder), str(output)), show_progress=False)
+    return output
+
+
+def mask_keys(table) -> set[tuple[int, int]]:
+    return set(zip(table["image_id"].to_pylist(), table["mask_index"].to_pylist(), strict=True))
+
+
+def test_filter_keeps_exactly_the_rows_of_its_predicate(finished_run, tmp_path):
+    source = open_run(str(finished_run)).masks.to_table()
+    iou_median = pc.approximate_median(source["predicted_iou"]).as_py()
+    stab_q = pc.quantile(source["stability_score"], q=0.3)[0].as_py()
+    area_lo, area_hi = (pc.quantile(source["area"], q=q)[0].as_py() for q in (0.1, 0.9))
+    mask_filter = MaskFilter(
+        min_predicted_iou=iou_median,
+        min_stability_score=stab_q,
+        min_area=int(area_lo),
+        max_area=int(area_hi),
+        where="area > 0",
+    )
+    counts = filter_run(str(finished_run), str(tmp_path / "f"), mask_filter)
+
+    expected = source.filter(
+        pc.and_(
+            pc.and_(
+                pc.greater_equal(source["predicted_iou"], iou_median),
+                pc.greater_equal(source["stability_score"], stab_q),
+            ),
+            pc.and_(
+                pc.greater_equal(source["area"], int(area_lo)),
+                pc.less_equal(source["area"], int(area_hi)),
+            ),
+        )
+    )
+    kept = open_run(str(tmp_path / "f"))
+    assert 0 < expected.num_rows < source.num_rows
+    assert mask_keys(kept.masks.to_table()) == mask_keys(expected)
+    assert counts["masks"] == expected.num_rows
+    images = kept.images.to_table().to_pylist()
+    assert len(images) == 7
+    per_image = dict(
+        zip(*np.unique(expected["image_id"].to_numpy(), return_counts=True), strict=True)
+    )
+    assert all(row["num_masks"] == per_image.get(row["image_id"], 0) for row in images)
+    manifest = kept.manifest
+    assert manifest["filter"]["source"] == str(finished_run)
+    assert manifest["filter"]["min_predicted_iou"] == iou_median
+
+
+def test_top_k_area_fraction_and_where(finished_run, tmp_path):
+    source = open_run(str(finished_run)).masks.to_table()
+    mask_filter = MaskFilter(
+        top_k=3,
+        max_area_fraction=0.6,
+        where="predicted_iou * 2 > 0.5 and not (mask_index in (0, 1))",
+    )
+    filter_run(str(finished_run), str(tmp_path / "f"), mask_filter)
+    kept = open_run(str(tmp_path / "f")).masks.to_table().to_pylist()
+
+    rows = source.to_pylist()
+    candidates = [
+        r
+        for r in rows
+        if r["predicted_iou"] * 2 > 0.5
+        and r["mask_index"] not in (0, 1)
+        and r["area"] / np.prod(r["segmentation"]["size"]) <= 0.6
+    ]
+    expected = set()
+    for image_id in {r["image_id"] for r in candidates}:
+        mine = sorted(
+            (r for r in candidates if r["image_id"] == image_id), key=lambda r: -r["predicted_iou"]
+        )
+        expected |= {(r["image_id"], r["mask_index"]) for r in mine[:3]}
+    assert {(r["image_id"], r["mask_index"]) for r in kept} == expected
+    assert 0 < len(expected) <= 3 * 6
+
+
+def test_bad_where_expressions_are_clear_errors():
+    with pytest.raises(FilterError, match="unknown column 'colour'"):
+        parse_where("colour == 3")
+    with pytest.raises(FilterError, match="unsupported expression"):
+        parse_where("__import__('os').system('true')")
+    with pytest.raises(FilterError):
+        parse_where("area >")
+
+
+def test_filter_from_local_to_s3(finished_run, s3):
+    fs, prefix = s3
+    counts = filter_run(str(finished_run), f"s3://{prefix}/filtered", MaskFilter(top_k=1))
+    assert counts["masks"] == 6
+    run = open_run(f"s3://{prefix}/filtered")
+    assert run.masks.count_rows() == 6 and run.images.count_rows() == 7
+
+
+def test_coco_export_loads_in_pycocotools(finished_run, tmp_path):
+    masks = open_run(str(finished_run)).masks.to_table()
+    out = tmp_path / "coco.json"
+    counts = export_coco(str(finished_run), str(out))
+    coco = COCO(str(out))
+    assert counts == {"images": 6, "annotations": masks.num_rows}
+    assert len(coco.getImgIds()) == 6 and len(coco.getAnnIds()) == masks.num_rows
+    assert coco.getCatIds() == [1]
+    for ann in coco.loadAnns(coco.getAnnIds()):
+        image = coco.loadImgs(ann["image_id"])[0]
+        decoded = coco.annToMask(ann)
+        assert decoded.shape == (image["height"], image["width"])
+        assert int(decoded.sum()) == ann["area"]
+        assert ann["score"] == ann["predicted_iou"]
+        assert list(mask_utils.toBbox(ann["segmentation"])) == ann["bbox"]
+    filtered = export_coco(str(finished_run), str(tmp_path / "f.json"), MaskFilter(top_k=2))
+    assert filtered["annotations"] == 12
+
+
+def test_sa1b_export_writes_one_file_per_image(finished_run, tmp_path):
+    counts = export_sa1b(
+        str(finished_run), str(tmp_path / "sa1b"), MaskFilter(min_predicted_iou=1.1)
+    )  # nothing passes: empty files
+    files = sorted((tmp_path / "sa1b").glob("sa_*.json"))
+    assert len(files) == counts["files"] == 6 and counts["annotations"] == 0
+    export_sa1b(str(finished_run), str(tmp_path / "all"))
+    total = 0
+    for path in (tmp_path / "all").glob("*.json"):
+        document = json.loads(path.read_text())
+        assert set(document["image"]) == {"image_id", "width", "height", "file_name"}
+        for ann in document["annotations"]:
+            assert set(ann) == {
+                "id",
+                "segmentation",
+                "bbox",
+                "area",
+                "predicted_iou",
+                "stability_score",
+                "point_coords",
+                "crop_box",
+            }
+            assert int(mask_utils.decode(ann["segmentation"]).sum()) == ann["area"]
+        total += len(document["annotations"])
+    assert total == open_run(str(finished_run)).masks.count_rows()
+
+
+def test_stats_writes_json_and_plots(finished_run, tmp_path):
+    stats = run_stats(str(finished_run), str(tmp_path / "stats"))
+    document = json.loads((tmp_path / "stats" / "stats.json").read_text())
+    masks = open_run(str(finished_run)).masks.to_table()
+    assert document["masks"] == masks.num_rows == stats.masks
+    assert document["images"] == {"ok": 6, "error": 1}
+    median = pc.approximate_median(masks["predicted_iou"]).as_py()
+    assert abs(document["predicted_iou"]["p50"] - median) < 0.002
+    kept = np.array(document["survival"]["kept"])
+    assert kept[0, 0] == masks.num_rows
+    assert (np.diff(kept, axis=0) <= 0).all() and (np.diff(kept, axis=1) <= 0).all()
+    for name in ("distributions.png", "survival.png"):
+        with Image.open(tmp_path / "stats" / name) as image:
+            assert image.size[0] > 300 and image.size[1] > 200
+
+
+def test_show_writes_overlays(finished_run, tmp_path):
+    run = open_run(str(finished_run))
+    image = run.images.to_table(filter=ds.field("status") == "ok").to_pylist()[0]
+    [path] = show(str(finished_run), str(tmp_path / "ov"), image_ids=[image["image_id"]])
+    overlay = np.array(Image.open(path))
+    original = np.array(Image.open(image["image_uri"]).convert("RGB"))
+    assert overlay.shape == original.shape
+    covered = np.zeros(original.shape[:2], bool)
+    for row in run.image_masks(image["image_id"]):
+        covered |= decode_mask(row).astype(bool)
+    assert (overlay[covered] != original[covered]).any(axis=1).mean() > 0.5
+    assert len(show(str(finished_run), str(tmp_path / "sample"), sample=4)) == 4
+
+
+def test_notebook_runs_against_a_run(finished_run):
+    notebook = nbformat.read(ROOT / "notebooks" / "explore_run.ipynb", as_version=4)
+    os.environ["AUTOLABEL_RUN"] = str(finished_run)
+    try:
+        NotebookClient(
+            notebook,
+            timeout=300,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(ROOT / "notebooks")}},
+        ).execute()
+    finally:
+        os.environ.pop("AUTOLABEL_RUN")
+    text = "".join(
+        o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs
+    )
+    assert "2 shards, 7 images" in text
+    assert "one decoded mask" in text
+    images = [
+        o for c in notebook.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})
+    ]
+    assert len(images) == 2
