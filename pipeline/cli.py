@@ -65,6 +65,22 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--seed", type=int, default=0, help="seed of the random sample")
     add_filter_flags(show)
 
+    evaluate = commands.add_parser(
+        "eval", help="class-agnostic COCO metrics of a run against ground truth"
+    )
+    evaluate.add_argument("run", help="the run (path or URI)")
+    evaluate.add_argument("--gt", required=True, help="COCO instances JSON of the same images")
+    evaluate.add_argument("--out", help="folder for eval.json and thresholds.png")
+
+    synth = commands.add_parser(
+        "synth", help="write synthetic scenes with exact instance masks (COCO JSON)"
+    )
+    synth.add_argument("--n", type=int, required=True, help="number of scenes")
+    synth.add_argument("--seed", type=int, default=0, help="dataset seed")
+    synth.add_argument("--out", required=True, help="folder: images/ and annotations.json")
+    synth.add_argument("--size", type=int, default=256, help="image side in pixels")
+    synth.add_argument("--difficulty", type=float, default=1.0, help="0 (easy) to 1 (hard)")
+
     random = commands.add_parser(
         "random-checkpoint",
         help="write a randomly initialised SAM 2 checkpoint (offline demos and tests)",
@@ -122,12 +138,13 @@ def main(argv: list[str] | None = None) -> int:
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors whose message is meant for the user as it is (one line, exit code 2)."""
     from pipeline.dataset import RunNotFoundError
+    from pipeline.evaluate import EvalError
     from pipeline.filters import FilterError
     from pipeline.manifest import RunConflictError
     from pipeline.models import ModelError
     from pipeline.sources import InputError
 
-    return (ModelError, InputError, RunConflictError, RunNotFoundError, FilterError)
+    return (ModelError, InputError, RunConflictError, RunNotFoundError, FilterError, EvalError)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -214,7 +231,31 @@ def show_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def eval_command(args: argparse.Namespace) -> int:
+    """``autolabel eval``: COCO metrics table, and JSON + plot with --out."""
+    from rich.console import Console
+
+    from pipeline.evaluate import evaluate_run, metrics_table
+
+    report = evaluate_run(args.run, args.gt, args.out)
+    Console().print(metrics_table(report))
+    if args.out:
+        print(f"wrote {args.out}/eval.json, thresholds.png")
+    return 0
+
+
+def synth_command(args: argparse.Namespace) -> int:
+    """``autolabel synth``: synthetic scenes and their ground truth."""
+    from pipeline.synth import write_dataset
+
+    counts = write_dataset(args.out, args.n, args.seed, args.size, args.difficulty)
+    print(f"wrote {counts['images']} scenes with {counts['annotations']} instances to {args.out}")
+    return 0
+
+
 COMMANDS = {
+    "eval": eval_command,
+    "synth": synth_command,
     "run": run_command,
     "filter": filter_command,
     "stats": stats_command,

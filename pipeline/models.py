@@ -40,6 +40,16 @@ OFFICIAL_MODELS = {
     name: (config, f"{CHECKPOINT_BASE}/{path}") for name, (config, path) in OFFICIAL_MODELS.items()
 }
 
+# Models trained in this repository, shipped with it: name → (config path, checkpoint path),
+# relative to the project root. They exist for offline demos and tests, not for real photos.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LOCAL_MODELS: dict[str, tuple[str, str]] = {
+    "sam2-tiny-synthetic": (
+        "configs/models/sam2_tiny_synthetic.yaml",
+        "models/sam2_tiny_synthetic.pt",
+    ),
+}
+
 # Same switches sam2's build_sam2 applies with apply_postprocessing=True.
 POSTPROCESSING_OVERRIDES = {
     "model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability": True,
@@ -71,10 +81,11 @@ def resolve_model(name: str | None, config: str | None, checkpoint: str | None) 
         checkpoint: local path or fsspec URI (``s3://``, ``https://`` …); overrides the
             name's download URL.
     """
-    if name is not None and name not in OFFICIAL_MODELS:
-        known = ", ".join(OFFICIAL_MODELS)
+    known_models = {**OFFICIAL_MODELS, **local_models()}
+    if name is not None and name not in known_models:
+        known = ", ".join(known_models)
         raise ModelError(f"unknown model.name {name!r}; expected one of: {known}")
-    default_config, default_url = OFFICIAL_MODELS.get(name, (None, None))
+    default_config, default_url = known_models.get(name, (None, None))
     config = config or default_config
     checkpoint = checkpoint or default_url
     if config is None:
@@ -85,6 +96,14 @@ def resolve_model(name: str | None, config: str | None, checkpoint: str | None) 
     return ModelSpec(
         config=config, checkpoint=checkpoint, name=name if config == default_config else None
     )
+
+
+def local_models() -> dict[str, tuple[str, str]]:
+    """The repository's own models with absolute paths."""
+    return {
+        name: (str(PROJECT_ROOT / config), str(PROJECT_ROOT / checkpoint))
+        for name, (config, checkpoint) in LOCAL_MODELS.items()
+    }
 
 
 def is_package_config(config: str) -> bool:

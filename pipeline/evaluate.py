@@ -1,0 +1,218 @@
+"""How good are the pseudo-labels? Class-agnostic COCO metrics against a labelled subset.
+
+The run's masks are scored with pycocotools' COCOeval (segm) against a COCO instances file,
+all categories merged into one (the generator knows no classes). With ``--out`` it also writes
+how precision and recall (at mask IoU 0.5) move as the predicted-IoU and stability thresholds
+rise, so a user can pick ``autolabel filter`` thresholds on their own labelled images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from pipeline import rle
+from pipeline.dataset import open_run
+
+METRIC_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "AP_small",
+    "AP_medium",
+    "AP_large",
+    "AR@1",
+    "AR@10",
+    "AR@100",
+    "AR_small",
+    "AR_medium",
+    "AR_large",
+)
+THRESHOLDS = np.round(np.linspace(0.0, 1.0, 41), 3)
+
+
+class EvalError(ValueError):
+    """Ground truth and run that cannot be compared; one line for the user."""
+
+
+def class_agnostic(gt_path: str) -> COCO:
+    """Load a COCO instances file with every annotation moved to one category."""
+    data = json.loads(Path(gt_path).read_text())
+    data = copy.deepcopy(data)
+    for ann in data.get("annotations", []):
+        ann["category_id"] = 1
+    data["categories"] = [{"id": 1, "name": "object"}]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = data
+        coco.createIndex()
+    return coco
+
+
+def match_images(gt: COCO, uris: dict[str, int]) -> dict[int, int]:
+    """GT image id → run image id, matching ``file_name`` as a suffix of the image URI."""
+    matched = {}
+    for image in gt.dataset["images"]:
+        name = image["file_name"].replace("\\", "/")
+        for uri, run_id in uris.items():
+            if uri == name or uri.endswith("/" + name):
+                matched[image["id"]] = run_id
+                break
+    return matched
+
+
+def detections(source: str, gt: COCO) -> tuple[list[dict[str, Any]], dict[int, int]]:
+    """The run's masks of the GT's images as COCO results (score = predicted IoU)."""
+    run = open_run(source)
+    images = run.images.to_table(columns=["image_id", "image_uri", "status"]).to_pylist()
+    matched = match_images(gt, {row["image_uri"]: row["image_id"] for row in images})
+    if not matched:
+        raise EvalError(f"no image of {source} matches a file_name of the ground truth")
+    back = {run_id: gt_id for gt_id, run_id in matched.items()}
+    table = run.masks.to_table(filter=run.field("image_id").isin(list(back)))
+    results = []
+    for row in table.to_pylist():
+        gt_id = back[row["image_id"]]
+        image = gt.imgs[gt_id]
+        if list(row["segmentation"]["size"]) != [image["height"], image["width"]]:
+            raise EvalError(
+                f"masks of {image['file_name']} are {row['segmentation']['size']} (h, w) but the "
+                f"ground truth is {[image['height'], image['width']]}; run with "
+                "image.max_short_side=0 to label at full size"
+            )
+        results.append(
+            {
+                "image_id": gt_id,
+                "category_id": 1,
+                "segmentation": row["segmentation"],
+                "score": row["predicted_iou"],
+                "stability_score": row["stability_score"],
+                "area": row["area"],
+                "bbox": row["bbox"],
+            }
+        )
+    return results, matched
+
+
+def coco_metrics(gt: COCO, results: list[dict[str, Any]], image_ids: list[int]) -> dict:
+    """COCOeval (segm) summary as a dict of the 12 standard numbers."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(copy.deepcopy(results)) if results else COCO()
+        evaluator = COCOeval(gt, dt, "segm")
+        evaluator.params.imgIds = image_ids
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {name: float(value) for name, value in zip(METRIC_NAMES, evaluator.stats, strict=True)}
+
+
+def threshold_curves(gt: COCO, results: list[dict[str, Any]], image_ids: list[int]) -> dict:
+    """Precision and recall at mask IoU 0.5 as each score threshold rises.
+
+    A kept mask is a hit when it overlaps some GT instance with IoU ≥ 0.5; a GT instance is
+    found when some kept mask does.
+    """
+    best_for_dt, dt_scores = [], []
+    gt_hits: list[list[int]] = []
+    offset = 0
+    for image_id in image_ids:
+        dts = [r for r in results if r["image_id"] == image_id]
+        gts = gt.loadAnns(gt.getAnnIds(imgIds=[image_id]))
+        dt_rles = [rle.as_pycocotools(r["segmentation"]) for r in dts]
+        gt_rles = [gt.annToRLE(g) for g in gts]
+        ious = (
+            mask_utils.iou(dt_rles, gt_rles, [0] * len(gt_rles))
+            if dt_rles and gt_rles
+            else np.zeros((len(dts), len(gts)))
+        )
+        ious = np.asarray(ious).reshape(len(dts), len(gts))
+        best_for_dt += list(ious.max(axis=1) if len(gts) else np.zeros(len(dts)))
+        dt_scores += [(r["score"], r["stability_score"]) for r in dts]
+        gt_hits += [list(np.flatnonzero(ious[:, j] >= 0.5) + offset) for j in range(len(gts))]
+        offset += len(dts)
+    hit = np.array(best_for_dt) >= 0.5
+    scores = np.array(dt_scores).reshape(-1, 2)
+    curves = {}
+    for column, name in ((0, "predicted_iou"), (1, "stability_score")):
+        precision, recall = [], []
+        for threshold in THRESHOLDS:
+            kept = scores[:, column] >= threshold
+            precision.append(float(hit[kept].mean()) if kept.any() else float("nan"))
+            found = sum(any(kept[i] for i in hits) for hits in gt_hits)
+            recall.append(found / len(gt_hits) if gt_hits else float("nan"))
+        curves[name] = {"thresholds": THRESHOLDS.tolist(), "precision": precision, "recall": recall}
+    return curves
+
+
+def evaluate_run(source: str, gt_path: str, out: str | None = None) -> dict[str, Any]:
+    """COCO metrics of a run against ground truth; with ``out``, a JSON and a plot there.
+
+    Args:
+        source: the run (path or URI).
+        gt_path: a COCO instances JSON whose ``file_name`` s end the run's image URIs.
+        out: a local folder for ``eval.json`` and ``thresholds.png``.
+    """
+    gt = class_agnostic(gt_path)
+    results, matched = detections(source, gt)
+    image_ids = sorted(matched)
+    report = {
+        "run": source,
+        "ground_truth": gt_path,
+        "images": len(image_ids),
+        "gt_instances": len(gt.getAnnIds(imgIds=image_ids)),
+        "masks": len(results),
+        "metrics": coco_metrics(gt, results, image_ids),
+    }
+    if out:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        report["threshold_curves"] = threshold_curves(gt, results, image_ids)
+        (folder / "eval.json").write_text(json.dumps(report, indent=2))
+        plot_curves(report["threshold_curves"], folder / "thresholds.png")
+    return report
+
+
+def plot_curves(curves: dict, path: Path) -> None:
+    """Precision and recall against the predicted-IoU and stability thresholds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, (name, curve) in zip(axes, curves.items(), strict=True):
+        ax.plot(curve["thresholds"], curve["precision"], label="precision (IoU ≥ 0.5)")
+        ax.plot(curve["thresholds"], curve["recall"], label="recall (IoU ≥ 0.5)")
+        ax.set_xlabel(f"{name} threshold")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_ylabel("fraction")
+    figure.suptitle("choose filter thresholds: precision vs recall")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def metrics_table(report: dict[str, Any]):
+    """The terminal table of the 12 COCO numbers."""
+    from rich.table import Table
+
+    table = Table(title=f"autolabel eval: {report['run']}", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in report["metrics"].items():
+        table.add_row(name, f"{value:.3f}")
+    table.caption = (
+        f"{report['images']} images, {report['gt_instances']} ground-truth "
+        f"instances, {report['masks']} masks (class-agnostic, segm)"
+    )
+    return table
