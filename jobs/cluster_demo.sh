@@ -66,10 +66,10 @@ PYEOF
 
 echo "== submitting the demo run"
 "$BIN/ray" job submit --address "http://127.0.0.1:$DASHBOARD_PORT" -- \
-  "$BIN/autolabel" run --input "$PWD/samples" --output "$OUTPUT" --overwrite --no-progress \
+  "$BIN/autolabel" run --input "$PWD/samples/scenes/images" --output "$OUTPUT" --overwrite --no-progress \
   model.config="$PWD/configs/models/sam2.1_hiera_micro.yaml" model.checkpoint="$CHECKPOINT" \
   amg.points_per_side=8 amg.pred_iou_thresh=0 amg.stability_score_thresh=0 \
-  runtime.shard_size=2 runtime.cpus_per_actor=1
+  runtime.shard_size=3 runtime.cpus_per_actor=1
 
 echo "== output in $OUTPUT:"
 ls -R "$OUTPUT" | head -20

@@ -69,9 +69,12 @@ class ModelSpec:
     config: str
     checkpoint: str | None
     name: str | None = None
+    image_size: int | None = None  # run at this input size instead of the config's
 
 
-def resolve_model(name: str | None, config: str | None, checkpoint: str | None) -> ModelSpec:
+def resolve_model(
+    name: str | None, config: str | None, checkpoint: str | None, image_size: int | None = None
+) -> ModelSpec:
     """Turn the ``model.*`` settings into a concrete config and checkpoint.
 
     Args:
@@ -80,6 +83,7 @@ def resolve_model(name: str | None, config: str | None, checkpoint: str | None) 
             overrides the name's config.
         checkpoint: local path or fsspec URI (``s3://``, ``https://`` …); overrides the
             name's download URL.
+        image_size: run the model at this input size (None: the config's).
     """
     known_models = {**OFFICIAL_MODELS, **local_models()}
     if name is not None and name not in known_models:
@@ -94,7 +98,10 @@ def resolve_model(name: str | None, config: str | None, checkpoint: str | None) 
         raise ModelError(f"model.config {config!r} is neither a sam2 config nor a yaml file")
     # A name whose config was swapped for another no longer names the model that runs.
     return ModelSpec(
-        config=config, checkpoint=checkpoint, name=name if config == default_config else None
+        config=config,
+        checkpoint=checkpoint,
+        name=name if config == default_config else None,
+        image_size=image_size,
     )
 
 
@@ -168,8 +175,13 @@ def as_tuple(protocol: str | tuple[str, ...]) -> tuple[str, ...]:
     return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
 
-def load_model_config(config: str) -> Any:
-    """Load a sam2 model config, by package name through hydra or by path, as an OmegaConf."""
+def load_model_config(config: str, image_size: int | None = None) -> Any:
+    """Load a sam2 model config, by package name through hydra or by path, as an OmegaConf.
+
+    Args:
+        config: a sam2 config name or yaml path.
+        image_size: override the model's input size (None keeps it).
+    """
     from omegaconf import OmegaConf
 
     if is_package_config(config):
@@ -179,7 +191,10 @@ def load_model_config(config: str) -> Any:
         cfg = compose(config_name=config)
     else:
         cfg = OmegaConf.load(config)
-    for key, value in POSTPROCESSING_OVERRIDES.items():
+    overrides = dict(POSTPROCESSING_OVERRIDES)
+    if image_size:
+        overrides["model.image_size"] = image_size
+    for key, value in overrides.items():
         OmegaConf.update(cfg, key, value, force_add=True)
     OmegaConf.resolve(cfg)
     return cfg
@@ -200,11 +215,14 @@ def build_model(spec: ModelSpec, device: str, storage_options: dict[str, Any] | 
     if is_package_config(spec.config):
         from sam2.build_sam import build_sam2
 
-        return build_sam2(spec.config, ckpt, device=device, mode="eval")
+        extra = [f"++model.image_size={spec.image_size}"] if spec.image_size else []
+        return build_sam2(
+            spec.config, ckpt, device=device, mode="eval", hydra_overrides_extra=extra
+        )
     from hydra.utils import instantiate
     from sam2.build_sam import _load_checkpoint
 
-    model = instantiate(load_model_config(spec.config).model, _recursive_=True)
+    model = instantiate(load_model_config(spec.config, spec.image_size).model, _recursive_=True)
     _load_checkpoint(model, ckpt)
     return model.to(device).eval()
 

@@ -80,7 +80,9 @@ def plan_run(job: JobConfig, source: str, output: str, overwrite: bool = False) 
         ModelError, InputError, RunConflictError: with a one-line message.
     """
     options = job.storage.options
-    model = resolve_model(job.model.name, job.model.config, job.model.checkpoint)
+    model = resolve_model(
+        job.model.name, job.model.config, job.model.checkpoint, job.model.image_size
+    )
     if model.checkpoint:
         check_checkpoint(model.checkpoint, options)
     images = list_images(source, options)

@@ -8,7 +8,14 @@ curriculum raises the scene difficulty over the first part of the schedule. Held
 measure point-conditioning throughout: the IoU of the chosen mask with the prompted object
 against its IoU with another object of the same scene.
 
-Run: ``python -m pipeline.training --out runs/train --steps 3000`` (resumes from ``--out``).
+What it took (measured here, see the closing notes of the issue): with SAM's 20:1 focal:dice
+weights or a peak learning rate of 1e-3 the model collapses to point-independent blobs (its
+masks for four different points differ by < 0.5 %); dice-heavy weights, a peak of 3e-4, a
+disk-target localisation warm-up and the single-output loss make the point matter within
+~200 steps.
+
+Run: ``python -m pipeline.training --out runs/train`` (resumes from ``--out``); the defaults
+are the recipe of the shipped checkpoint.
 """
 
 from __future__ import annotations
@@ -28,7 +35,10 @@ from pipeline.synth import Scene, make_scene
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-FOCAL_WEIGHT, DICE_WEIGHT, IOU_WEIGHT = 20.0, 1.0, 1.0
+# SAM weighs focal 20 : dice 1. A small model trained from scratch collapses under that to
+# "predict nothing" (the focal term favours the background, dice's pull is too weak, and the
+# point's gradient vanishes); dice-heavy weights learn to localise from the first steps.
+FOCAL_WEIGHT, DICE_WEIGHT, IOU_WEIGHT = 1.0, 5.0, 1.0
 HELD_OUT_SEED = 7_777  # scenes never used for training
 LOSS_SIZE = 128  # masks compared at this resolution
 
@@ -82,7 +92,10 @@ def image_features(model, images: torch.Tensor):
 
 
 def decode(model, embed, high_res, owners: torch.Tensor, points: torch.Tensor):
-    """Three masks (low-res logits) and three IoU predictions per single-point prompt.
+    """All four masks (low-res logits) and IoU predictions per single-point prompt.
+
+    Output 0 is the single-mask output, outputs 1-3 the multimask ones the generator uses
+    (``multimask_output=True`` returns ``[:, 1:]`` of these).
 
     Args:
         embed, high_res: from ``image_features``.
@@ -93,12 +106,11 @@ def decode(model, embed, high_res, owners: torch.Tensor, points: torch.Tensor):
     sparse, dense = model.sam_prompt_encoder(
         points=(points[:, None, :], labels), boxes=None, masks=None
     )
-    masks, iou, _, _ = model.sam_mask_decoder(
+    masks, iou, _, _ = model.sam_mask_decoder.predict_masks(
         image_embeddings=embed[owners],
         image_pe=model.sam_prompt_encoder.get_dense_pe(),
         sparse_prompt_embeddings=sparse,
         dense_prompt_embeddings=dense,
-        multimask_output=True,
         repeat_image=False,
         high_res_features=[level[owners] for level in high_res],
     )
@@ -106,11 +118,17 @@ def decode(model, embed, high_res, owners: torch.Tensor, points: torch.Tensor):
 
 
 def losses(logits: torch.Tensor, iou_pred: torch.Tensor, targets: torch.Tensor):
-    """Focal + dice on the best of the three masks, MSE of the IoU head on all three.
+    """Focal + dice on the single output and on the best of the three multimask outputs, and
+    MSE of the IoU head on all four.
+
+    The single output has no best-of-3 escape: three point-independent masks can each cover
+    one object of a scene and satisfy a best-of-3 loss, but one output can only fit the
+    prompted object by reading the point. Training it (as SAM does) teaches the shared decoder
+    to use the point.
 
     Args:
-        logits: (N, 3, s, s) mask logits at LOSS_SIZE.
-        iou_pred: (N, 3) predicted IoU.
+        logits: (N, 4, s, s) mask logits at LOSS_SIZE (output 0 single, 1-3 multimask).
+        iou_pred: (N, 4) predicted IoU.
         targets: (N, s, s) float ground truth.
     """
     t = targets[:, None].expand_as(logits)
@@ -120,7 +138,7 @@ def losses(logits: torch.Tensor, iou_pred: torch.Tensor, targets: torch.Tensor):
     focal = (ce * (1 - p_t) ** 2 * (0.25 * t + 0.75 * (1 - t))).mean(dim=(2, 3))
     dice = 1 - (2 * (prob * t).sum((2, 3)) + 1) / (prob.sum((2, 3)) + t.sum((2, 3)) + 1)
     per_mask = FOCAL_WEIGHT * focal + DICE_WEIGHT * dice
-    best = per_mask.argmin(dim=1)
+    best = per_mask[:, 1:].argmin(dim=1) + 1
     rows = torch.arange(len(best))
     with torch.no_grad():
         binary = (logits > 0).float()
@@ -128,9 +146,10 @@ def losses(logits: torch.Tensor, iou_pred: torch.Tensor, targets: torch.Tensor):
         union = (binary + t).clamp(max=1).sum((2, 3))
         true_iou = inter / union.clamp(min=1)
     iou_loss = F.mse_loss(iou_pred, true_iou)
-    total = per_mask[rows, best].mean() + IOU_WEIGHT * iou_loss
+    total = per_mask[rows, best].mean() + per_mask[:, 0].mean() + IOU_WEIGHT * iou_loss
     return total, {
         "mask": per_mask[rows, best].mean().item(),
+        "single_iou": true_iou[:, 0].mean().item(),
         "iou_head": iou_loss.item(),
         "best_iou": true_iou[rows, best].mean().item(),
     }
@@ -155,7 +174,7 @@ def make_batch(
     images, points, targets, owners = [], [], [], []
     for index in range(scenes):
         difficulty_now = float(rng.uniform(0, difficulty))
-        scene = make_scene(int(rng.integers(2**31)), size, difficulty_now, min_shapes=3)
+        scene = make_scene(int(rng.integers(2**31)), size, difficulty_now, min_shapes=4)
         p, t = sample_prompts(rng, scene, prompts, background)
         for i in np.flatnonzero(rng.random(prompts) < disks):
             t[i] = disk(size, p[i, 0], p[i, 1], rng.uniform(6, 40))
@@ -195,6 +214,7 @@ def point_conditioning(model, scenes: list[Scene]) -> dict[str, float]:
             pts.append((xs[pick], ys[pick]))
         owners = torch.zeros(len(pts), dtype=torch.long)
         logits, iou = decode(model, embed, high_res, owners, torch.tensor(pts, dtype=torch.float32))
+        logits, iou = logits[:, 1:], iou[:, 1:]  # the multimask outputs the generator uses
         size = scene.image.shape[0]
         full = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False) > 0
         gts = torch.from_numpy(np.stack(scene.masks))
@@ -231,9 +251,9 @@ def train(
     steps: int,
     config: str,
     seed: int = 0,
-    scenes_per_step: int = 8,
-    prompts_per_scene: int = 16,
-    peak_lr: float = 1e-3,
+    scenes_per_step: int = 4,
+    prompts_per_scene: int = 32,
+    peak_lr: float = 3e-4,
     curriculum: float = 0.5,
     size: int = 256,
     eval_every: int = 100,
@@ -324,12 +344,12 @@ def main(argv: list[str] | None = None) -> None:
     """Command line of the training script."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=2200)
     parser.add_argument("--config", default="configs/models/sam2_tiny_synthetic.yaml")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scenes-per-step", type=int, default=8)
-    parser.add_argument("--prompts-per-scene", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--scenes-per-step", type=int, default=4)
+    parser.add_argument("--prompts-per-scene", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--curriculum", type=float, default=0.5)
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--threads", type=int)

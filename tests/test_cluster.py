@@ -32,7 +32,7 @@ def test_cluster_demo_submits_to_two_nodes_and_cleans_up(tmp_path, micro_checkpo
     assert "cluster up: 2 nodes" in result.stdout
     assert "succeeded" in result.stdout + result.stderr
     images = ds.dataset(output / "images").to_table().to_pylist()
-    assert len(images) == 6 and all(r["status"] == "ok" for r in images)
+    assert len(images) == 8 and all(r["status"] == "ok" for r in images)
     markers = [json.loads(p.read_text()) for p in (output / "_shards").glob("*.json")]
     assert len({m["node"] for m in markers}) == 2, "both nodes should have written shards"
     assert ray_processes() <= before, "the demo cluster was left running"

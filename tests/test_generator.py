@@ -95,3 +95,17 @@ def test_max_mask_area_fraction_drops_big_masks(micro_model):
     assert 0 < len(kept) < len(everything)
     assert all(r["area"] <= limit * 64 * 48 for r in kept)
     assert len(kept) == sum(r["area"] <= limit * 64 * 48 for r in everything)
+
+
+def test_real_architecture_runs_at_reduced_resolution(tmp_path):
+    """A 1024-px checkpoint (Hiera-T layout) run at 512 px: the speed option users ask for."""
+    from pipeline.models import save_random_checkpoint
+
+    ckpt = save_random_checkpoint("configs/sam2.1/sam2.1_hiera_t.yaml", str(tmp_path / "t.pt"))
+    spec = resolve_model(None, "configs/sam2.1/sam2.1_hiera_t.yaml", ckpt, image_size=512)
+    model = build_model(spec, "cpu")
+    assert model.image_size == 512
+    generator = MaskGenerator(model, load_config(None, PERMISSIVE).amg)
+    assert generator.sam2_generator.predictor._bb_feat_sizes == [(128, 128), (64, 64), (32, 32)]
+    records = generator.generate(np.array(make_scene(80, 60, 2)))
+    assert records and all(rle.decode(r["segmentation"]).shape == (60, 80) for r in records)

@@ -107,3 +107,4 @@ def test_eval_scores_perfect_and_shifted_labels(tmp_path, perturb, low, high):
     saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert set(saved["threshold_curves"]) == {"predicted_iou", "stability_score"}
     assert (tmp_path / "eval" / "thresholds.png").stat().st_size > 10_000
+
