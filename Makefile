@@ -9,6 +9,7 @@ PIP := $(BIN)/pip install --disable-pip-version-check --progress-bar off
 DEMO_CONFIG := configs/models/sam2.1_hiera_micro.yaml
 DEMO_CKPT := .cache/sam2.1_hiera_micro_random.pt
 DEMO_OUT ?= demo-output
+SCENES := samples/scenes
 
 .PHONY: install demo test lint clean cluster-demo
 
@@ -30,10 +31,12 @@ $(DEMO_CKPT): $(VENV)/.installed $(DEMO_CONFIG)
 # downloaded offline): the pipeline runs for real, but its masks are noise.
 demo: $(DEMO_CKPT)
 	@echo "NOTE: demo model = micro SAM 2 with random weights; the masks are noise, not objects."
-	$(BIN)/autolabel run --input samples --output $(DEMO_OUT) --overwrite \
+	$(BIN)/autolabel run --input $(SCENES)/images --output $(DEMO_OUT) --overwrite \
 		model.config=$(DEMO_CONFIG) model.checkpoint=$(DEMO_CKPT) \
 		amg.points_per_side=8 amg.pred_iou_thresh=0 amg.stability_score_thresh=0 \
 		runtime.shard_size=4
+	$(BIN)/autolabel show $(DEMO_OUT) --out $(DEMO_OUT)/overlays --sample 8
+	$(BIN)/autolabel eval $(DEMO_OUT) --gt $(SCENES)/annotations.json --out $(DEMO_OUT)/eval
 
 # The demo run submitted with `ray job submit` to a real two-node Ray cluster started on this
 # machine (head + worker on loopback, token auth), which is stopped afterwards.

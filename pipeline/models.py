@@ -40,16 +40,6 @@ OFFICIAL_MODELS = {
     name: (config, f"{CHECKPOINT_BASE}/{path}") for name, (config, path) in OFFICIAL_MODELS.items()
 }
 
-# Models trained in this repository, shipped with it: name → (config path, checkpoint path),
-# relative to the project root. They exist for offline demos and tests, not for real photos.
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-LOCAL_MODELS: dict[str, tuple[str, str]] = {
-    "sam2-tiny-synthetic": (
-        "configs/models/sam2_tiny_synthetic.yaml",
-        "models/sam2_tiny_synthetic.pt",
-    ),
-}
-
 # Same switches sam2's build_sam2 applies with apply_postprocessing=True.
 POSTPROCESSING_OVERRIDES = {
     "model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability": True,
@@ -85,11 +75,10 @@ def resolve_model(
             name's download URL.
         image_size: run the model at this input size (None: the config's).
     """
-    known_models = {**OFFICIAL_MODELS, **local_models()}
-    if name is not None and name not in known_models:
-        known = ", ".join(known_models)
+    if name is not None and name not in OFFICIAL_MODELS:
+        known = ", ".join(OFFICIAL_MODELS)
         raise ModelError(f"unknown model.name {name!r}; expected one of: {known}")
-    default_config, default_url = known_models.get(name, (None, None))
+    default_config, default_url = OFFICIAL_MODELS.get(name, (None, None))
     config = config or default_config
     checkpoint = checkpoint or default_url
     if config is None:
@@ -103,14 +92,6 @@ def resolve_model(
         name=name if config == default_config else None,
         image_size=image_size,
     )
-
-
-def local_models() -> dict[str, tuple[str, str]]:
-    """The repository's own models with absolute paths."""
-    return {
-        name: (str(PROJECT_ROOT / config), str(PROJECT_ROOT / checkpoint))
-        for name, (config, checkpoint) in LOCAL_MODELS.items()
-    }
 
 
 def is_package_config(config: str) -> bool:
