@@ -235,10 +235,11 @@ def eval_command(args: argparse.Namespace) -> int:
     """``autolabel eval``: COCO metrics table, and JSON + plot with --out."""
     from rich.console import Console
 
-    from pipeline.evaluate import evaluate_run, metrics_table
+    from pipeline.evaluate import evaluate_run, metrics_caption, metrics_table
 
     report = evaluate_run(args.run, args.gt, args.out)
     Console().print(metrics_table(report))
+    print(metrics_caption(report))
     if args.out:
         print(f"wrote {args.out}/eval.json, thresholds.png")
     return 0

@@ -211,8 +211,12 @@ def metrics_table(report: dict[str, Any]):
     table.add_column("value", justify="right")
     for name, value in report["metrics"].items():
         table.add_row(name, f"{value:.3f}")
-    table.caption = (
-        f"{report['images']} images, {report['gt_instances']} ground-truth "
-        f"instances, {report['masks']} masks (class-agnostic, segm)"
-    )
     return table
+
+
+def metrics_caption(report: dict[str, Any]) -> str:
+    """One line saying what was compared."""
+    return (
+        f"{report['images']} images, {report['gt_instances']} ground-truth instances, "
+        f"{report['masks']} masks (class-agnostic, segm)"
+    )

@@ -23,6 +23,20 @@ PERMISSIVE = [
 ]
 
 
+def autolabel(*args: str, timeout: int = 600):
+    """Run the ``autolabel`` CLI in a subprocess from the project root; returns the result."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
 def make_scene(width: int, height: int, seed: int) -> Image.Image:
     """A small image of flat shapes on a gradient: cheap, varied, deterministic."""
     rng = np.random.RandomState(seed)

@@ -1,11 +1,10 @@
 """Config: presets, overrides and one-line errors before anything loads."""
 
-import subprocess
-import sys
-
 import pytest
 
 from pipeline.config import ConfigError, load_config
+from pipeline.generator import SAM2_ARGUMENTS
+from tests.conftest import autolabel
 
 
 def test_defaults_match_sam2_generator():
@@ -15,22 +14,7 @@ def test_defaults_match_sam2_generator():
 
     amg = load_config().amg
     params = inspect.signature(SAM2AutomaticMaskGenerator.__init__).parameters
-    for name in (
-        "points_per_side",
-        "points_per_batch",
-        "pred_iou_thresh",
-        "stability_score_thresh",
-        "stability_score_offset",
-        "mask_threshold",
-        "box_nms_thresh",
-        "crop_n_layers",
-        "crop_nms_thresh",
-        "crop_overlap_ratio",
-        "crop_n_points_downscale_factor",
-        "min_mask_region_area",
-        "use_m2m",
-        "multimask_output",
-    ):
+    for name in (*SAM2_ARGUMENTS, "min_mask_region_area"):
         assert getattr(amg, name) == pytest.approx(params[name].default), name
     assert load_config("default").amg == amg
 
@@ -74,21 +58,8 @@ def test_bad_overrides_are_one_line_errors(override, message):
 
 
 def test_cli_rejects_bad_key_before_loading_anything(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "run",
-            "--input",
-            str(tmp_path),
-            "--output",
-            str(tmp_path / "out"),
-            "amg.points_per_sid=4",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = autolabel(
+        "run", "--input", str(tmp_path), "--output", str(tmp_path / "out"), "amg.points_per_sid=4"
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "autolabel: error: unknown config key: amg.points_per_sid"
@@ -122,21 +93,7 @@ def test_cli_input_and_model_errors(tmp_path, image_folder, micro_overrides, arg
         overrides = micro_overrides
     if any(a.startswith("model.name") for a in args):
         overrides = []
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "run",
-            "--output",
-            str(tmp_path / "out"),
-            *args,
-            *overrides,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = autolabel("run", "--output", str(tmp_path / "out"), *args, *overrides)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr

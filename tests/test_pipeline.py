@@ -1,8 +1,6 @@
 """The whole job through a real local Ray cluster: listing → actors → committed Parquet shards."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ from pipeline.generator import SAM2_ARGUMENTS, fix_feature_sizes
 from pipeline.manifest import RunConflictError
 from pipeline.models import build_model, resolve_model
 from pipeline.runner import execute, plan_run
-from tests.conftest import ROOT
+from tests.conftest import autolabel
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -170,23 +168,7 @@ def test_done_when_command_with_hiera_tiny(tmp_path):
         "model.dtype=float32",
     ]
     output = tmp_path / "out"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "run",
-            "--input",
-            str(folder),
-            "--output",
-            str(output),
-            *overrides,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
+    result = autolabel("run", "--input", str(folder), "--output", str(output), *overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "images ok" in result.stdout and str(output) in result.stdout
     images, masks = read_run(output)

@@ -1,8 +1,6 @@
 """Object storage for real: a SeaweedFS S3 server on loopback, no in-process mock."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -11,7 +9,7 @@ from pycocotools import mask as mask_utils
 
 from pipeline.config import load_config
 from pipeline.runner import execute, plan_run
-from tests.conftest import MICRO_CONFIG, PERMISSIVE, ROOT, make_scene
+from tests.conftest import MICRO_CONFIG, PERMISSIVE, autolabel, make_scene
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -38,23 +36,7 @@ def test_bucket_in_bucket_out_with_checkpoint_in_bucket(s3, micro_checkpoint, tm
         *PERMISSIVE,
         "runtime.shard_size=2",
     ]
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "run",
-            "--input",
-            f"s3://{bucket}/photos",
-            "--output",
-            output,
-            *overrides,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
+    result = autolabel("run", "--input", f"s3://{bucket}/photos", "--output", output, *overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "autolabel-test-secret" not in result.stdout + result.stderr
 

@@ -1,8 +1,6 @@
 """Synthetic scenes, `autolabel eval`, and the small SAM 2 trained on them."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -17,28 +15,11 @@ from pipeline.sources import image_id_for
 from pipeline.storage import write_json_atomic
 from pipeline.synth import make_scene, write_dataset
 from pipeline.writer import RunLayout, commit_shard
-from tests.conftest import ROOT
+from tests.conftest import autolabel
 
 
 def test_synth_writes_scenes_and_exact_ground_truth(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "synth",
-            "--n",
-            "6",
-            "--seed",
-            "3",
-            "--out",
-            str(tmp_path / "s"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
+    result = autolabel("synth", "--n", "6", "--seed", "3", "--out", str(tmp_path / "s"))
     assert result.returncode == 0, result.stderr
     coco = COCO(str(tmp_path / "s" / "annotations.json"))
     assert len(coco.getImgIds()) == 6 and len(coco.getAnnIds()) >= 6
@@ -107,4 +88,3 @@ def test_eval_scores_perfect_and_shifted_labels(tmp_path, perturb, low, high):
     saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert set(saved["threshold_curves"]) == {"predicted_iou", "stability_score"}
     assert (tmp_path / "eval" / "thresholds.png").stat().st_size > 10_000
-
