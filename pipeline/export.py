@@ -203,10 +203,5 @@ def write_sa1b_file(
             for index, row in enumerate(rows)
         ],
     }
-    with fs.open(join_remote(folder, f"sa_{image['image_id']}.json"), "w") as f:
+    with fs.open(posixpath.join(folder, f"sa_{image['image_id']}.json"), "w") as f:
         json.dump(document, f)
-
-
-def join_remote(folder: str, name: str) -> str:
-    """Join inside an fsspec filesystem path (always ``/``)."""
-    return posixpath.join(folder, name)

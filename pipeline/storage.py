@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import fsspec
 from fsspec.core import url_to_fs
 
 from pipeline.errors import redact
@@ -127,5 +126,3 @@ def write_json_atomic(uri: str, data: dict, storage_options: dict[str, Any] | No
     else:
         with_retries(lambda: fs.pipe_file(path, payload), what="write")
 
-
-__all__ = ["as_uri", "fsspec", "is_local", "join", "open_fs", "read_json", "write_json_atomic"]
