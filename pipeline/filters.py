@@ -21,7 +21,7 @@ import pyarrow.dataset as ds
 from pipeline.dataset import Run, open_run
 from pipeline.schema import MASK_SCHEMA
 from pipeline.storage import read_json, write_json_atomic
-from pipeline.writer import RunLayout, commit_shard, remove_partials
+from pipeline.writer import RunLayout, commit_shard, remove_partials, remove_run
 
 # Columns ``--where`` may use: the scalar ones of a mask row.
 WHERE_COLUMNS = ("image_id", "mask_index", "area", "predicted_iou", "stability_score")
@@ -240,8 +240,6 @@ def filter_run(
     if read_json(layout.manifest, storage_options) is not None and not overwrite:
         raise FilterError(f"{output} already holds a run; use --overwrite to replace it")
     if overwrite:
-        from pipeline.runner import remove_run
-
         remove_run(layout, storage_options)
     remove_partials(layout, storage_options)
     counts = {"images": 0, "ok": 0, "errors": 0, "masks": 0, "masks_before": 0}

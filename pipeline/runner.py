@@ -20,8 +20,8 @@ from pipeline.manifest import check_compatible, check_same_listing, new_manifest
 from pipeline.models import ModelSpec, check_checkpoint, resolve_model
 from pipeline.progress import ProgressTracker, ProgressView
 from pipeline.sources import Shard, list_images, plan_shards
-from pipeline.storage import open_fs, read_json, write_json_atomic
-from pipeline.writer import RunLayout, read_markers, remove_partials
+from pipeline.storage import read_json, write_json_atomic
+from pipeline.writer import RunLayout, read_markers, remove_partials, remove_run
 
 MAX_SHARD_ATTEMPTS = 3
 
@@ -98,17 +98,6 @@ def plan_run(job: JobConfig, source: str, output: str, overwrite: bool = False) 
     check_same_listing(markers, {s.name: s.listing_hash for s in shards})
     todo = [s for s in shards if s.name not in markers]
     return RunPlan(job, model, source, output, shards, todo, manifest)
-
-
-def remove_run(layout: RunLayout, storage_options: dict[str, Any] | None) -> None:
-    """Delete a previous run's files (``--overwrite``)."""
-    for folder in (layout.markers_dir, layout.masks_dir, layout.images_dir):
-        fs, path = open_fs(folder, storage_options)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-    fs, path = open_fs(layout.manifest, storage_options)
-    if fs.exists(path):
-        fs.rm(path)
 
 
 def connect_ray(address: str | None) -> None:

@@ -10,6 +10,7 @@ import json
 import os
 import posixpath
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -109,20 +110,37 @@ def read_json(uri: str, storage_options: dict[str, Any] | None = None) -> dict |
         return json.loads(f.read())
 
 
-def write_json_atomic(uri: str, data: dict, storage_options: dict[str, Any] | None = None) -> None:
-    """Write a JSON file so that a reader sees the old one or the new one, never half.
+def write_atomic(
+    uri: str, write: Callable[[Any], None], storage_options: dict[str, Any] | None = None
+) -> None:
+    """Write a file so that readers see it whole or not at all, retrying transient errors.
 
-    Local files go to a temporary name and are renamed; an object store's PUT is already
-    all-or-nothing.
+    Locally the bytes go to ``_<random>.<name>.partial`` (a name readers skip) and are renamed;
+    on an object store the object only becomes visible when its upload completes.
+
+    Args:
+        uri: the file to write (path or URI).
+        write: writes the content into the binary file object it is given.
+        storage_options: fsspec options.
     """
     fs, path = open_fs(uri, storage_options)
-    payload = json.dumps(data, indent=2, sort_keys=True, default=str).encode()
+    parent = posixpath.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    target = path
     if is_local(uri):
-        fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with fs.open(tmp, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    else:
-        with_retries(lambda: fs.pipe_file(path, payload), what="write")
+        target = f"{parent}/_{uuid.uuid4().hex}.{posixpath.basename(path)}.partial"
 
+    def upload() -> None:
+        with fs.open(target, "wb") as f:
+            write(f)
+
+    with_retries(upload, what="write")
+    if target != path:
+        os.replace(target, path)
+
+
+def write_json_atomic(uri: str, data: dict, storage_options: dict[str, Any] | None = None) -> None:
+    """Write a JSON file so that a reader sees the old one or the new one, never half."""
+    payload = json.dumps(data, indent=2, sort_keys=True, default=str).encode()
+    write_atomic(uri, lambda f: f.write(payload), storage_options)

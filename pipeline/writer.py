@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,14 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.storage import (
-    is_local,
-    join,
-    open_fs,
-    read_json,
-    with_retries,
-    write_json_atomic,
-)
+from pipeline.storage import join, open_fs, read_json, write_atomic, write_json_atomic
 
 MANIFEST_NAME = "_run.json"
 
@@ -92,25 +84,12 @@ def write_parquet(
     row_group_size: int,
     compression: str,
 ) -> None:
-    """Write one Parquet file so that it appears whole or not at all.
-
-    Locally the file is written under a name readers skip and renamed; on an object store the
-    object only becomes visible when its upload completes.
-    """
-    fs, path = open_fs(uri, storage_options)
-    parent = path.rsplit("/", 1)[0]
-    fs.makedirs(parent, exist_ok=True)
-    target = path
-    if is_local(uri):
-        target = f"{parent}/_{uuid.uuid4().hex}.{os.path.basename(path)}.partial"
-
-    def upload() -> None:
-        with fs.open(target, "wb") as f:
-            pq.write_table(table, f, row_group_size=row_group_size, compression=compression)
-
-    with_retries(upload, what="write")
-    if target != path:
-        os.replace(target, path)
+    """Write one Parquet file so that it appears whole or not at all (``write_atomic``)."""
+    write_atomic(
+        uri,
+        lambda f: pq.write_table(table, f, row_group_size=row_group_size, compression=compression),
+        storage_options,
+    )
 
 
 def commit_shard(
@@ -170,7 +149,18 @@ def remove_partials(layout: RunLayout, storage_options: dict[str, Any] | None = 
             continue
         for name in fs.ls(path, detail=False):
             base = os.path.basename(name)
-            if base.endswith((".partial", ".tmp")):
+            if base.endswith(".partial"):
                 fs.rm(name)
                 removed += 1
     return removed
+
+
+def remove_run(layout: RunLayout, storage_options: dict[str, Any] | None) -> None:
+    """Delete a previous run's files (``--overwrite``)."""
+    for folder in (layout.markers_dir, layout.masks_dir, layout.images_dir):
+        fs, path = open_fs(folder, storage_options)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    fs, path = open_fs(layout.manifest, storage_options)
+    if fs.exists(path):
+        fs.rm(path)
