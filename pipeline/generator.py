@@ -1,23 +1,26 @@
-"""Image → mask records, with sam2's ``SAM2AutomaticMaskGenerator`` doing the model work.
+"""Image → mask records: the stock generator (``generator.impl=reference``) and what both
+implementations share.
 
-On top of the stock generator this adds what SA-1B's automatic stage needs and sam2 1.1.0
-does not do: hole and island removal at full resolution (``min_mask_region_area``, which the
-stock generator only forwards to a low-resolution filter that needs sam2's optional CUDA
-extension), dropping masks that cover too much of the image, and COCO boxes computed from the
-RLE itself. Empty masks, which the stock generator keeps when its thresholds are 0 (tiny
-images), are dropped.
+``MaskGenerator`` runs sam2's ``SAM2AutomaticMaskGenerator``; ``pipeline.fast_generator``
+gives the same masks faster and is the default. On top of the stock generator both add what
+SA-1B's automatic stage needs and sam2 1.1.0 does not do: hole and island removal at full
+resolution (``min_mask_region_area``, which the stock generator only forwards to a
+low-resolution filter that needs sam2's optional CUDA extension), dropping masks that cover
+too much of the image, and COCO boxes computed from the RLE itself. Empty masks, which the
+stock generator keeps when its thresholds are 0 (tiny images), are dropped.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline import rle
-from pipeline.config import AMGConfig
+from pipeline.config import AMGConfig, GeneratorConfig
 
 # Arguments of SAM2AutomaticMaskGenerator that we pass through unchanged.
 SAM2_ARGUMENTS = (
@@ -38,10 +41,20 @@ SAM2_ARGUMENTS = (
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+# What a generator gives for one image: its mask records, or why it failed.
+Outcome = list[dict[str, Any]] | BaseException
+
 
 def default_dtype(device: str) -> str:
     """bfloat16 on CUDA, float32 elsewhere."""
     return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+def autocast(device_type: str, dtype: str) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on ``device_type`` (``cuda``, ``cpu``), or nothing for float32."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=TORCH_DTYPES[dtype])
 
 
 def fix_feature_sizes(predictor: Any) -> None:
@@ -54,8 +67,36 @@ def fix_feature_sizes(predictor: Any) -> None:
     predictor._bb_feat_sizes = [(size // s, size // s) for s in (4, 8, 16)]
 
 
+def make_generator(
+    model: Any, amg: AMGConfig, generator: GeneratorConfig, dtype: str, device: str
+) -> MaskGenerator | Any:
+    """The generator a job asks for (``generator.impl``), built on ``model``.
+
+    Args:
+        model: a built SAM 2 model, on ``device``.
+        amg: the mask generator settings.
+        generator: which implementation, and the fast one's batch sizes and compilation.
+        dtype: ``float32``, ``bfloat16`` or ``float16``.
+        device: ``cpu`` or ``cuda`` (picks the automatic encoder batch).
+    """
+    if generator.impl == "reference":
+        return MaskGenerator(model, amg, dtype=dtype)
+    from pipeline.fast_generator import FastMaskGenerator
+
+    encoder_batch = generator.encoder_batch or (8 if device.startswith("cuda") else 1)
+    return FastMaskGenerator(
+        model,
+        amg,
+        dtype=dtype,
+        points_per_batch=generator.points_per_batch,
+        encoder_batch=encoder_batch,
+        compile=generator.compile,
+    )
+
+
 class MaskGenerator:
-    """Generates SA-1B style mask records for one image at a time.
+    """sam2's stock ``SAM2AutomaticMaskGenerator`` behind our record format
+    (``generator.impl=reference``): slow, and the yardstick the fast generator is held to.
 
     Args:
         model: a built SAM 2 model (``pipeline.models.build_model``), in eval mode.
@@ -78,12 +119,6 @@ class MaskGenerator:
         )
         fix_feature_sizes(self.sam2_generator.predictor)
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """Autocast to the chosen dtype, or nothing for float32."""
-        if self.dtype == "float32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=TORCH_DTYPES[self.dtype])
-
     @torch.inference_mode()
     def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
         """Masks for one image.
@@ -96,34 +131,101 @@ class MaskGenerator:
             ``area``, ``bbox`` (XYWH, COCO convention), ``predicted_iou``,
             ``stability_score``, ``point_coords`` ([[x, y]]) and ``crop_box`` (XYWH).
         """
-        with self.autocast():
+        with autocast(self.device_type, self.dtype):
             data = self.sam2_generator._generate_masks(image)
         if self.settings.min_mask_region_area > 0:
             nms = max(self.settings.box_nms_thresh, self.settings.crop_nms_thresh)
             data = self.sam2_generator.postprocess_small_regions(
                 data, self.settings.min_mask_region_area, nms
             )
-        return self.records(data, image.shape[0] * image.shape[1])
+        return mask_records(
+            [rle.compress(uncompressed) for uncompressed in data["rles"]],
+            data["iou_preds"],
+            data["stability_score"],
+            data["points"],
+            data["crop_boxes"],
+            self.settings.max_mask_area_fraction * image.shape[0] * image.shape[1],
+        )
 
-    def records(self, data: Any, image_area: int) -> list[dict[str, Any]]:
-        """sam2's ``MaskData`` → mask records, dropping masks over the area fraction."""
-        max_area = self.settings.max_mask_area_fraction * image_area
-        records = []
-        for i, uncompressed in enumerate(data["rles"]):
-            segmentation = rle.compress(uncompressed)
-            area = rle.area(segmentation)
-            if area == 0 or area > max_area:  # an empty mask labels nothing
+    def generate_many(self, items: Iterable[tuple[Any, Any]]) -> Iterator[tuple[Any, Outcome]]:
+        """``generate`` over ``(key, image)`` pairs, one at a time; see
+        ``FastMaskGenerator.generate_many`` for the contract."""
+        for key, image in items:
+            if isinstance(image, BaseException):
+                yield key, image
                 continue
-            x0, y0, x1, y1 = (float(v) for v in data["crop_boxes"][i])
-            records.append(
-                {
-                    "segmentation": segmentation,
-                    "area": area,
-                    "bbox": rle.bbox(segmentation),
-                    "predicted_iou": float(data["iou_preds"][i]),
-                    "stability_score": float(data["stability_score"][i]),
-                    "point_coords": [[float(v) for v in data["points"][i]]],
-                    "crop_box": [x0, y0, x1 - x0, y1 - y0],
-                }
-            )
-        return records
+            try:
+                yield key, self.generate(image)
+            except Exception as error:
+                yield key, error
+
+
+def mask_records(
+    segmentations: list[dict[str, Any]],
+    iou_preds: Any,
+    stability: Any,
+    points: Any,
+    crop_boxes: Any,
+    max_area: float,
+) -> list[dict[str, Any]]:
+    """Per-mask arrays → mask records, dropping empty masks and those over ``max_area``.
+
+    Args:
+        segmentations: COCO compressed RLEs.
+        iou_preds, stability: (k,) scores.
+        points: (k, 2) the prompt of each mask, image frame.
+        crop_boxes: (k, 4) the crop (XYXY) each mask came from.
+        max_area: masks with more pixels than this are dropped.
+    """
+    areas, boxes = rle.areas_and_boxes(segmentations)
+    records = []
+    for i, segmentation in enumerate(segmentations):
+        if areas[i] == 0 or areas[i] > max_area:  # an empty mask labels nothing
+            continue
+        x0, y0, x1, y1 = (float(v) for v in crop_boxes[i])
+        records.append(
+            {
+                "segmentation": segmentation,
+                "area": int(areas[i]),
+                "bbox": [float(v) for v in boxes[i]],
+                "predicted_iou": float(iou_preds[i]),
+                "stability_score": float(stability[i]),
+                "point_coords": [[float(v) for v in points[i]]],
+                "crop_box": [x0, y0, x1 - x0, y1 - y0],
+            }
+        )
+    return records
+
+
+def remove_small_regions_and_duplicates(
+    masks: np.ndarray, min_area: int, nms_thresh: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """sam2's ``postprocess_small_regions`` on full-resolution masks: fill holes and remove
+    islands under ``min_area`` pixels, then drop new duplicates by box NMS, preferring masks
+    that needed no change.
+
+    Args:
+        masks: (k, h, w) bool.
+        min_area: regions smaller than this many pixels are removed.
+        nms_thresh: box IoU above which the lower-scored mask is dropped.
+
+    Returns:
+        The kept masks (cleaned) and their indices into ``masks``, in NMS order.
+    """
+    from sam2.utils.amg import batched_mask_to_box, remove_small_regions
+    from torchvision.ops.boxes import batched_nms
+
+    if len(masks) == 0:
+        return masks, np.zeros(0, dtype=np.int64)
+    cleaned, scores = [], []
+    for mask in masks:
+        mask, holes_changed = remove_small_regions(mask, min_area, mode="holes")
+        mask, islands_changed = remove_small_regions(mask, min_area, mode="islands")
+        cleaned.append(mask)
+        scores.append(float(not (holes_changed or islands_changed)))
+    stack = torch.as_tensor(np.stack(cleaned))
+    boxes = batched_mask_to_box(stack)
+    keep = batched_nms(
+        boxes.float(), torch.as_tensor(scores), torch.zeros_like(boxes[:, 0]), nms_thresh
+    ).numpy()
+    return stack.numpy()[keep], keep

@@ -18,6 +18,7 @@ PACKAGES = ("autolabel", "sam2", "torch", "torchvision", "ray", "pycocotools", "
 # Settings that change the masks or the shard plan; the rest may differ between reruns.
 FINGERPRINT_SECTIONS = ("model", "amg", "image")
 FINGERPRINT_RUNTIME = ("shard_size",)
+FINGERPRINT_GENERATOR = ("impl",)
 
 
 class RunConflictError(ValueError):
@@ -40,6 +41,7 @@ def fingerprint(job: JobConfig, model: ModelSpec) -> str:
     config = to_dict(job)
     identity = {section: config[section] for section in FINGERPRINT_SECTIONS}
     identity["runtime"] = {key: config["runtime"][key] for key in FINGERPRINT_RUNTIME}
+    identity["generator"] = {key: config["generator"][key] for key in FINGERPRINT_GENERATOR}
     identity["resolved_model"] = {"config": model.config, "checkpoint": model.checkpoint}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 

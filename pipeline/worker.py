@@ -67,7 +67,7 @@ class ShardWorker:
     def __init__(self, job: JobConfig, model: ModelSpec, output: str, progress: Any = None):
         import torch
 
-        from pipeline.generator import MaskGenerator, default_dtype
+        from pipeline.generator import default_dtype, make_generator
         from pipeline.models import build_model
 
         logging.getLogger("root").setLevel(logging.WARNING)
@@ -82,7 +82,7 @@ class ShardWorker:
             torch.set_num_threads(max(1, int(job.runtime.cpus_per_actor)))
         dtype = job.model.dtype or default_dtype(self.device)
         sam = build_model(model, self.device, self.storage_options)
-        self.generator = MaskGenerator(sam, job.amg, dtype=dtype)
+        self.generator = make_generator(sam, job.amg, job.generator, dtype, self.device)
         self.readers = ThreadPoolExecutor(job.runtime.read_threads, thread_name_prefix="read")
         self.node = current_node()
 
@@ -100,8 +100,8 @@ class ShardWorker:
         tables: list[pa.Table] = []
         rows: list[dict[str, Any]] = []
         masks_done = 0
-        for ref, loaded in self.decoded(shard.images):
-            row, table = self.label_image(ref, loaded, shard.name)
+        for ref, image, outcome, seconds in self.labelled(shard.images):
+            row, table = self.image_result(ref, image, outcome, seconds, shard.name)
             rows.append(row)
             if table is not None:
                 tables.append(table)
@@ -150,24 +150,42 @@ class ShardWorker:
             max_pixels=self.job.image.max_pixels,
         )
 
-    def label_image(
-        self, ref: ImageRef, loaded: Future, shard: str
+    def labelled(self, images: tuple[ImageRef, ...]) -> Iterator[tuple[Any, ...]]:
+        """Each image with its decoded pixels (or read error), its masks (or generation error)
+        and the seconds since the previous image was done."""
+
+        def inputs() -> Iterator[tuple[tuple[ImageRef, Any], Any]]:
+            for ref, loaded in self.decoded(images):
+                try:
+                    image = loaded.result()
+                except ImageReadError as error:
+                    yield (ref, None), error
+                except Exception as error:  # e.g. MemoryError while decoding
+                    yield (ref, None), ImageReadError(f"cannot read image: {one_line(error)}")
+                else:
+                    yield (ref, image), image.pixels
+
+        last = time.perf_counter()
+        for (ref, image), outcome in self.generator.generate_many(inputs()):
+            now = time.perf_counter()
+            yield ref, image, outcome, now - last
+            last = now
+
+    def image_result(
+        self,
+        ref: ImageRef,
+        image: DecodedImage | None,
+        outcome: Any,
+        seconds: float,
+        shard: str,
     ) -> tuple[dict[str, Any], pa.Table | None]:
-        """One image's row and mask table; any failure becomes an error row."""
-        start = time.perf_counter()
-        try:
-            image = loaded.result()
-        except ImageReadError as error:
-            return image_row(ref.image_id, ref.uri, shard, error=str(error)), None
-        except Exception as error:  # e.g. MemoryError while decoding
-            reason = f"cannot read image: {one_line(error)}"
-            return image_row(ref.image_id, ref.uri, shard, error=reason), None
-        try:
-            records = self.generator.generate(image.pixels)
-        except Exception as error:  # one bad image must not stop the shard
-            if is_device_failure(error):
-                raise  # the shard is retried on a fresh actor with a fresh CUDA context
-            reason = f"mask generation failed: {one_line(error)}"
+        """One image's row and mask table; a failed read or generation becomes an error row."""
+        if isinstance(outcome, ImageReadError) or image is None:
+            return image_row(ref.image_id, ref.uri, shard, error=str(outcome)), None
+        if isinstance(outcome, BaseException):
+            if is_device_failure(outcome):
+                raise outcome  # the shard is retried on a fresh actor with a fresh CUDA context
+            reason = f"mask generation failed: {one_line(outcome)}"
             return image_row(ref.image_id, ref.uri, shard, error=reason), None
         row = image_row(
             ref.image_id,
@@ -177,10 +195,10 @@ class ShardWorker:
             height=image.height,
             original_width=image.original_width,
             original_height=image.original_height,
-            num_masks=len(records),
-            seconds=time.perf_counter() - start,
+            num_masks=len(outcome),
+            seconds=seconds,
         )
-        return row, mask_rows(ref.image_id, ref.uri, records)
+        return row, mask_rows(ref.image_id, ref.uri, outcome)
 
     def report(self, shard: str, images: int, masks: int) -> None:
         """Tell the driver's progress tracker how far this shard is (fire and forget)."""
