@@ -1,0 +1,350 @@
+"""Benchmark: the fast mask generator against sam2's stock one, and the pipeline's overhead.
+
+Two modes, each writing ``<out>.json`` and ``<out>.md`` (a markdown table):
+
+``generator``: the reference (sam2's ``SAM2AutomaticMaskGenerator``, float32) and one or more
+variants of the fast generator run in one process, on the same images and weights, in
+alternating rounds (reference, fast, …, reference, fast, …). Reports images/s of each, the
+speed-up over the reference, parity with the reference (mean IoU of matched masks, images
+whose mask count differs, largest score differences) and peak memory.
+
+``pipeline``: the whole Ray pipeline (``autolabel run``, one actor, the same device) against a
+bare loop that reads, decodes and labels the same images with the same generator. The
+overhead is the pipeline's steady-state time per image over the bare loop's; the Ray and
+model start-up is reported apart.
+
+Examples::
+
+    # CPU: micro SAM 2 (random weights) on synthetic scenes, default preset geometry
+    python benchmarks/generator_bench.py generator --device cpu --images 8 --size 512
+
+    # CUDA: SAM 2.1 Hiera-L layout, random weights, 1024 px, fp32, bf16 and compiled
+    python benchmarks/generator_bench.py generator --device cuda \\
+        --arch configs/sam2.1/sam2.1_hiera_l.yaml --size 1024 --images 24 \\
+        --variants fast,fast-bf16,fast-bf16-compile
+
+    python benchmarks/generator_bench.py pipeline --device cpu --images 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.config import JobConfig, load_config  # noqa: E402
+from pipeline.generator import MaskGenerator  # noqa: E402
+from pipeline.models import build_model, resolve_model, save_random_checkpoint  # noqa: E402
+from pipeline.parity import Parity  # noqa: E402
+from pipeline.synth import make_scene  # noqa: E402
+
+MICRO = str(ROOT / "configs/models/sam2.1_hiera_micro.yaml")
+VARIANTS = {
+    # name: (dtype, compile)
+    "fast": ("float32", False),
+    "fast-compile": ("float32", True),
+    "fast-bf16": ("bfloat16", False),
+    "fast-bf16-compile": ("bfloat16", True),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", choices=["generator", "pipeline"])
+    parser.add_argument("--arch", default=MICRO, help="model config; random weights")
+    parser.add_argument("--checkpoint", help="weights for --arch (default: random, seed 0)")
+    parser.add_argument("--image-size", type=int, help="run the model at this input size")
+    parser.add_argument("--preset", default="default", help="config preset (default, sa1b)")
+    parser.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
+    parser.add_argument("--images", type=int, default=8, help="synthetic scenes to label")
+    parser.add_argument("--size", type=int, default=512, help="scene side in pixels")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--variants", default="fast", help=f"of {', '.join(VARIANTS)}")
+    parser.add_argument("--rounds", type=int, default=2, help="timed rounds per generator")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's)")
+    parser.add_argument("--name", help="a label for this configuration in the table")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/latest"))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen benchmark, print its table and write the JSON and markdown files."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    size = [f"model.image_size={args.image_size}"] if args.image_size else []
+    job = load_config(args.preset, [*args.set, *size])
+    images = [make_scene(seed, args.size).image for seed in range(args.images)]
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = args.checkpoint or save_random_checkpoint(args.arch, f"{tmp}/random.pt")
+        run = generator_benchmark if args.mode == "generator" else pipeline_benchmark
+        result = run(args, job, checkpoint, images, tmp)
+    result["machine"] = machine(args.device)
+    result["setup"] = {
+        "name": args.name or f"{Path(args.arch).stem} {args.preset} {args.size}px",
+        "arch": args.arch,
+        "random_weights": args.checkpoint is None,
+        "image_size": args.image_size,
+        "preset": args.preset,
+        "overrides": args.set,
+        "images": args.images,
+        "scene_px": args.size,
+        "rounds": args.rounds,
+        "points_per_side": job.amg.points_per_side,
+        "crop_n_layers": job.amg.crop_n_layers,
+    }
+    table = markdown(result)
+    print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    out.with_suffix(".md").write_text(table + "\n")
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    return 0
+
+
+def load(args: argparse.Namespace, job: JobConfig, checkpoint: str) -> Any:
+    """The benchmark's model on its device."""
+    spec = resolve_model(None, args.arch, checkpoint, job.model.image_size)
+    return build_model(spec, args.device)
+
+
+def generator_benchmark(
+    args: argparse.Namespace, job: JobConfig, checkpoint: str, images: list, tmp: str
+) -> dict[str, Any]:
+    """Reference and fast variants in alternating rounds over the same images."""
+    from pipeline.generator import make_generator
+
+    model = load(args, job, checkpoint)
+    generators: dict[str, Callable[[list], list]] = {}
+    reference = MaskGenerator(model, job.amg, dtype="float32")
+    generators["reference"] = lambda batch: [reference.generate(image) for image in batch]
+    for name in args.variants.split(","):
+        dtype, compiled = VARIANTS[name]
+        job.generator.compile = compiled
+        fast = make_generator(model, job.amg, job.generator, dtype, args.device)
+        generators[name] = lambda batch, fast=fast: [
+            records for _, records in fast.generate_many((None, image) for image in batch)
+        ]
+    for run in generators.values():  # warm-up: allocations, kernels, compilation
+        run(images[:2])
+    seconds = {name: 0.0 for name in generators}
+    peak = {name: 0.0 for name in generators}
+    outputs: dict[str, list] = {}
+    for round_index in range(args.rounds):
+        for name, run in generators.items():
+            elapsed, memory, outputs[name] = timed(run, images, args.device)
+            seconds[name] += elapsed
+            peak[name] = max(peak[name], memory)
+            print(f"round {round_index + 1}: {name} {len(images) / elapsed:.3f} img/s", flush=True)
+    rows = []
+    for name in generators:
+        parity = Parity()
+        for expected, got in zip(outputs["reference"], outputs[name], strict=True):
+            parity.add(expected, got)
+        rate = args.rounds * len(images) / seconds[name]
+        rows.append(
+            {
+                "generator": name,
+                "dtype": VARIANTS.get(name, ("float32", False))[0],
+                "compile": VARIANTS.get(name, ("float32", False))[1],
+                "images_per_s": rate,
+                "speedup": seconds["reference"] / seconds[name],
+                "peak_memory_mb": peak[name],
+                "masks_per_image": parity.candidate_masks / max(parity.images, 1),
+                "parity": parity.summary(),
+            }
+        )
+    return {"mode": "generator", "device": args.device, "rows": rows}
+
+
+def timed(run: Callable[[list], list], images: list, device: str) -> tuple[float, float, list]:
+    """Seconds and peak memory (MB: CUDA allocations, or the process's RSS on the CPU)."""
+    sampler = MemorySampler(device)
+    with sampler:
+        start = time.perf_counter()
+        output = run(images)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+    return elapsed, sampler.peak_mb, output
+
+
+class MemorySampler:
+    """Peak memory while a block runs: CUDA's allocator peak, or sampled RSS on the CPU."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+        self.peak_mb = 0.0
+        self.running = False
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> MemorySampler:
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self.running = True
+            self.thread = threading.Thread(target=self.sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def sample(self) -> None:
+        import psutil
+
+        process = psutil.Process()
+        while self.running:
+            self.peak_mb = max(self.peak_mb, process.memory_info().rss / 2**20)
+            time.sleep(0.01)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cuda:
+            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            self.running = False
+            if self.thread is not None:
+                self.thread.join()
+
+
+def pipeline_benchmark(
+    args: argparse.Namespace, job: JobConfig, checkpoint: str, images: list, tmp: str
+) -> dict[str, Any]:
+    """``autolabel run`` with one actor against a bare read-decode-generate loop."""
+    from PIL import Image
+
+    from pipeline.generator import default_dtype, make_generator
+    from pipeline.imageio import load_image
+    from pipeline.runner import execute, plan_run
+
+    folder = Path(tmp) / "images"
+    folder.mkdir()
+    for index, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"scene_{index:05d}.png")
+    device = "cuda" if args.device.startswith("cuda") else "cpu"
+    overrides = [
+        f"model.config={args.arch}",
+        f"model.checkpoint={checkpoint}",
+        "model.name=null",
+        f"runtime.device={device}",
+        "runtime.num_actors=1",
+        f"runtime.shard_size={max(1, len(images) // 4)}",
+        f"runtime.cpus_per_actor={max(1, os.cpu_count() or 1)}",
+        *args.set,
+    ]
+    if job.model.image_size:
+        overrides.append(f"model.image_size={job.model.image_size}")
+    pipeline_job = load_config(args.preset, overrides)
+    model = load(args, pipeline_job, checkpoint)
+    dtype = pipeline_job.model.dtype or default_dtype(device)
+    generator = make_generator(model, pipeline_job.amg, pipeline_job.generator, dtype, device)
+    files = sorted(str(p) for p in folder.iterdir())
+
+    def bare_loop() -> None:
+        pixels = ((None, load_image(f, {}).pixels) for f in files)
+        for _ in generator.generate_many(pixels):
+            pass
+
+    bare_loop()  # warm-up
+    bare = min(timed(lambda _: bare_loop(), [], args.device)[0] for _ in range(args.rounds))
+    start = time.perf_counter()
+    summary = execute(plan_run(pipeline_job, str(folder), str(Path(tmp) / "out")), False)
+    total = time.perf_counter() - start
+    steady = shard_seconds(Path(tmp) / "out")
+    import ray
+
+    ray.shutdown()
+    return {
+        "mode": "pipeline",
+        "device": args.device,
+        "images": len(files),
+        "ok": summary.ok,
+        "bare_loop_s": bare,
+        "pipeline_steady_s": steady,
+        "pipeline_total_s": total,
+        "startup_s": total - steady,
+        "overhead": steady / bare - 1,
+    }
+
+
+def shard_seconds(output: Path) -> float:
+    """Seconds the actor spent on its shards (labelling and committing), from their markers."""
+    return sum(json.loads(p.read_text())["seconds"] for p in (output / "_shards").glob("*.json"))
+
+
+def machine(device: str) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    info = {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        info["cpu"] = names[0] if names else info["cpu"]
+    except OSError:
+        pass
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The result as a markdown table, with the machine and setup under it."""
+    setup, host = result["setup"], result["machine"]
+    where = host.get("gpu") or f"{host['cpu']} ({host['torch_threads']} threads)"
+    caption = (
+        f"{setup['name']}: {setup['images']} synthetic {setup['scene_px']}-px scenes, "
+        f"{setup['points_per_side']}x{setup['points_per_side']} points, "
+        f"crop layers {setup['crop_n_layers']}, "
+        f"{'random' if setup['random_weights'] else 'trained'} weights; "
+        f"{result['device']} on {where}, torch {host['torch']}, {host['date']}"
+    )
+    if result["mode"] == "pipeline":
+        lines = [
+            "| images | bare loop s | pipeline s (steady) | overhead | start-up s |",
+            "|---:|---:|---:|---:|---:|",
+            f"| {result['images']} | {result['bare_loop_s']:.2f} | "
+            f"{result['pipeline_steady_s']:.2f} | {100 * result['overhead']:+.1f} % | "
+            f"{result['startup_s']:.1f} |",
+        ]
+        return "\n".join(lines) + f"\n\n{caption}"
+    lines = [
+        "| generator | dtype | compile | img/s | speed-up | mIoU | count mismatches "
+        "| max Δ pred IoU | max Δ stability | masks/img | peak MB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in result["rows"]:
+        p = row["parity"]
+        lines.append(
+            f"| {row['generator']} | {row['dtype']} | {'yes' if row['compile'] else 'no'} "
+            f"| {row['images_per_s']:.3f} | {row['speedup']:.2f}x | {p['mean_iou']:.4f} "
+            f"| {p['count_mismatches']}/{p['images']} | {p['max_predicted_iou_diff']:.2g} "
+            f"| {p['max_stability_diff']:.2g} | {row['masks_per_image']:.1f} "
+            f"| {row['peak_memory_mb']:.0f} |"
+        )
+    return "\n".join(lines) + f"\n\n{caption}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
