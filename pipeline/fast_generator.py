@@ -5,7 +5,8 @@ Same parameters, same steps and the same order as sam2's ``SAM2AutomaticMaskGene
 
 - every crop of an image (and of the next images, up to ``encoder_batch``) goes through the
   image encoder in one batch, resized on the device;
-- prompts are decoded in large batches (``points_per_batch``);
+- prompts are decoded in large batches (``points_per_batch``), the image side of the
+  decoder computed once per crop instead of once per prompt (``pipeline.decoder``);
 - masks are dropped by predicted IoU at low resolution, before any upsampling; only the
   survivors are upsampled, in chunks, to compute stability and boxes;
 - everything stays on the device (tensors, not lists of dicts, no deep copies) until the
@@ -37,7 +38,7 @@ from sam2.utils.amg import (
 )
 from torchvision.ops.boxes import batched_nms, box_area
 
-from pipeline import rle
+from pipeline import decoder, rle
 from pipeline.config import AMGConfig
 from pipeline.generator import (
     Outcome,
@@ -105,7 +106,8 @@ class FastMaskGenerator:
             amg.points_per_side, amg.crop_n_layers, amg.crop_n_points_downscale_factor
         )
         self.encoder = torch.compile(model.forward_image) if compile else model.forward_image
-        self.decoder = torch.compile(model.sam_mask_decoder) if compile else model.sam_mask_decoder
+        # Point prompts share the image side of the decoder; mask prompts (m2m) use sam2's.
+        self.shared_decoder = torch.compile(decoder.decode) if compile else decoder.decode
         self.pad_batches = compile  # static shapes: no recompilation for the last batch
         self.host = ThreadPoolExecutor(1, thread_name_prefix="masks-host")
 
@@ -379,15 +381,27 @@ class FastMaskGenerator:
             sparse, dense = model.sam_prompt_encoder(
                 points=(coords[:, None, :], labels), boxes=None, masks=mask_input
             )
-            logits, iou, _, _ = self.decoder(
-                image_embeddings=features[2],
-                image_pe=model.sam_prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
-                repeat_image=padded > 1,
-                high_res_features=features[:2],
-            )
+            image_pe = model.sam_prompt_encoder.get_dense_pe()
+            if mask_input is None:
+                logits, iou = self.shared_decoder(
+                    model.sam_mask_decoder,
+                    features[2],
+                    image_pe,
+                    sparse,
+                    dense,
+                    features[:2],
+                    multimask,
+                )
+            else:
+                logits, iou, _, _ = model.sam_mask_decoder(
+                    image_embeddings=features[2],
+                    image_pe=image_pe,
+                    sparse_prompt_embeddings=sparse,
+                    dense_prompt_embeddings=dense,
+                    multimask_output=multimask,
+                    repeat_image=padded > 1,
+                    high_res_features=features[:2],
+                )
         return logits[:n], iou[:n]
 
     def refine(
