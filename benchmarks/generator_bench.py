@@ -65,7 +65,7 @@ VARIANTS = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=["generator", "pipeline"])
+    parser.add_argument("mode", choices=["generator", "pipeline", "stages"])
     parser.add_argument("--arch", default=MICRO, help="model config; random weights")
     parser.add_argument("--checkpoint", help="weights for --arch (default: random, seed 0)")
     parser.add_argument("--image-size", type=int, help="run the model at this input size")
@@ -94,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     images = [make_scene(seed, args.size).image for seed in range(args.images)]
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint or save_random_checkpoint(args.arch, f"{tmp}/random.pt")
-        run = generator_benchmark if args.mode == "generator" else pipeline_benchmark
+        run = {
+            "generator": generator_benchmark,
+            "pipeline": pipeline_benchmark,
+            "stages": stages_benchmark,
+        }[args.mode]
         result = run(args, job, checkpoint, images, tmp)
     result["machine"] = machine(args.device)
     result["setup"] = {
@@ -173,6 +177,76 @@ def generator_benchmark(
             }
         )
     return {"mode": "generator", "device": args.device, "rows": rows}
+
+
+def stages_benchmark(
+    args: argparse.Namespace, job: JobConfig, checkpoint: str, images: list, tmp: str
+) -> dict[str, Any]:
+    """Milliseconds per image of the fast generator's stages: encoder (one image, and the
+    encoder batch), sam2's decoder against the shared-image decoder, and the whole image."""
+
+    model = load(args, job, checkpoint)
+    rows = []
+    for name in args.variants.split(","):
+        ms = stage_times(model, job, name, images, args.device)
+        rows.append({"generator": name, "ms_per_image": ms})
+        print(name, {k: round(v, 1) for k, v in ms.items()}, flush=True)
+    return {"mode": "stages", "device": args.device, "rows": rows}
+
+
+def stage_times(model: Any, job: JobConfig, name: str, images: list, device: str) -> dict:
+    """Milliseconds per image of each stage for one fast-generator variant."""
+    from pipeline.fast_generator import FastMaskGenerator
+
+    dtype, compiled = VARIANTS[name]
+    ppb = job.generator.points_per_batch
+    fast = FastMaskGenerator(model, job.amg, dtype, ppb, 8, compiled)
+    stock = FastMaskGenerator(model, job.amg, dtype, ppb, 1, False)
+    stock.shared_decoder = stock_decoder
+    features = fast.encode([images[0]])[0][0][2]
+    points = torch.rand(ppb, 2, device=device) * model.image_size
+    batches = job.amg.points_per_side**2 / ppb
+    stages = {
+        "encode_1": lambda: fast.encode(images[:1]),
+        "encode_8_per_image": lambda: fast.encode(images[:8]),
+        "decode_stock": lambda: stock.predict(features, points),
+        "decode_shared": lambda: fast.predict(features, points),
+        "generate": lambda: fast.generate(images[0]),
+    }
+    ms = {key: best_ms(run, device) for key, run in stages.items()}
+    ms["encode_8_per_image"] /= 8
+    ms["decode_stock"] *= batches
+    ms["decode_shared"] *= batches
+    return ms
+
+
+def stock_decoder(decoder: Any, embed, pe, sparse, dense, high_res, multimask: bool):
+    """sam2's own decoder call (image repeated per prompt), for the stage comparison."""
+    logits, iou, _, _ = decoder(
+        image_embeddings=embed,
+        image_pe=pe,
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+        repeat_image=True,
+        high_res_features=high_res,
+    )
+    return logits, iou
+
+
+def best_ms(run: Callable[[], Any], device: str, repeats: int = 3) -> float:
+    """The fastest of a few timed calls after one warm-up, in milliseconds."""
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        run()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 1000 * best
 
 
 def timed(run: Callable[[list], list], images: list, device: str) -> tuple[float, float, list]:
@@ -320,6 +394,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"{'random' if setup['random_weights'] else 'trained'} weights; "
         f"{result['device']} on {where}, torch {host['torch']}, {host['date']}"
     )
+    if result["mode"] == "stages":
+        keys = list(result["rows"][0]["ms_per_image"])
+        lines = [
+            "| generator | " + " | ".join(f"{k} ms" for k in keys) + " |",
+            "|---|" + "---:|" * len(keys),
+        ]
+        for row in result["rows"]:
+            values = " | ".join(f"{row['ms_per_image'][k]:.1f}" for k in keys)
+            lines.append(f"| {row['generator']} | {values} |")
+        return "\n".join(lines) + f"\n\n{caption}"
     if result["mode"] == "pipeline":
         lines = [
             "| images | bare loop s | pipeline s (steady) | overhead | start-up s |",

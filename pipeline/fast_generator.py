@@ -275,56 +275,71 @@ class FastMaskGenerator:
         points_np = self.point_grids[layer] * np.array(crop_hw)[None, ::-1]
         points = torch.as_tensor(points_np, dtype=torch.float32, device=self.device)
         low_res, iou_preds, point_of = self.decode_points(features, points, crop_hw)
-        masks, boxes, stability, rows = self.full_resolution(low_res, crop_box, orig)
-        iou_preds, point_of = iou_preds[rows], point_of[rows]
+        boxes, stability, rows = self.stable_boxes(low_res, crop_box, orig)
+        iou_preds = iou_preds[rows]
         keep = batched_nms(
             boxes.float(), iou_preds, torch.zeros_like(boxes[:, 0]), amg.box_nms_thresh
         )
         offset = torch.tensor([x0, y0, x0, y0], device=self.device)
         return {
-            "masks": masks[keep],
+            # Only NMS's survivors are upsampled a second time (the same result as the first).
+            "masks": self.binary_masks(low_res[rows[keep]], crop_hw),
             "boxes": boxes[keep] + offset,
-            "iou_preds": iou_preds[keep].float(),
+            "iou_preds": iou_preds[keep],
             "stability": stability[keep].float(),
-            "points": points[point_of[keep]] + offset[:2],
+            "points": points[point_of[rows[keep]]] + offset[:2],
         }
 
-    def full_resolution(
+    def upsampled(self, low_res: torch.Tensor, size: tuple[int, int]) -> Iterator[torch.Tensor]:
+        """Full-resolution logits of ``low_res`` (sam2's ``postprocess_masks``), in chunks."""
+        for start in range(0, len(low_res), UPSAMPLE_CHUNK):
+            chunk = low_res[start : start + UPSAMPLE_CHUNK, None].float()
+            yield F.interpolate(chunk, size, mode="bilinear", align_corners=False)[:, 0]
+
+    def binary_masks(self, low_res: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(n, h, w) boolean masks of ``low_res`` logits at ``size``."""
+        threshold = self.settings.mask_threshold
+        masks = [logits > threshold for logits in self.upsampled(low_res, size)]
+        if not masks:
+            return torch.zeros(0, *size, dtype=torch.bool, device=self.device)
+        return torch.cat(masks)
+
+    def stable_boxes(
         self, low_res: torch.Tensor, crop_box: list[int], orig: tuple[int, int]
-    ) -> tuple[torch.Tensor, ...]:
-        """Upsample the decoder's survivors to the crop's size, a chunk at a time, and apply
-        sam2's stability and crop-edge filters.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """sam2's stability and crop-edge filters on the decoder's survivors at full
+        resolution, a chunk at a time, keeping no full-resolution mask.
 
         Returns:
-            The kept binary masks, their XYXY boxes (crop frame), stability scores, and their
-            rows in ``low_res``.
+            The kept masks' XYXY boxes (crop frame), stability scores and rows in ``low_res``.
         """
         amg = self.settings
         x0, y0, x1, y1 = crop_box
-        size = (y1 - y0, x1 - x0)
         kept = [
             (
-                torch.zeros(0, *size, dtype=torch.bool, device=self.device),
                 torch.zeros(0, 4, dtype=torch.long, device=self.device),
                 torch.zeros(0, device=self.device),
                 torch.zeros(0, dtype=torch.long, device=self.device),
             )
         ]
-        for start in range(0, len(low_res), UPSAMPLE_CHUNK):
-            chunk = low_res[start : start + UPSAMPLE_CHUNK, None].float()
-            logits = F.interpolate(chunk, size, mode="bilinear", align_corners=False)[:, 0]
-            rows = torch.arange(start, start + len(chunk), device=self.device)
+        for start, logits in zip(
+            range(0, len(low_res), UPSAMPLE_CHUNK),
+            self.upsampled(low_res, (y1 - y0, x1 - x0)),
+            strict=True,
+        ):
+            rows = torch.arange(start, start + len(logits), device=self.device)
             stability = calculate_stability_score(
                 logits, amg.mask_threshold, amg.stability_score_offset
             )
+            masks = logits > amg.mask_threshold
             if amg.stability_score_thresh > 0:
                 stable = stability >= amg.stability_score_thresh
-                logits, stability, rows = logits[stable], stability[stable], rows[stable]
-            masks = logits > amg.mask_threshold
+                masks, stability, rows = masks[stable], stability[stable], rows[stable]
             boxes = batched_mask_to_box(masks)
             inside = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig[1], orig[0]])
-            kept.append((masks[inside], boxes[inside], stability[inside], rows[inside]))
-        return tuple(torch.cat(column) for column in zip(*kept, strict=True))
+            kept.append((boxes[inside], stability[inside], rows[inside]))
+        boxes, stability, rows = (torch.cat(column) for column in zip(*kept, strict=True))
+        return boxes, stability, rows
 
     def decode_points(
         self, features: list[torch.Tensor], points: torch.Tensor, crop_hw: tuple[int, int]
@@ -347,7 +362,7 @@ class FastMaskGenerator:
             if amg.use_m2m:
                 logits, iou = self.refine(features, batch, logits)
             per_point = logits.shape[1]
-            logits, iou = logits.flatten(0, 1), iou.flatten(0, 1)
+            logits, iou = logits.flatten(0, 1), iou.flatten(0, 1).float()
             index = torch.arange(start, start + len(batch), device=self.device)
             index = index.repeat_interleave(per_point)
             if amg.pred_iou_thresh > 0:

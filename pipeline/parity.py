@@ -74,17 +74,26 @@ def match(
         [rle.as_pycocotools(reference[i]["segmentation"]) for i in ref_left],
         [0] * len(ref_left),
     ).T  # (reference, candidate)
-    used_ref: set[int] = set()
-    used_cand: set[int] = set()
-    for flat in np.argsort(-ious, axis=None, kind="stable"):
-        a, b = np.unravel_index(flat, ious.shape)
-        if ious[a, b] <= 0 or len(used_ref) == len(ref_left) or len(used_cand) == len(cand_left):
-            break
-        if a in used_ref or b in used_cand:
-            continue
-        used_ref.add(a)
-        used_cand.add(b)
+    for a, b in mutual_best(ious):
         pairs.append((ref_left[a], cand_left[b], float(ious[a, b])))
+    return pairs
+
+
+def mutual_best(ious: np.ndarray) -> list[tuple[int, int]]:
+    """Greedy one-to-one matching on an IoU matrix: pairs that are each other's best match,
+    then again among the rest, until no pair with IoU > 0 is left."""
+    ious = ious.copy()
+    pairs = []
+    while ious.size and ious.max() > 0:
+        best_cand = ious.argmax(axis=1)
+        best_ref = ious.argmax(axis=0)
+        rows = np.arange(len(ious))
+        mutual = (best_ref[best_cand] == rows) & (ious[rows, best_cand] > 0)
+        for a in rows[mutual]:
+            b = best_cand[a]
+            pairs.append((int(a), int(b)))
+            ious[a, :] = 0
+            ious[:, b] = 0
     return pairs
 
 
