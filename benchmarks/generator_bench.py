@@ -54,11 +54,12 @@ from pipeline.synth import make_scene  # noqa: E402
 
 MICRO = str(ROOT / "configs/models/sam2.1_hiera_micro.yaml")
 VARIANTS = {
-    # name: (dtype, compile)
-    "fast": ("float32", False),
-    "fast-compile": ("float32", True),
-    "fast-bf16": ("bfloat16", False),
-    "fast-bf16-compile": ("bfloat16", True),
+    # name: (dtype, compile, tf32)
+    "fast": ("float32", False, False),
+    "fast-tf32": ("float32", False, True),
+    "fast-compile": ("float32", True, False),
+    "fast-bf16": ("bfloat16", False, False),
+    "fast-bf16-compile": ("bfloat16", True, False),
 }
 
 
@@ -139,10 +140,11 @@ def generator_benchmark(
     model = load(args, job, checkpoint)
     generators: dict[str, Callable[[list], list]] = {}
     reference = MaskGenerator(model, job.amg, dtype="float32")
-    generators["reference"] = lambda batch: [reference.generate(image) for image in batch]
+    generators["reference"] = lambda batch: [
+        outcome for _, outcome in reference.generate_many((None, image) for image in batch)
+    ]
     for name in args.variants.split(","):
-        dtype, compiled = VARIANTS[name]
-        job.generator.compile = compiled
+        dtype, job.generator.compile, job.generator.tf32 = VARIANTS[name]
         fast = make_generator(model, job.amg, job.generator, dtype, args.device)
         generators[name] = lambda batch, fast=fast: [
             records for _, records in fast.generate_many((None, image) for image in batch)
@@ -162,13 +164,19 @@ def generator_benchmark(
     for name in generators:
         parity = Parity()
         for expected, got in zip(outputs["reference"], outputs[name], strict=True):
-            parity.add(expected, got)
+            if not isinstance(expected, BaseException) and not isinstance(got, BaseException):
+                parity.add(expected, got)  # failed images are counted apart
         rate = args.rounds * len(images) / seconds[name]
         rows.append(
             {
                 "generator": name,
-                "dtype": VARIANTS.get(name, ("float32", False))[0],
+                "dtype": VARIANTS.get(name, ("float32",))[0],
                 "compile": VARIANTS.get(name, ("float32", False))[1],
+                "tf32": VARIANTS.get(name, ("float32", False, False))[2],
+                "failed_images": sum(isinstance(o, BaseException) for o in outputs[name]),
+                "first_error": next(
+                    (str(o)[:200] for o in outputs[name] if isinstance(o, BaseException)), None
+                ),
                 "images_per_s": rate,
                 "speedup": seconds["reference"] / seconds[name],
                 "peak_memory_mb": peak[name],
@@ -198,9 +206,9 @@ def stage_times(model: Any, job: JobConfig, name: str, images: list, device: str
     """Milliseconds per image of each stage for one fast-generator variant."""
     from pipeline.fast_generator import FastMaskGenerator
 
-    dtype, compiled = VARIANTS[name]
+    dtype, compiled, tf32 = VARIANTS[name]
     ppb = job.generator.points_per_batch
-    fast = FastMaskGenerator(model, job.amg, dtype, ppb, 8, compiled)
+    fast = FastMaskGenerator(model, job.amg, dtype, ppb, 8, compiled, tf32)
     stock = FastMaskGenerator(model, job.amg, dtype, ppb, 1, False)
     stock.shared_decoder = stock_decoder
     features = fast.encode([images[0]])[0][0][2]
@@ -415,17 +423,18 @@ def markdown(result: dict[str, Any]) -> str:
         return "\n".join(lines) + f"\n\n{caption}"
     lines = [
         "| generator | dtype | compile | img/s | speed-up | mIoU | count mismatches "
-        "| max Δ pred IoU | max Δ stability | masks/img | peak MB |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| max Δ pred IoU | max Δ stability | masks/img | peak MB | failed images |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["rows"]:
         p = row["parity"]
         lines.append(
-            f"| {row['generator']} | {row['dtype']} | {'yes' if row['compile'] else 'no'} "
+            f"| {row['generator']} | {row['dtype']}{' (tf32)' if row['tf32'] else ''} "
+            f"| {'yes' if row['compile'] else 'no'} "
             f"| {row['images_per_s']:.3f} | {row['speedup']:.2f}x | {p['mean_iou']:.4f} "
             f"| {p['count_mismatches']}/{p['images']} | {p['max_predicted_iou_diff']:.2g} "
             f"| {p['max_stability_diff']:.2g} | {row['masks_per_image']:.1f} "
-            f"| {row['peak_memory_mb']:.0f} |"
+            f"| {row['peak_memory_mb']:.0f} | {row['failed_images']} |"
         )
     return "\n".join(lines) + f"\n\n{caption}"
 

@@ -14,14 +14,14 @@ bench() { timeout "${LIMIT:-300}" python3 -u benchmarks/generator_bench.py "$1" 
 for step in $steps; do
     case $step in
     stages) bench stages --images 8 --variants fast,fast-bf16 --out "$out/cuda_hiera_l_stages" ;;
-    default) bench generator --images 16 --variants fast,fast-bf16 \
+    default) bench generator --images 12 --variants fast,fast-tf32,fast-bf16 \
         --name "Hiera-L default" --out "$out/cuda_hiera_l_default" ;;
     nothresh) bench generator --images 4 --rounds 1 --variants fast,fast-bf16 \
         --set amg.pred_iou_thresh=0 amg.stability_score_thresh=0 \
         --name "Hiera-L default, no score thresholds" --out "$out/cuda_hiera_l_nothresh" ;;
     sa1b) bench generator --images 3 --rounds 1 --preset sa1b --variants fast,fast-bf16 \
         --name "Hiera-L SA-1B preset" --out "$out/cuda_hiera_l_sa1b" ;;
-    compile) bench generator --images 8 --variants fast,fast-compile,fast-bf16-compile \
+    compile) bench generator --images 8 --variants fast-bf16,fast-bf16-compile \
         --name "Hiera-L default, compiled" --out "$out/cuda_hiera_l_compile" ;;
     esac
 done

@@ -72,6 +72,9 @@ class GeneratorConfig:
     encoder_batch: int = 0
     # Fast generator only: torch.compile the image encoder and mask decoder (slow first image).
     compile: bool = False
+    # Fast generator only: TensorFloat-32 for float32 matrix products on CUDA (faster, masks
+    # differ slightly; see the README's performance table).
+    tf32: bool = False
 
 
 @dataclass

@@ -91,6 +91,7 @@ def make_generator(
         points_per_batch=generator.points_per_batch,
         encoder_batch=encoder_batch,
         compile=generator.compile,
+        tf32=generator.tf32,
     )
 
 
@@ -131,8 +132,14 @@ class MaskGenerator:
             ``area``, ``bbox`` (XYWH, COCO convention), ``predicted_iou``,
             ``stability_score``, ``point_coords`` ([[x, y]]) and ``crop_box`` (XYWH).
         """
-        with autocast(self.device_type, self.dtype):
-            data = self.sam2_generator._generate_masks(image)
+        try:
+            with autocast(self.device_type, self.dtype):
+                data = self.sam2_generator._generate_masks(image)
+        except IndexError as error:
+            # sam2 1.1.0's cross-crop NMS indexes an empty tensor when no crop kept a mask.
+            if self.settings.crop_n_layers > 0 and "with size 0" in str(error):
+                return []
+            raise
         if self.settings.min_mask_region_area > 0:
             nms = max(self.settings.box_nms_thresh, self.settings.crop_nms_thresh)
             data = self.sam2_generator.postprocess_small_regions(
