@@ -191,7 +191,8 @@ def stages_benchmark(
     args: argparse.Namespace, job: JobConfig, checkpoint: str, images: list, tmp: str
 ) -> dict[str, Any]:
     """Milliseconds per image of the fast generator's stages: encoder (one image, and the
-    encoder batch), sam2's decoder against the shared-image decoder, and the whole image."""
+    encoder batch), sam2's decoder against the fast one (shared image side, upscaling only
+    for prompts that pass ``pred_iou_thresh``), and the whole image."""
 
     model = load(args, job, checkpoint)
     rows = []
@@ -209,37 +210,21 @@ def stage_times(model: Any, job: JobConfig, name: str, images: list, device: str
     dtype, compiled, tf32 = VARIANTS[name]
     ppb = job.generator.points_per_batch
     fast = FastMaskGenerator(model, job.amg, dtype, ppb, 8, compiled, tf32)
-    stock = FastMaskGenerator(model, job.amg, dtype, ppb, 1, False)
-    stock.shared_decoder = stock_decoder
     features = fast.encode([images[0]])[0][0][2]
     points = torch.rand(ppb, 2, device=device) * model.image_size
     batches = job.amg.points_per_side**2 / ppb
     stages = {
         "encode_1": lambda: fast.encode(images[:1]),
         "encode_8_per_image": lambda: fast.encode(images[:8]),
-        "decode_stock": lambda: stock.predict(features, points),
-        "decode_shared": lambda: fast.predict(features, points),
+        "decode_stock": lambda: fast.predict(features, points, job.amg.multimask_output),
+        "decode_fast": lambda: fast.predict_kept(features, points),
         "generate": lambda: fast.generate(images[0]),
     }
     ms = {key: best_ms(run, device) for key, run in stages.items()}
     ms["encode_8_per_image"] /= 8
     ms["decode_stock"] *= batches
-    ms["decode_shared"] *= batches
+    ms["decode_fast"] *= batches
     return ms
-
-
-def stock_decoder(decoder: Any, embed, pe, sparse, dense, high_res, multimask: bool):
-    """sam2's own decoder call (image repeated per prompt), for the stage comparison."""
-    logits, iou, _, _ = decoder(
-        image_embeddings=embed,
-        image_pe=pe,
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=multimask,
-        repeat_image=True,
-        high_res_features=high_res,
-    )
-    return logits, iou
 
 
 def best_ms(run: Callable[[], Any], device: str, repeats: int = 3) -> float:

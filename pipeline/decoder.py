@@ -25,8 +25,14 @@ def decode(
     dense: Tensor,
     high_res: list[Tensor],
     multimask: bool,
-) -> tuple[Tensor, Tensor]:
-    """Masks and predicted IoUs for ``b`` prompts, as ``MaskDecoder.forward`` returns them.
+    iou_threshold: float = 0.0,
+    count: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The masks of ``b`` prompts whose predicted IoU is above ``iou_threshold``.
+
+    A mask's predicted IoU comes from the transformer's IoU token, before the decoder upscales
+    anything, so the upscaling and mask products run only for prompts with a mask to keep.
+    Kept masks are exactly what ``MaskDecoder.forward`` gives for them.
 
     Args:
         decoder: the model's ``sam_mask_decoder``.
@@ -36,19 +42,42 @@ def decode(
         dense: (1 or b, c, h, w) dense prompt embeddings; all rows must be equal (no mask
             prompt), which is what lets the image side be shared.
         high_res: the two (1, c_i, h_i, w_i) high-resolution feature maps.
-        multimask: return the three multimask outputs (else one, as sam2 picks it).
+        multimask: the three multimask outputs per prompt (else one, as sam2 picks it).
+        iou_threshold: keep masks whose predicted IoU is above this (0 keeps all, as sam2).
+        count: only the first ``count`` prompts are real (the rest pad a fixed batch size).
 
     Returns:
-        Low-resolution mask logits (b, m, 4h, 4w) and predicted IoUs (b, m).
+        Low-resolution logits (n, 4h, 4w) and predicted IoUs (n,) of the kept masks, and each
+        one's row in the (b * m) flattening of sam2's (b, m) outputs, in that order.
     """
     tokens = output_tokens(decoder, sparse)
     queries, keys = transformer(decoder.transformer, image_embed + dense[:1], image_pe, tokens)
-    masks, iou_pred = heads(decoder, queries, keys, image_embed.shape, high_res, multimask)
-    if multimask:
-        return masks, iou_pred[:, 1:]
-    if decoder.dynamic_multimask_via_stability and not decoder.training:
-        return decoder._dynamic_multimask_via_stability(masks, iou_pred)
-    return masks[:, 0:1], iou_pred[:, 0:1]
+    first = 1 if decoder.pred_obj_scores else 0
+    iou_pred = decoder.iou_prediction_head(queries[:, first, :])
+    dynamic = not multimask and decoder.dynamic_multimask_via_stability and not decoder.training
+    if dynamic:  # sam2 picks the output by the masks' own stability: every mask is needed
+        masks = heads(decoder, queries, keys, image_embed.shape, high_res, range(4))
+        masks, iou = decoder._dynamic_multimask_via_stability(masks, iou_pred)
+        return select(masks, iou, torch.ones_like(iou, dtype=torch.bool), count)
+    outputs = range(1, 4) if multimask else range(0, 1)
+    iou = iou_pred[:, outputs.start : outputs.stop]
+    keep = iou > iou_threshold if iou_threshold > 0 else torch.ones_like(iou, dtype=torch.bool)
+    if count is not None:
+        keep[count:] = False
+    prompts = keep.any(dim=1).nonzero()[:, 0]
+    masks = heads(decoder, queries[prompts], keys[prompts], image_embed.shape, high_res, outputs)
+    rows = keep.flatten().nonzero()[:, 0]
+    return masks[keep[prompts]], iou.flatten()[rows], rows
+
+
+def select(
+    masks: Tensor, iou: Tensor, keep: Tensor, count: int | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(b, m) outputs → the kept masks, IoUs and flat rows, as ``decode`` returns them."""
+    if count is not None:
+        keep[count:] = False
+    rows = keep.flatten().nonzero()[:, 0]
+    return masks[keep], iou.flatten()[rows], rows
 
 
 def output_tokens(decoder: Any, sparse: Tensor) -> Tensor:
@@ -115,14 +144,15 @@ def heads(
     keys: Tensor,
     shape: torch.Size,
     high_res: list[Tensor],
-    multimask: bool,
-) -> tuple[Tensor, Tensor]:
-    """``MaskDecoder.predict_masks`` after the transformer: upscaling, hypernetworks, IoU.
+    outputs: range,
+) -> Tensor:
+    """``MaskDecoder.predict_masks`` after the transformer: upscaling and the mask products,
+    for the mask tokens in ``outputs`` (0: single mask, 1-3: multimask).
 
     Returns:
-        The masks of mask tokens 1-3 (multimask) or all four, and all predicted IoUs.
+        (b, len(outputs), 4h, 4w) mask logits.
     """
-    s = 1 if decoder.pred_obj_scores else 0
+    first = 1 if decoder.pred_obj_scores else 0
     _, c, h, w = shape
     b = queries.shape[0]
     src = keys.transpose(1, 2).reshape(b, c, h, w)
@@ -133,16 +163,9 @@ def heads(
         upscaled = act2(dc2(upscaled) + feat_s0)
     else:
         upscaled = decoder.output_upscaling(src)
-    mask_tokens = queries[:, s + 1 : s + 1 + decoder.num_mask_tokens, :]
-    # Multimask output never uses the single-mask token's mask: skip its product.
-    first = 1 if multimask else 0
+    mask_tokens = queries[:, first + 1 : first + 1 + decoder.num_mask_tokens, :]
     hyper_in = torch.stack(
-        [
-            decoder.output_hypernetworks_mlps[i](mask_tokens[:, i, :])
-            for i in range(first, decoder.num_mask_tokens)
-        ],
-        dim=1,
+        [decoder.output_hypernetworks_mlps[i](mask_tokens[:, i, :]) for i in outputs], dim=1
     )
     _, c, h, w = upscaled.shape
-    masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
-    return masks, decoder.iou_prediction_head(queries[:, s, :])
+    return (hyper_in @ upscaled.view(b, c, h * w)).view(b, len(outputs), h, w)

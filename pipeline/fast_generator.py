@@ -362,94 +362,108 @@ class FastMaskGenerator:
             Low-resolution logits (n, 256, 256) and predicted IoUs (n,) of the kept masks,
             and the index of the point each came from, in sam2's order.
         """
-        amg = self.settings
         scaled = points.clone()  # sam2's transform_coords, op for op
         scaled[:, 0] = scaled[:, 0] / crop_hw[1]
         scaled[:, 1] = scaled[:, 1] / crop_hw[0]
         scaled = scaled * self.resolution
+        per_point = 3 if self.settings.multimask_output else 1
         kept_logits, kept_iou, kept_point = [], [], []
         for start in range(0, len(points), self.points_per_batch):
             batch = scaled[start : start + self.points_per_batch]
-            logits, iou = self.predict(features, batch)
-            if amg.use_m2m:
-                logits, iou = self.refine(features, batch, logits)
-            per_point = logits.shape[1]
-            logits, iou = logits.flatten(0, 1), iou.flatten(0, 1).float()
-            index = torch.arange(start, start + len(batch), device=self.device)
-            index = index.repeat_interleave(per_point)
-            if amg.pred_iou_thresh > 0:
-                keep = iou > amg.pred_iou_thresh
-                logits, iou, index = logits[keep], iou[keep], index[keep]
+            if self.settings.use_m2m:
+                logits, iou, rows = self.refined(features, batch)
+            else:
+                logits, iou, rows = self.predict_kept(features, batch)
             kept_logits.append(logits)
-            kept_iou.append(iou)
-            kept_point.append(index)
+            kept_iou.append(iou.float())
+            kept_point.append(start + torch.div(rows, per_point, rounding_mode="floor"))
         return torch.cat(kept_logits), torch.cat(kept_iou), torch.cat(kept_point)
+
+    def predict_kept(
+        self, features: list[torch.Tensor], coords: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decode point prompts with the shared-image decoder, keeping the masks above
+        ``pred_iou_thresh`` (only their prompts are upscaled).
+
+        Returns:
+            Kept logits (n, 256, 256), their IoUs (n,) and rows in sam2's (b * m) order.
+        """
+        model, n = self.model, len(coords)
+        coords = self.padded(coords)
+        labels = torch.ones(len(coords), 1, dtype=torch.int, device=self.device)
+        with autocast(self.device.type, self.dtype):
+            sparse, dense = model.sam_prompt_encoder(
+                points=(coords[:, None, :], labels), boxes=None, masks=None
+            )
+            return self.shared_decoder(
+                model.sam_mask_decoder,
+                features[2],
+                model.sam_prompt_encoder.get_dense_pe(),
+                sparse,
+                dense,
+                features[:2],
+                self.settings.multimask_output,
+                self.settings.pred_iou_thresh,
+                n,
+            )
+
+    def padded(self, coords: torch.Tensor) -> torch.Tensor:
+        """With ``compile``: the last batch padded to ``points_per_batch`` (static shapes)."""
+        missing = self.points_per_batch - len(coords)
+        if not self.pad_batches or missing <= 0:
+            return coords
+        return torch.cat([coords, coords[-1:].expand(missing, 2)])
+
+    def refined(
+        self, features: list[torch.Tensor], coords: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """sam2's ``use_m2m``: every mask refined by one more single-mask pass with itself as
+        the mask prompt, then the predicted-IoU filter (as ``predict_kept`` returns)."""
+        logits, _ = self.predict(features, coords, self.settings.multimask_output)
+        per_point = logits.shape[1]
+        coords = coords.repeat_interleave(per_point, dim=0)
+        previous = torch.clamp(logits.flatten(0, 1), -32.0, 32.0)[:, None]
+        step = self.points_per_batch
+        refined = [
+            self.predict(features, coords[s : s + step], False, previous[s : s + step])
+            for s in range(0, len(coords), step)
+        ]
+        logits = torch.cat([r[0] for r in refined])[:, 0]
+        iou = torch.cat([r[1] for r in refined])[:, 0]
+        rows = torch.arange(len(iou), device=self.device)
+        if self.settings.pred_iou_thresh > 0:
+            keep = iou > self.settings.pred_iou_thresh
+            logits, iou, rows = logits[keep], iou[keep], rows[keep]
+        return logits, iou, rows
 
     @torch.inference_mode()
     def predict(
         self,
         features: list[torch.Tensor],
         coords: torch.Tensor,
+        multimask: bool,
         mask_input: torch.Tensor | None = None,
-        multimask: bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """sam2's ``_predict`` for single-point prompts: low-res logits (b, m, 256, 256), IoUs."""
+        """sam2's ``_predict`` through sam2's own decoder: logits (b, m, 256, 256), IoUs (b, m).
+
+        Used where a mask is part of the prompt (``use_m2m``) and by the benchmark.
+        """
         model = self.model
-        n = len(coords)
-        padded = n
-        if self.pad_batches and n < self.points_per_batch:
-            padded = self.points_per_batch
-            coords = torch.cat([coords, coords[-1:].expand(padded - n, 2)])
-            if mask_input is not None:
-                mask_input = torch.cat([mask_input, mask_input[-1:].expand(padded - n, -1, -1, -1)])
-        labels = torch.ones(padded, 1, dtype=torch.int, device=self.device)
-        multimask = self.settings.multimask_output if multimask is None else multimask
+        labels = torch.ones(len(coords), 1, dtype=torch.int, device=self.device)
         with autocast(self.device.type, self.dtype):
             sparse, dense = model.sam_prompt_encoder(
                 points=(coords[:, None, :], labels), boxes=None, masks=mask_input
             )
-            image_pe = model.sam_prompt_encoder.get_dense_pe()
-            if mask_input is None:
-                logits, iou = self.shared_decoder(
-                    model.sam_mask_decoder,
-                    features[2],
-                    image_pe,
-                    sparse,
-                    dense,
-                    features[:2],
-                    multimask,
-                )
-            else:
-                logits, iou, _, _ = model.sam_mask_decoder(
-                    image_embeddings=features[2],
-                    image_pe=image_pe,
-                    sparse_prompt_embeddings=sparse,
-                    dense_prompt_embeddings=dense,
-                    multimask_output=multimask,
-                    repeat_image=padded > 1,
-                    high_res_features=features[:2],
-                )
-        return logits[:n], iou[:n]
-
-    def refine(
-        self, features: list[torch.Tensor], coords: torch.Tensor, logits: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """sam2's ``use_m2m``: one more single-mask pass with each mask as the mask prompt."""
-        per_point = logits.shape[1]
-        coords = coords.repeat_interleave(per_point, dim=0)
-        previous = torch.clamp(logits.flatten(0, 1), -32.0, 32.0)[:, None]
-        refined = [
-            self.predict(
-                features,
-                coords[s : s + self.points_per_batch],
-                previous[s : s + self.points_per_batch],
-                multimask=False,
+            logits, iou, _, _ = model.sam_mask_decoder(
+                image_embeddings=features[2],
+                image_pe=model.sam_prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+                repeat_image=len(coords) > 1,
+                high_res_features=features[:2],
             )
-            for s in range(0, len(coords), self.points_per_batch)
-        ]
-        new_logits = torch.cat([r[0] for r in refined])
-        new_iou = torch.cat([r[1] for r in refined])
-        return new_logits.view(-1, per_point, *new_logits.shape[-2:]), new_iou.view(-1, per_point)
+        return logits, iou
 
     @torch.inference_mode()
     def to_host(self, found: ImageMasks, image_hw: tuple[int, int]) -> HostMasks:
