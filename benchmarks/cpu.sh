@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # The CPU benchmark set, as run for the README: the micro SAM 2 (random weights) on synthetic
 # scenes with the default preset at 256 and 1024 px, without score thresholds, with the SA-1B
-# preset; Hiera-T's layout at its own 1024 px; and the pipeline's overhead.
+# preset; Hiera-T's layout run at 512 px; and the pipeline's overhead.
 # Usage: benchmarks/cpu.sh [OUT_DIR]
 set -euo pipefail
 out=${1:-benchmarks/results}
 py=${PYTHON:-.venv/bin/python}
 bench() { "$py" -u benchmarks/generator_bench.py "$@" --device cpu; }
 bench generator --images 16 --size 256 --name "micro default 256px" --out "$out/cpu_micro_256"
-bench generator --images 8 --size 256 --set amg.pred_iou_thresh=0 amg.stability_score_thresh=0 \
+bench generator --images 4 --size 256 --set amg.pred_iou_thresh=0 amg.stability_score_thresh=0 \
     --name "micro default 256px, no score thresholds" --out "$out/cpu_micro_256_nothresh"
 bench generator --images 8 --size 1024 --name "micro default 1024px" --out "$out/cpu_micro_1024"
 bench generator --images 4 --size 512 --preset sa1b --rounds 1 \
     --name "micro SA-1B preset 512px" --out "$out/cpu_micro_sa1b_512"
-bench generator --images 3 --size 1024 --arch configs/sam2.1/sam2.1_hiera_t.yaml --rounds 1 \
-    --name "Hiera-T default 1024px" --out "$out/cpu_hiera_t_1024"
+bench generator --images 2 --size 512 --arch configs/sam2.1/sam2.1_hiera_t.yaml --rounds 1 \
+    --image-size 512 --name "Hiera-T at 512 px, default preset" --out "$out/cpu_hiera_t_512"
 bench pipeline --images 48 --size 256 --name "micro default 256px" --out "$out/cpu_pipeline_256"
