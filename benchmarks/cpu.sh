@@ -10,6 +10,9 @@ bench() { "$py" -u benchmarks/generator_bench.py "$@" --device cpu; }
 bench generator --images 16 --size 256 --name "micro default 256px" --out "$out/cpu_micro_256"
 bench generator --images 4 --size 256 --set amg.pred_iou_thresh=0 amg.stability_score_thresh=0 \
     --name "micro default 256px, no score thresholds" --out "$out/cpu_micro_256_nothresh"
+bench generator --images 2 --size 256 \
+    --set amg.pred_iou_thresh=0 amg.stability_score_thresh=0 amg.box_nms_thresh=1.0 \
+    --name "micro 256px, every mask kept (parity stress)" --out "$out/cpu_micro_256_all"
 bench generator --images 8 --size 1024 --name "micro default 1024px" --out "$out/cpu_micro_1024"
 bench generator --images 4 --size 512 --preset sa1b --rounds 1 \
     --name "micro SA-1B preset 512px" --out "$out/cpu_micro_sa1b_512"
