@@ -7,7 +7,8 @@ set -euo pipefail
 out=${1:-benchmarks/results}
 py=${PYTHON:-.venv/bin/python}
 bench() { "$py" -u benchmarks/generator_bench.py "$@" --device cpu; }
-bench generator --images 16 --size 256 --name "micro default 256px" --out "$out/cpu_micro_256"
+bench generator --images 16 --size 256 --variants fast,fast-compile \
+    --name "micro default 256px" --out "$out/cpu_micro_256"
 bench generator --images 4 --size 256 --set amg.pred_iou_thresh=0 amg.stability_score_thresh=0 \
     --name "micro default 256px, no score thresholds" --out "$out/cpu_micro_256_nothresh"
 bench generator --images 2 --size 256 \

@@ -211,7 +211,7 @@ def stage_times(model: Any, job: JobConfig, name: str, images: list, device: str
     from pipeline.fast_generator import FastMaskGenerator
 
     dtype, compiled, tf32 = VARIANTS[name]
-    ppb = job.generator.points_per_batch
+    ppb = job.generator.points_per_batch or (256 if device.startswith("cuda") else 32)
     fast = FastMaskGenerator(model, job.amg, dtype, ppb, 8, compiled, tf32)
     features = fast.encode([images[0]])[0][0][2]
     points = torch.rand(ppb, 2, device=device) * model.image_size

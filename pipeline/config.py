@@ -65,8 +65,9 @@ class GeneratorConfig:
     # fast: pipeline.fast_generator (same masks, several times faster); reference: sam2's own.
     impl: str = "fast"
     # Fast generator only: prompts decoded per batch (about 12 MB of device memory each at
-    # 1024 px; amg.points_per_batch stays the stock generator's).
-    points_per_batch: int = 256
+    # 1024 px; amg.points_per_batch stays the stock generator's); 0 picks 256 on CUDA and 32
+    # on the CPU, where small batches stay in cache.
+    points_per_batch: int = 0
     # Fast generator only: crops, of one image or several, per image-encoder batch; 0 picks
     # 8 on CUDA and 1 on the CPU.
     encoder_batch: int = 0
@@ -198,7 +199,7 @@ def validate(job: JobConfig) -> None:
         (amg.min_mask_region_area >= 0, "amg.min_mask_region_area must be >= 0"),
         (0 < amg.max_mask_area_fraction <= 1, "amg.max_mask_area_fraction must be in (0, 1]"),
         (job.generator.impl in IMPLS, f"generator.impl must be one of {', '.join(IMPLS)}"),
-        (job.generator.points_per_batch >= 1, "generator.points_per_batch must be >= 1"),
+        (job.generator.points_per_batch >= 0, "generator.points_per_batch must be >= 0"),
         (job.generator.encoder_batch >= 0, "generator.encoder_batch must be >= 0"),
         (job.image.max_short_side >= 0, "image.max_short_side must be >= 0"),
         (job.image.max_pixels >= 0, "image.max_pixels must be >= 0"),

@@ -83,13 +83,13 @@ def make_generator(
         return MaskGenerator(model, amg, dtype=dtype)
     from pipeline.fast_generator import FastMaskGenerator
 
-    encoder_batch = generator.encoder_batch or (8 if device.startswith("cuda") else 1)
+    cuda = device.startswith("cuda")
     return FastMaskGenerator(
         model,
         amg,
         dtype=dtype,
-        points_per_batch=generator.points_per_batch,
-        encoder_batch=encoder_batch,
+        points_per_batch=generator.points_per_batch or (256 if cuda else 32),
+        encoder_batch=generator.encoder_batch or (8 if cuda else 1),
         compile=generator.compile,
         tf32=generator.tf32,
     )
