@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline import rle
-from pipeline.config import load_config
+from pipeline.config import ConfigError, load_config
 from pipeline.fast_generator import FastMaskGenerator
 from pipeline.generator import MaskGenerator, make_generator
 from pipeline.models import build_model, resolve_model
@@ -101,6 +101,8 @@ def test_job_config_selects_the_implementation(micro_model):
     assert isinstance(
         make_generator(micro_model, job.amg, job.generator, "float32", "cpu"), FastMaskGenerator
     )
+    with pytest.raises(ConfigError, match="generator.impl must be one of fast, reference"):
+        load_config(None, ["generator.impl=stock"])
     job = load_config(None, [*PERMISSIVE, "generator.impl=reference"])
     assert isinstance(
         make_generator(micro_model, job.amg, job.generator, "float32", "cpu"), MaskGenerator
