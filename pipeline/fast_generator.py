@@ -148,19 +148,23 @@ class FastMaskGenerator:
         for key, image in items:
             group.append((key, image))
             if not isinstance(image, BaseException):
-                crops += len(self.crop_boxes(image))
+                crops += self.crop_count(image)
             if crops >= self.encoder_batch:
                 yield group
                 group, crops = [], 0
         if group:
             yield group
 
-    def crop_boxes(self, image: np.ndarray) -> list[list[int]]:
-        """sam2's crop boxes (XYXY) for this image: the whole image first."""
-        boxes, _ = generate_crop_boxes(
-            image.shape[:2], self.settings.crop_n_layers, self.settings.crop_overlap_ratio
-        )
-        return boxes
+    def crop_count(self, image: Any) -> int:
+        """How many crops sam2 makes of this image (1 for an image it cannot crop: that
+        image's own generation reports the problem)."""
+        try:
+            boxes, _ = generate_crop_boxes(
+                image.shape[:2], self.settings.crop_n_layers, self.settings.crop_overlap_ratio
+            )
+        except Exception:
+            return 1
+        return len(boxes)
 
     def device_stage(self, group: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
         """Encode a group's images together, then decode each; hand the rest to the host."""

@@ -86,11 +86,20 @@ def test_generate_many_keeps_order_and_passes_errors_through(micro_model):
     images = [np.array(make_scene(64 + 8 * i, 48, i)) for i in range(4)]
     failed = ValueError("unreadable")
     broken = np.zeros((0, 5, 3), dtype=np.uint8)  # no pixels: this image's generation fails
-    items = [("a", images[0]), ("b", failed), ("c", images[1]), ("d", broken), ("e", images[2])]
+    flat = np.zeros((4, 5), dtype=np.uint8)  # not an RGB array
+    items = [
+        ("a", images[0]),
+        ("b", failed),
+        ("c", images[1]),
+        ("d", broken),
+        ("e", images[2]),
+        ("f", flat),
+    ]
     results = list(fast.generate_many(items))
-    assert [key for key, _ in results] == ["a", "b", "c", "d", "e"]
+    assert [key for key, _ in results] == ["a", "b", "c", "d", "e", "f"]
     assert results[1][1] is failed
     assert isinstance(results[3][1], Exception)
+    assert isinstance(results[5][1], Exception)
     for (_, outcome), image in zip((results[0], results[2], results[4]), images, strict=False):
         assert outcome == fast.generate(image)
 
