@@ -56,28 +56,23 @@ def decode(
     iou_pred = decoder.iou_prediction_head(queries[:, first, :])
     dynamic = not multimask and decoder.dynamic_multimask_via_stability and not decoder.training
     if dynamic:  # sam2 picks the output by the masks' own stability: every mask is needed
-        masks = heads(decoder, queries, keys, image_embed.shape, high_res, range(4))
-        masks, iou = decoder._dynamic_multimask_via_stability(masks, iou_pred)
-        return select(masks, iou, torch.ones_like(iou, dtype=torch.bool), count)
-    outputs = range(1, 4) if multimask else range(0, 1)
-    iou = iou_pred[:, outputs.start : outputs.stop]
+        every = heads(decoder, queries, keys, image_embed.shape, high_res, range(4))
+        masks, iou = decoder._dynamic_multimask_via_stability(every, iou_pred)
+    else:
+        outputs = range(1, 4) if multimask else range(0, 1)
+        iou = iou_pred[:, outputs.start : outputs.stop]
     keep = iou > iou_threshold if iou_threshold > 0 else torch.ones_like(iou, dtype=torch.bool)
     if count is not None:
         keep[count:] = False
     prompts = keep.any(dim=1).nonzero()[:, 0]
-    masks = heads(decoder, queries[prompts], keys[prompts], image_embed.shape, high_res, outputs)
+    if dynamic:
+        masks = masks[prompts]
+    else:
+        masks = heads(
+            decoder, queries[prompts], keys[prompts], image_embed.shape, high_res, outputs
+        )
     rows = keep.flatten().nonzero()[:, 0]
     return masks[keep[prompts]], iou.flatten()[rows], rows
-
-
-def select(
-    masks: Tensor, iou: Tensor, keep: Tensor, count: int | None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(b, m) outputs → the kept masks, IoUs and flat rows, as ``decode`` returns them."""
-    if count is not None:
-        keep[count:] = False
-    rows = keep.flatten().nonzero()[:, 0]
-    return masks[keep], iou.flatten()[rows], rows
 
 
 def output_tokens(decoder: Any, sparse: Tensor) -> Tensor:

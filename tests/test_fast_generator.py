@@ -54,6 +54,16 @@ def test_same_masks_with_real_thresholds(micro_model):
     assert parity.reference_masks < 2 * len(everything)
 
 
+def test_same_masks_single_output_with_thresholds(micro_model):
+    """One mask per prompt, picked by sam2's stability rule, then the IoU filter."""
+    amg = load_config(None, [*PERMISSIVE, "amg.multimask_output=false"]).amg
+    everything = MaskGenerator(micro_model, amg).generate(np.array(make_scene(96, 72, 0)))
+    iou = float(np.quantile([r["predicted_iou"] for r in everything], 0.5))
+    overrides = ["amg.multimask_output=false", f"amg.pred_iou_thresh={iou}"]
+    parity = assert_same_masks(micro_model, overrides)
+    assert parity.reference_masks < 2 * len(everything)
+
+
 def test_same_masks_after_box_nms(micro_model):
     """sam2's default NMS (random weights give near-identical masks: most are duplicates)."""
     assert_same_masks(micro_model, ["amg.box_nms_thresh=0.7"], min_masks=2)
