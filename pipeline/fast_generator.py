@@ -155,16 +155,20 @@ class FastMaskGenerator:
         if group:
             yield group
 
+    def crops(self, image: Any) -> list[tuple[list[int], int]]:
+        """sam2's crops of this image: ``(box XYXY, layer)``, the whole image first."""
+        boxes, layers = generate_crop_boxes(
+            image.shape[:2], self.settings.crop_n_layers, self.settings.crop_overlap_ratio
+        )
+        return list(zip(boxes, layers, strict=True))
+
     def crop_count(self, image: Any) -> int:
         """How many crops sam2 makes of this image (1 for an image it cannot crop: that
         image's own generation reports the problem)."""
         try:
-            boxes, _ = generate_crop_boxes(
-                image.shape[:2], self.settings.crop_n_layers, self.settings.crop_overlap_ratio
-            )
+            return len(self.crops(image))
         except Exception:
             return 1
-        return len(boxes)
 
     def device_stage(self, group: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
         """Encode a group's images together, then decode each; hand the rest to the host."""
@@ -209,12 +213,11 @@ class FastMaskGenerator:
             Per image, per crop: ``(crop_box, layer, features)``, ``features`` as sam2's
             predictor keeps them (``image_embed`` and the two high-resolution levels).
         """
-        crops: list[tuple[int, list[int], int]] = []
-        for index, image in enumerate(images):
-            boxes, layers = generate_crop_boxes(
-                image.shape[:2], self.settings.crop_n_layers, self.settings.crop_overlap_ratio
-            )
-            crops.extend((index, box, layer) for box, layer in zip(boxes, layers, strict=True))
+        crops = [
+            (index, box, layer)
+            for index, image in enumerate(images)
+            for box, layer in self.crops(image)
+        ]
         per_image: list[list[Any]] = [[] for _ in images]
         for start in range(0, len(crops), self.encoder_batch):
             chunk = crops[start : start + self.encoder_batch]
@@ -393,12 +396,8 @@ class FastMaskGenerator:
             Kept logits (n, 256, 256), their IoUs (n,) and rows in sam2's (b * m) order.
         """
         model, n = self.model, len(coords)
-        coords = self.padded(coords)
-        labels = torch.ones(len(coords), 1, dtype=torch.int, device=self.device)
         with autocast(self.device.type, self.dtype):
-            sparse, dense = model.sam_prompt_encoder(
-                points=(coords[:, None, :], labels), boxes=None, masks=None
-            )
+            sparse, dense = self.prompt_embeddings(self.padded(coords))
             return self.shared_decoder(
                 model.sam_mask_decoder,
                 features[2],
@@ -440,6 +439,15 @@ class FastMaskGenerator:
             logits, iou, rows = logits[keep], iou[keep], rows[keep]
         return logits, iou, rows
 
+    def prompt_embeddings(
+        self, coords: torch.Tensor, mask_input: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sparse and dense embeddings of one foreground point per prompt (and its mask)."""
+        labels = torch.ones(len(coords), 1, dtype=torch.int, device=self.device)
+        return self.model.sam_prompt_encoder(
+            points=(coords[:, None, :], labels), boxes=None, masks=mask_input
+        )
+
     @torch.inference_mode()
     def predict(
         self,
@@ -453,11 +461,8 @@ class FastMaskGenerator:
         Used where a mask is part of the prompt (``use_m2m``) and by the benchmark.
         """
         model = self.model
-        labels = torch.ones(len(coords), 1, dtype=torch.int, device=self.device)
         with autocast(self.device.type, self.dtype):
-            sparse, dense = model.sam_prompt_encoder(
-                points=(coords[:, None, :], labels), boxes=None, masks=mask_input
-            )
+            sparse, dense = self.prompt_embeddings(coords, mask_input)
             logits, iou, _, _ = model.sam_mask_decoder(
                 image_embeddings=features[2],
                 image_pe=model.sam_prompt_encoder.get_dense_pe(),
