@@ -1,23 +1,31 @@
-"""Train a small SAM 2 on synthetic scenes, so offline demos and tests see real masks.
+"""Train sam2-tiny-synthetic: a small SAM 2 that follows its prompt, on synthetic scenes.
 
-Recipe (SAM's, scaled down): each step encodes a few scenes once and decodes many single-point
-prompts per scene (points on the objects, some on the background); the loss is focal + dice on
-the best of the three multimask outputs, plus the IoU head regressed to each output's true IoU,
-so ``predicted_iou`` and ``stability_score`` mean what they mean for the real model. A
-curriculum raises the scene difficulty over the first part of the schedule. Held-out scenes
-measure point-conditioning throughout: the IoU of the chosen mask with the prompted object
-against its IoU with another object of the same scene.
+Recipe (SAM's, scaled down, plus what made the prompt matter here):
 
-Status: experimental; no checkpoint ships yet. Measured here (2 CPU cores): with SAM's 20:1
-focal:dice weights or a peak learning rate of 1e-3 the model collapses to point-independent
-masks (its logits for four different points differ by < 0.5 %). Dice-heavy weights, a peak of
-3e-4, the disk warm-up and the single-output loss make the point matter on a single image
-(logit difference 0.1 % → 83 % in 200 steps), but over the scene distribution the model still
-learned point-independent masks after 600 steps (held-out IoU with the prompted object 0.025
-against 0.127 with another object), because the three multimask outputs can each cover a
-different object whatever the point.
+- each step encodes a few scenes once and decodes many single-point prompts per scene (points
+  on the objects, some on the background) and, optionally, jittered box prompts;
+- mask loss: focal + dice on the best of the three multimask outputs and on the single-mask
+  output (boxes: the single output only), with the IoU head regressed to each output's true
+  IoU so ``predicted_iou`` and ``stability_score`` keep their meaning;
+- **click losses** on all four outputs' low-resolution logits, sampled at the clicks: each
+  output must be positive at its own click and negative at the other prompts' clicks (and at
+  extra sampled pixels) that lie outside its target. A point-independent answer ("cover the
+  salient objects", which a best-of-three mask loss alone rewards) cannot satisfy them;
+- **q/k init** of the decoder's cross-attentions (``W_q = W_k = scale * Q``, Q with orthonormal
+  rows, zero biases), which gives the click's position a path to its image tokens from the
+  first step; without it the click losses cannot be satisfied either;
+- optionally, a training-only instance head on the image embedding (pixels of one object close,
+  of different objects far); it is not part of the saved model.
 
-Run: ``python -m pipeline.training --out runs/train`` (resumes from ``--out``).
+The learning rate warms up, stays at its peak and decays (cosine to 5 %) from ``decay_from`` to
+``steps``. With ``--minutes`` both are chosen while training (decay starts at 70 % of the time
+budget, the end is projected from the measured step rate) and written to ``run.json``, so
+``--steps N --decay-from D`` replays the same schedule. Batches depend only on
+``(seed, step)``, whatever the number of data workers, so a run resumes (from ``state.pt`` in
+``--out``) on the same stream.
+
+Run: ``python -m pipeline.training --out runs/train --steps 600`` (see the README's "The
+synthetic model" for the command that made the shipped checkpoint).
 """
 
 from __future__ import annotations
@@ -25,7 +33,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import time
+from collections import deque
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -37,46 +48,177 @@ from pipeline.synth import Scene, make_scene
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-# SAM weighs focal 20 : dice 1. A small model trained from scratch collapses under that to
-# "predict nothing" (the focal term favours the background, dice's pull is too weak, and the
-# point's gradient vanishes); dice-heavy weights learn to localise from the first steps.
-FOCAL_WEIGHT, DICE_WEIGHT, IOU_WEIGHT = 1.0, 5.0, 1.0
 HELD_OUT_SEED = 7_777  # scenes never used for training
-LOSS_SIZE = 128  # masks compared at this resolution
+DEFAULT_CONFIG = "configs/models/sam2_tiny_synthetic.yaml"
 
 
-def to_input(images: list[np.ndarray]) -> torch.Tensor:
-    """(h, w, 3) uint8 scenes → the normalised (B, 3, h, w) batch SAM 2 expects."""
-    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
-    return (batch - MEAN) / STD
+@dataclass
+class Recipe:
+    """Everything that shapes a training run besides its length.
 
-
-def disk(size: int, x: float, y: float, radius: float) -> np.ndarray:
-    """A filled disk mask: the localisation warm-up's target."""
-    ys, xs = np.ogrid[:size, :size]
-    return (xs - x) ** 2 + (ys - y) ** 2 <= radius**2
-
-
-def sample_prompts(rng: np.random.Generator, scene: Scene, count: int, background: float):
-    """``count`` single-point prompts on a scene: (x, y) points and their target masks.
-
-    Prompts go round the scene's objects in turn (and a share to the background), so one
-    encoding carries several different targets: an output that ignores its point cannot fit
-    them all, which is what teaches point-conditioning.
+    Attributes:
+        scenes_per_step: scenes encoded per step.
+        prompts_per_scene: single-point prompts per scene (they share the scene's encoding).
+        boxes_per_scene: jittered box prompts per scene (0: points only).
+        pixels_per_scene: extra random pixels per scene, used as negative clicks for the
+            prompts whose target they are not in, and by the instance head.
+        background: share of point prompts on the background (target: everything else).
+        size: scene side in pixels (the model's image size).
+        loss_size: masks are compared at this resolution.
+        peak_lr: AdamW learning rate after warm-up.
+        warmup: warm-up steps.
+        curriculum_steps: steps over which the scenes' maximum difficulty rises to 1.
+        focal_weight, dice_weight, iou_weight: mask and IoU-head loss weights.
+        click_weight: weight of "positive at the own click".
+        other_click_weight: weight of "negative at clicks outside the target".
+        instance_weight: weight of the training-only instance-embedding loss (0: no head).
+        qk_init_scale: scale of the decoder's q/k init (0: sam2's default init).
     """
-    h, w = scene.image.shape[:2]
-    objects = scene.masks
-    rest = ~np.any(objects, axis=0) if objects else np.ones((h, w), bool)
-    order = rng.permutation(len(objects)) if objects else []
+
+    scenes_per_step: int = 4
+    prompts_per_scene: int = 16
+    boxes_per_scene: int = 0
+    pixels_per_scene: int = 0
+    background: float = 0.2
+    size: int = 256
+    loss_size: int = 128
+    peak_lr: float = 3e-4
+    warmup: int = 50
+    curriculum_steps: int = 300
+    focal_weight: float = 1.0
+    dice_weight: float = 5.0
+    iou_weight: float = 1.0
+    click_weight: float = 1.0
+    other_click_weight: float = 1.0
+    instance_weight: float = 0.0
+    qk_init_scale: float = 2.0
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def owner_map(scene: Scene) -> np.ndarray:
+    """(h, w) int16: the index of the object each pixel shows, -1 on the background."""
+    owners = np.full(scene.image.shape[:2], -1, np.int16)
+    for index, mask in enumerate(scene.masks):
+        owners[mask] = index
+    return owners
+
+
+def random_pixel(rng: np.random.Generator, mask: np.ndarray) -> tuple[int, int]:
+    """(x, y) of a uniformly chosen pixel of ``mask``."""
+    ys, xs = np.nonzero(mask)
+    pick = int(rng.integers(len(xs)))
+    return int(xs[pick]), int(ys[pick])
+
+
+def point_prompts(rng: np.random.Generator, owners: np.ndarray, count: int, background: float):
+    """``count`` single-point prompts: (x, y) points and the object each targets (-1: background).
+
+    Prompts go round the scene's objects in turn (a share to the background), so one encoding
+    carries several different targets.
+    """
+    objects = int(owners.max()) + 1
+    order = rng.permutation(objects)
     points, targets = [], []
     for index in range(count):
-        use_background = not objects or rng.random() < background
-        target = rest if use_background else objects[order[index % len(objects)]]
-        ys, xs = np.nonzero(target)
-        pick = int(rng.integers(len(xs)))
-        points.append((xs[pick], ys[pick]))
+        target = -1 if objects == 0 or rng.random() < background else int(order[index % objects])
+        if target == -1 and not (owners == -1).any():
+            target = int(order[index % objects])
+        points.append(random_pixel(rng, owners == target))
         targets.append(target)
-    return np.array(points, np.float32), np.stack(targets)
+    return np.array(points, np.float32), np.array(targets, np.int64)
+
+
+def box_prompts(rng: np.random.Generator, owners: np.ndarray, count: int):
+    """``count`` box prompts (x0, y0, x1, y1) around objects, jittered as SAM does (noise of
+    std 10 % of the side, at most 20 px), and the object each targets."""
+    objects = int(owners.max()) + 1
+    if objects == 0 or count == 0:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+    h, w = owners.shape
+    boxes, targets = [], []
+    for index in rng.permutation(np.arange(count) % objects):
+        ys, xs = np.nonzero(owners == index)
+        box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
+        side = np.array([box[2] - box[0], box[3] - box[1]] * 2, np.float32)
+        box += np.clip(rng.normal(0, 0.1 * side), -20, 20)
+        boxes.append(np.clip(box, 0, [w, h, w, h]))
+        targets.append(int(index))
+    return np.stack(boxes).astype(np.float32), np.array(targets, np.int64)
+
+
+def difficulty_at(step: int, recipe: Recipe) -> float:
+    """The scenes' maximum difficulty at ``step`` (the curriculum)."""
+    return min(1.0, 0.15 + step / max(1, recipe.curriculum_steps))
+
+
+def make_batch(recipe: Recipe, seed: int, step: int) -> dict[str, np.ndarray]:
+    """The batch of ``step``: a pure function of ``(recipe, seed, step)``.
+
+    Returns numpy arrays: ``images`` (S, h, w, 3) uint8, ``owners`` (S, h, w) int16,
+    ``points`` (S, P, 2) and ``point_targets`` (S, P), ``boxes`` (S, B, 4) and ``box_targets``
+    (S, B), ``pixels`` (S, K, 2).
+    """
+    rng = np.random.default_rng([seed, step])
+    top = difficulty_at(step, recipe)
+    batch: dict[str, list] = {key: [] for key in BATCH_KEYS}
+    for _ in range(recipe.scenes_per_step):
+        scene = make_scene(int(rng.integers(2**31)), recipe.size, float(rng.uniform(0, top)), 4)
+        owners = owner_map(scene)
+        points, point_targets = point_prompts(
+            rng, owners, recipe.prompts_per_scene, recipe.background
+        )
+        boxes, box_targets = box_prompts(rng, owners, recipe.boxes_per_scene)
+        if len(boxes) < recipe.boxes_per_scene:  # no object: repeat a background-free dummy
+            boxes = np.zeros((recipe.boxes_per_scene, 4), np.float32)
+            box_targets = np.full(recipe.boxes_per_scene, -2, np.int64)  # matches no pixel
+        pixels = rng.integers(0, recipe.size, (recipe.pixels_per_scene, 2))
+        for key, value in zip(
+            BATCH_KEYS,
+            (scene.image, owners, points, point_targets, boxes, box_targets, pixels),
+            strict=True,
+        ):
+            batch[key].append(value)
+    return {key: np.stack(values) for key, values in batch.items()}
+
+
+BATCH_KEYS = ("images", "owners", "points", "point_targets", "boxes", "box_targets", "pixels")
+
+
+class BatchStream:
+    """Batches for consecutive steps, made ahead by worker processes (or inline with 0)."""
+
+    def __init__(self, recipe: Recipe, seed: int, start: int, workers: int, ahead: int = 8):
+        self.recipe, self.seed, self.next = recipe, seed, start
+        self.pool = multiprocessing.get_context("spawn").Pool(workers) if workers else None
+        self.pending: deque = deque()
+        self.ahead = ahead if workers else 0
+
+    def get(self) -> dict[str, np.ndarray]:
+        """The next step's batch."""
+        if self.pool is None:
+            self.next += 1
+            return make_batch(self.recipe, self.seed, self.next - 1)
+        while len(self.pending) <= self.ahead:
+            args = (self.recipe, self.seed, self.next)
+            self.pending.append(self.pool.apply_async(make_batch, args))
+            self.next += 1
+        return self.pending.popleft().get()
+
+    def close(self) -> None:
+        """Stop the workers."""
+        if self.pool is not None:
+            self.pool.terminate()
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """(B, h, w, 3) uint8 scenes → the normalised (B, 3, h, w) batch SAM 2 expects."""
+    batch = images.permute(0, 3, 1, 2).float() / 255.0
+    return (batch - MEAN.to(batch.device)) / STD.to(batch.device)
 
 
 def image_features(model, images: torch.Tensor):
@@ -93,8 +235,8 @@ def image_features(model, images: torch.Tensor):
     return feats[-1], feats[:-1]
 
 
-def decode(model, embed, high_res, owners: torch.Tensor, points: torch.Tensor):
-    """All four masks (low-res logits) and IoU predictions per single-point prompt.
+def decode(model, embed, high_res, owners: torch.Tensor, points=None, boxes=None):
+    """All four masks (low-res logits) and IoU predictions per prompt.
 
     Output 0 is the single-mask output, outputs 1-3 the multimask ones the generator uses
     (``multimask_output=True`` returns ``[:, 1:]`` of these).
@@ -102,12 +244,14 @@ def decode(model, embed, high_res, owners: torch.Tensor, points: torch.Tensor):
     Args:
         embed, high_res: from ``image_features``.
         owners: (N,) index of each prompt's image in the batch.
-        points: (N, 2) pixel coordinates in the model's input frame.
+        points: (N, 2) single positive clicks in the model's input frame, or None.
+        boxes: (N, 4) boxes (x0, y0, x1, y1) in the model's input frame, or None.
     """
-    labels = torch.ones(points.shape[0], 1, dtype=torch.int)
-    sparse, dense = model.sam_prompt_encoder(
-        points=(points[:, None, :], labels), boxes=None, masks=None
-    )
+    point_input = None
+    if points is not None:
+        labels = torch.ones(points.shape[0], 1, dtype=torch.int, device=points.device)
+        point_input = (points[:, None, :], labels)
+    sparse, dense = model.sam_prompt_encoder(points=point_input, boxes=boxes, masks=None)
     masks, iou, _, _ = model.sam_mask_decoder.predict_masks(
         image_embeddings=embed[owners],
         image_pe=model.sam_prompt_encoder.get_dense_pe(),
@@ -119,18 +263,58 @@ def decode(model, embed, high_res, owners: torch.Tensor, points: torch.Tensor):
     return masks, iou
 
 
-def losses(logits: torch.Tensor, iou_pred: torch.Tensor, targets: torch.Tensor):
-    """Focal + dice on the single output and on the best of the three multimask outputs, and
-    MSE of the IoU head on all four.
+def init_cross_attention(model, scale: float, generator: torch.Generator) -> None:
+    """Set q and k of the decoder's cross-attentions to the same ``scale`` x orthonormal rows.
 
-    The single output has no best-of-3 escape: three point-independent masks can each cover
-    one object of a scene and satisfy a best-of-3 loss, but one output can only fit the
-    prompted object by reading the point. Training it (as SAM does) teaches the shared decoder
-    to use the point.
+    Token→image and image→token in every two-way block, and the final token→image: with
+    ``W_q = W_k`` a query meets keys that look like itself, so the click's (position-encoded)
+    token attends to the image tokens at its position from the first step.
+    """
+    transformer = model.sam_mask_decoder.transformer
+    attentions = [transformer.final_attn_token_to_image]
+    for layer in transformer.layers:
+        attentions += [layer.cross_attn_token_to_image, layer.cross_attn_image_to_token]
+    with torch.no_grad():
+        for attention in attentions:
+            inner, width = attention.q_proj.weight.shape
+            if attention.k_proj.weight.shape != (inner, width):
+                continue
+            basis = torch.linalg.qr(torch.randn(width, inner, generator=generator))[0].T
+            attention.q_proj.weight.copy_(scale * basis)
+            attention.k_proj.weight.copy_(scale * basis)
+            attention.q_proj.bias.zero_()
+            attention.k_proj.bias.zero_()
+
+
+class InstanceHead(torch.nn.Module):
+    """Training-only: per-pixel embeddings from the image embedding, for the instance loss."""
+
+    def __init__(self, channels: int, dim: int = 32):
+        super().__init__()
+        self.project = torch.nn.Sequential(
+            torch.nn.Conv2d(channels, channels, 1), torch.nn.GELU(), torch.nn.Conv2d(channels, dim, 1)
+        )
+
+    def forward(self, embed: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) image embedding → (B, dim, h, w) unit-length pixel embeddings."""
+        return F.normalize(self.project(embed), dim=1)
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def sample_at(maps: torch.Tensor, xy: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear samples of (N, C, h, w) ``maps`` at (N, M, 2) pixel positions of a ``size``-px
+    image the maps cover → (N, C, M)."""
+    grid = (xy + 0.5) / size * 2 - 1
+    return F.grid_sample(maps, grid[:, :, None, :], align_corners=False)[..., 0]
+
+
+def mask_losses(logits: torch.Tensor, targets: torch.Tensor, recipe: Recipe):
+    """Focal + dice per mask, and each mask's true IoU.
 
     Args:
-        logits: (N, 4, s, s) mask logits at LOSS_SIZE (output 0 single, 1-3 multimask).
-        iou_pred: (N, 4) predicted IoU.
+        logits: (N, O, s, s) mask logits at the loss size.
         targets: (N, s, s) float ground truth.
     """
     t = targets[:, None].expand_as(logits)
@@ -139,236 +323,389 @@ def losses(logits: torch.Tensor, iou_pred: torch.Tensor, targets: torch.Tensor):
     p_t = prob * t + (1 - prob) * (1 - t)
     focal = (ce * (1 - p_t) ** 2 * (0.25 * t + 0.75 * (1 - t))).mean(dim=(2, 3))
     dice = 1 - (2 * (prob * t).sum((2, 3)) + 1) / (prob.sum((2, 3)) + t.sum((2, 3)) + 1)
-    per_mask = FOCAL_WEIGHT * focal + DICE_WEIGHT * dice
-    best = per_mask[:, 1:].argmin(dim=1) + 1
-    rows = torch.arange(len(best))
     with torch.no_grad():
         binary = (logits > 0).float()
         inter = (binary * t).sum((2, 3))
         union = (binary + t).clamp(max=1).sum((2, 3))
         true_iou = inter / union.clamp(min=1)
-    iou_loss = F.mse_loss(iou_pred, true_iou)
-    total = per_mask[rows, best].mean() + per_mask[:, 0].mean() + IOU_WEIGHT * iou_loss
-    return total, {
-        "mask": per_mask[rows, best].mean().item(),
-        "single_iou": true_iou[:, 0].mean().item(),
-        "iou_head": iou_loss.item(),
-        "best_iou": true_iou[rows, best].mean().item(),
-    }
+    return recipe.focal_weight * focal + recipe.dice_weight * dice, true_iou
 
 
-def make_batch(
-    rng: np.random.Generator,
-    scenes: int,
-    prompts: int,
-    difficulty: float,
-    size: int,
-    background: float = 0.2,
-    disks: float = 0.0,
-):
-    """Scenes for one step with their prompts, owners and low-res targets.
+def click_losses(low_res: torch.Tensor, clicks: torch.Tensor, inside: torch.Tensor, size: int):
+    """"Positive at the own click, negative at clicks outside the target", on every output.
 
-    With probability ``disks`` a prompt's target is a disk around its point instead of its
-    object: a localisation warm-up that makes the decoder route the point's position into the
-    mask before it has to learn objects (without it, small models learn point-independent
-    blobs).
+    Args:
+        low_res: (N, O, h, w) low-resolution logits.
+        clicks: (N, M, 2) candidate pixels per prompt; column 0 is the prompt's own click.
+        inside: (N, M) bool, whether each candidate lies in the prompt's target.
+        size: image side in pixels.
     """
-    images, points, targets, owners = [], [], [], []
-    for index in range(scenes):
-        difficulty_now = float(rng.uniform(0, difficulty))
-        scene = make_scene(int(rng.integers(2**31)), size, difficulty_now, min_shapes=4)
-        p, t = sample_prompts(rng, scene, prompts, background)
-        for i in np.flatnonzero(rng.random(prompts) < disks):
-            t[i] = disk(size, p[i, 0], p[i, 1], rng.uniform(6, 40))
-        images.append(scene.image)
-        points.append(p)
-        targets.append(t)
-        owners.append(np.full(prompts, index))
-    target = torch.from_numpy(np.concatenate(targets)).float()[:, None]
-    target = F.interpolate(target, size=(LOSS_SIZE, LOSS_SIZE), mode="area")[:, 0]
-    return (
-        to_input(images),
-        torch.from_numpy(np.concatenate(points)),
-        torch.from_numpy(np.concatenate(owners)),
-        (target > 0.5).float(),
-    )
+    values = sample_at(low_res, clicks, size)  # (N, O, M)
+    own = F.softplus(-values[:, :, 0]).mean()
+    outside = (~inside).float()[:, None, :]
+    other = (F.softplus(values) * outside).sum() / (outside.sum() * values.shape[1]).clamp(min=1)
+    return own, other
+
+
+def instance_loss(embeddings: torch.Tensor, pixels: torch.Tensor, labels: torch.Tensor, size: int):
+    """Supervised contrastive loss over sampled pixels of each scene (same object: positives).
+
+    Args:
+        embeddings: (S, D, h, w) unit pixel embeddings.
+        pixels: (S, K, 2) pixel positions; labels: (S, K) their object (-1 background).
+        size: image side in pixels.
+    """
+    vectors = F.normalize(sample_at(embeddings, pixels.float(), size), dim=1)  # (S, D, K)
+    similarity = torch.einsum("sdk,sdl->skl", vectors, vectors) / 0.1
+    eye = torch.eye(labels.shape[1], dtype=torch.bool, device=labels.device)
+    positive = (labels[:, :, None] == labels[:, None, :]) & ~eye
+    log_prob = similarity.masked_fill(eye, -1e9).log_softmax(dim=-1)
+    per_pixel = -(log_prob * positive).sum(-1) / positive.sum(-1).clamp(min=1)
+    return per_pixel[positive.any(-1)].mean()
+
+
+def targets_of(owners: torch.Tensor, scene: torch.Tensor, target: torch.Tensor, size: int):
+    """(N, s, s) float masks of each prompt's target object at the loss size ``size``."""
+    full = (owners[scene] == target[:, None, None]).float()[:, None]
+    return (F.interpolate(full, size=(size, size), mode="area")[:, 0] > 0.5).float()
+
+
+def step_loss(model, head, batch: dict[str, torch.Tensor], recipe: Recipe):
+    """The whole loss of one batch, and its parts for the log."""
+    images, owners = batch["images"], batch["owners"]
+    count, prompts = batch["points"].shape[:2]
+    device = images.device
+    embed, high_res = image_features(model, to_input(images))
+    scene = torch.arange(count, device=device).repeat_interleave(prompts)
+    points, target = batch["points"].reshape(-1, 2), batch["point_targets"].reshape(-1)
+    low_res, iou_pred = decode(model, embed, high_res, scene, points=points)
+    logits = F.interpolate(low_res, size=(recipe.loss_size,) * 2, mode="bilinear", align_corners=False)
+    per_mask, true_iou = mask_losses(logits, targets_of(owners, scene, target, recipe.loss_size), recipe)
+    best = per_mask[:, 1:].argmin(dim=1) + 1
+    rows = torch.arange(len(best), device=device)
+    mask_loss = per_mask[rows, best].mean() + per_mask[:, 0].mean()
+    iou_loss = F.mse_loss(iou_pred, true_iou)
+    # candidates: the own click, the scene's other clicks, the scene's sampled pixels
+    scene_clicks = torch.cat([batch["points"], batch["pixels"].float()], dim=1)[scene]
+    clicks = torch.cat([points[:, None], scene_clicks], dim=1)
+    xy = clicks.long().clamp(0, recipe.size - 1)
+    owner_at = owners[scene[:, None], xy[..., 1], xy[..., 0]]
+    inside = owner_at == target[:, None]
+    own, other = click_losses(low_res, clicks, inside, recipe.size)
+    total = mask_loss + recipe.iou_weight * iou_loss
+    total = total + recipe.click_weight * own + recipe.other_click_weight * other
+    parts = {
+        "mask": per_mask[rows, best].mean().item(),
+        "iou_head": iou_loss.item(),
+        "click": own.item(),
+        "other_click": other.item(),
+        "best_iou": true_iou[rows, best].mean().item(),
+        "single_iou": true_iou[:, 0].mean().item(),
+    }
+    if recipe.boxes_per_scene:
+        total = total + box_loss(model, embed, high_res, batch, recipe, parts)
+    if head is not None:
+        pixels = batch["pixels"]
+        labels = owners[torch.arange(count, device=device)[:, None], pixels[..., 1], pixels[..., 0]]
+        inst = instance_loss(head(embed), pixels, labels, recipe.size)
+        total = total + recipe.instance_weight * inst
+        parts["instance"] = inst.item()
+    return total, parts
+
+
+def box_loss(model, embed, high_res, batch, recipe: Recipe, parts: dict) -> torch.Tensor:
+    """Mask and IoU loss of the single-mask output for the batch's box prompts."""
+    count, per_scene = batch["boxes"].shape[:2]
+    scene = torch.arange(count, device=embed.device).repeat_interleave(per_scene)
+    target = batch["box_targets"].reshape(-1)
+    low_res, iou_pred = decode(model, embed, high_res, scene, boxes=batch["boxes"].reshape(-1, 4))
+    logits = F.interpolate(low_res[:, :1], size=(recipe.loss_size,) * 2, mode="bilinear", align_corners=False)
+    targets = targets_of(batch["owners"], scene, target, recipe.loss_size)
+    per_mask, true_iou = mask_losses(logits, targets, recipe)
+    parts["box_iou"] = true_iou[:, 0].mean().item()
+    return per_mask.mean() + recipe.iou_weight * F.mse_loss(iou_pred[:, :1], true_iou)
+
+
+# ----------------------------------------------------------------------------- held-out
 
 
 @torch.no_grad()
-def point_conditioning(model, scenes: list[Scene]) -> dict[str, float]:
-    """On held-out scenes: does the mask follow the prompt?
+def point_conditioning(model, scenes: list[Scene], device: str = "cpu") -> dict[str, float]:
+    """On held-out scenes: does the mask follow the prompt, and would the generator keep it?
 
     One prompt per object (a random pixel of it). ``prompted`` is the IoU of the mask the IoU
-    head ranks first with the prompted object; ``other`` its IoU with another object of the
-    same scene; ``best_of_3`` the best of the three masks with the prompted object.
+    head ranks first with the prompted object; ``other`` its best IoU with another object of
+    the same scene; ``best_of_3`` the best of the three masks with the prompted object;
+    ``kept`` the share of chosen masks that pass predicted IoU ≥ 0.8 and stability ≥ 0.95
+    (the default preset's thresholds); ``kept_good`` the share that pass and have IoU ≥ 0.5
+    with the prompted object; ``iou_error`` the mean |predicted - true IoU| of chosen masks.
     """
+    was_training = model.training
     model.eval()
     rng = np.random.default_rng(0)
-    prompted, other, best = [], [], []
+    rows: list[tuple[float, ...]] = []
     for scene in scenes:
         if len(scene.masks) < 2:
             continue
-        embed, high_res = image_features(model, to_input([scene.image]))
-        pts = []
-        for mask in scene.masks:
-            ys, xs = np.nonzero(mask)
-            pick = int(rng.integers(len(xs)))
-            pts.append((xs[pick], ys[pick]))
-        owners = torch.zeros(len(pts), dtype=torch.long)
-        logits, iou = decode(model, embed, high_res, owners, torch.tensor(pts, dtype=torch.float32))
+        images = torch.from_numpy(scene.image[None]).to(device)
+        embed, high_res = image_features(model, to_input(images))
+        points = torch.tensor([random_pixel(rng, m) for m in scene.masks], dtype=torch.float32)
+        owners = torch.zeros(len(points), dtype=torch.long, device=device)
+        logits, iou = decode(model, embed, high_res, owners, points=points.to(device))
         logits, iou = logits[:, 1:], iou[:, 1:]  # the multimask outputs the generator uses
         size = scene.image.shape[0]
-        full = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False) > 0
-        gts = torch.from_numpy(np.stack(scene.masks))
-        for i in range(len(pts)):
-            choice = full[i, int(iou[i].argmax())]
-            ious = [mask_iou(choice, gts[j]) for j in range(len(gts))]
-            prompted.append(ious[i])
-            other.append(max(ious[j] for j in range(len(gts)) if j != i))
-            best.append(max(mask_iou(full[i, k], gts[i]) for k in range(3)))
-    model.train()
-    return {
-        "prompted": float(np.mean(prompted)),
-        "other": float(np.mean(other)),
-        "best_of_3": float(np.mean(best)),
-    }
+        full = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+        gts = torch.from_numpy(np.stack(scene.masks)).to(device)
+        for i in range(len(points)):
+            k = int(iou[i].argmax())
+            ious = masks_iou(full[i] > 0, gts)  # (3, objects)
+            high, low = (full[i, k] > 1).sum().item(), (full[i, k] > -1).sum().item()
+            stability = high / low if low else 0.0
+            kept = float(iou[i, k]) >= 0.8 and stability >= 0.95
+            rows.append(
+                (
+                    ious[k, i].item(),
+                    torch.cat([ious[k, :i], ious[k, i + 1 :]]).max().item(),
+                    ious[:, i].max().item(),
+                    float(kept),
+                    float(kept and ious[k, i].item() >= 0.5),
+                    abs(float(iou[i, k]) - ious[k, i].item()),
+                )
+            )
+    model.train(was_training)
+    names = ("prompted", "other", "best_of_3", "kept", "kept_good", "iou_error")
+    return {name: float(value) for name, value in zip(names, np.mean(rows, axis=0), strict=True)}
 
 
-def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
-    """IoU of two boolean masks."""
-    union = (a | b).sum().item()
-    return (a & b).sum().item() / union if union else 0.0
+def masks_iou(masks: torch.Tensor, gts: torch.Tensor) -> torch.Tensor:
+    """(A, h, w) and (B, h, w) boolean masks → (A, B) IoU."""
+    a, b = masks.flatten(1).float(), gts.flatten(1).float()
+    inter = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None] - inter
+    return inter / union.clamp(min=1)
 
 
-def learning_rate(step: int, steps: int, peak: float, warmup: int = 100) -> float:
-    """Linear warm-up, then cosine decay to 5 % of the peak."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+def held_out_scenes(size: int, count: int = 24) -> list[Scene]:
+    """Hard scenes from a seed never used in training."""
+    return [make_scene(HELD_OUT_SEED * 1_000_003 + i, size, 1.0) for i in range(count)]
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+@dataclass
+class Schedule:
+    """Warm-up, a plateau at the peak, cosine decay to 5 % from ``decay_from`` to ``steps``."""
+
+    peak: float
+    warmup: int
+    steps: int | None  # None while a time budget still decides it
+    decay_from: int | None
+
+    def rate(self, step: int) -> float:
+        """The learning rate at ``step``."""
+        if step < self.warmup:
+            return self.peak * (step + 1) / self.warmup
+        if self.steps is None or self.decay_from is None or step < self.decay_from:
+            return self.peak
+        progress = (step - self.decay_from) / max(1, self.steps - self.decay_from)
+        return self.peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def plan_decay(schedule: Schedule, step: int, elapsed: float, budget: float, done: int) -> bool:
+    """In a time-budgeted run, fix ``decay_from``/``steps`` once 70 % of the budget is spent.
+
+    Args:
+        schedule: the run's schedule (changed in place).
+        step: the current step; elapsed: seconds spent; budget: seconds in all.
+        done: steps run in ``elapsed`` (for the step rate).
+    """
+    if schedule.steps is not None or elapsed < 0.7 * budget:
+        return False
+    rate = done / max(elapsed, 1e-6)
+    schedule.decay_from = step
+    schedule.steps = step + max(1, int(rate * (budget - elapsed)))
+    return True
+
+
+# ----------------------------------------------------------------------------- loop
 
 
 def train(
     out: str,
-    steps: int,
-    config: str,
+    recipe: Recipe,
+    steps: int | None = None,
+    minutes: float | None = None,
+    decay_from: int | None = None,
+    config: str = DEFAULT_CONFIG,
     seed: int = 0,
-    scenes_per_step: int = 4,
-    prompts_per_scene: int = 32,
-    peak_lr: float = 3e-4,
-    curriculum: float = 0.5,
-    size: int = 256,
+    device: str = "cpu",
+    workers: int = 0,
     eval_every: int = 100,
-    threads: int | None = None,
-    warmup_disks: int = 300,
+    save_every_s: float = 120.0,
+    export: str | None = None,
 ) -> Path:
     """Train from scratch (or resume from ``out``) and write checkpoints and a metrics log.
 
     Args:
-        out: folder for ``last.pt`` (official layout: ``{"model": state_dict}``),
-            ``state.pt`` (optimizer and step, for resuming) and ``metrics.jsonl``.
-        steps: optimizer steps in all.
+        out: folder for ``last.pt`` (official layout ``{"model": state_dict}``), ``state.pt``
+            (optimizer, step and schedule, for resuming), ``run.json`` and ``metrics.jsonl``.
+        recipe: batch shape, losses and learning rate.
+        steps: optimizer steps in all (or None with ``minutes``).
+        minutes: a time budget instead of ``steps``: the schedule's end is projected from the
+            measured step rate and written to ``run.json``.
+        decay_from: the step where the decay starts (default: right after warm-up).
         config: the sam2 model yaml.
         seed: seeds torch (initial weights) and the scene stream.
-        scenes_per_step, prompts_per_scene: batch shape (prompts share their scene's encoding).
-        peak_lr: AdamW learning rate after warm-up.
-        curriculum: fraction of the steps over which the maximum difficulty rises from 0 to 1.
-        size: scene size in pixels (the model's image_size).
-        eval_every: steps between held-out point-conditioning measurements.
-        threads: torch CPU threads (default: torch's choice).
-        warmup_disks: steps over which the share of disk targets falls from 1 to 0.
+        device: ``"cpu"`` or ``"cuda"``.
+        workers: processes making batches ahead (0: inline).
+        eval_every: steps between held-out measurements.
+        save_every_s: seconds between checkpoints (and one at every held-out measurement).
+        export: also write the model here in float16 at every save (a compact copy).
     """
-    if threads:
-        torch.set_num_threads(threads)
+    if steps is None and minutes is None:
+        raise ValueError("give steps or minutes")
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     model = build_model(resolve_model(None, config, None), "cpu").train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=0.01)
-    start = 0
-    if (folder / "state.pt").exists():
-        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
-    held_out = [make_scene(HELD_OUT_SEED * 1_000_003 + i, size, 1.0) for i in range(24)]
+    if recipe.qk_init_scale:
+        init_cross_attention(model, recipe.qk_init_scale, torch.Generator().manual_seed(seed))
+    head = InstanceHead(model.sam_mask_decoder.transformer_dim) if recipe.instance_weight else None
+    model.to(device)
+    trained = list(model.parameters()) + (list(head.to(device).parameters()) if head else [])
+    optimizer = torch.optim.AdamW(trained, lr=recipe.peak_lr, weight_decay=0.01)
+    schedule = Schedule(recipe.peak_lr, recipe.warmup, steps, decay_from or recipe.warmup)
+    if minutes is not None and steps is None:
+        schedule.decay_from = None
+    start = resume(folder, model, head, optimizer, schedule)
+    write_run(folder, recipe, schedule, seed, config, minutes)
+    held_out = held_out_scenes(recipe.size)
+    stream = BatchStream(recipe, seed, start, workers)
     log = (folder / "metrics.jsonl").open("a")
-    began = time.time()
-    for step in range(start, steps):
-        rng = np.random.default_rng([seed, step])  # resuming replays the same stream
-        difficulty = min(1.0, 0.15 + step / max(1, curriculum * steps))
-        disks = max(0.0, 1.0 - step / max(1, warmup_disks))
-        images, points, owners, targets = make_batch(
-            rng, scenes_per_step, prompts_per_scene, difficulty, size, disks=disks
-        )
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, steps, peak_lr)
-        embed, high_res = image_features(model, images)
-        logits, iou = decode(model, embed, high_res, owners.long(), points)
-        logits = F.interpolate(
-            logits, size=(LOSS_SIZE, LOSS_SIZE), mode="bilinear", align_corners=False
-        )
-        loss, parts = losses(logits, iou, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        record = {
-            "disks": disks,
-            "step": step + 1,
-            "loss": loss.item(),
-            "difficulty": difficulty,
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": time.time() - began,
-            **parts,
-        }
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
-            record["held_out"] = point_conditioning(model, held_out)
-            save(folder, model, optimizer, step + 1)
-        log.write(json.dumps(record) + "\n")
-        log.flush()
-    log.close()
+    began, saved, step = time.time(), time.time(), start
+    try:
+        while schedule.steps is None or step < schedule.steps:
+            batch = {k: torch.from_numpy(v).to(device) for k, v in stream.get().items()}
+            for group in optimizer.param_groups:
+                group["lr"] = schedule.rate(step)
+            loss, parts = step_loss(model, head, batch, recipe)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trained, 1.0)
+            optimizer.step()
+            step += 1
+            elapsed = time.time() - began
+            if minutes is not None and plan_decay(schedule, step, elapsed, minutes * 60, step - start):
+                write_run(folder, recipe, schedule, seed, config, minutes)
+            record = {"step": step, "loss": loss.item(), "lr": schedule.rate(step - 1)}
+            record |= {"difficulty": difficulty_at(step - 1, recipe), "seconds": elapsed, **parts}
+            last = schedule.steps is not None and step >= schedule.steps
+            if step % eval_every == 0 or last:
+                record["held_out"] = point_conditioning(model, held_out, device)
+                print(json.dumps({"step": step, "seconds": round(elapsed), **record["held_out"]}))
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            if "held_out" in record or time.time() - saved > save_every_s:
+                save(folder, model, head, optimizer, schedule, step, export)
+                saved = time.time()
+    finally:
+        stream.close()
+        log.close()
     return folder / "last.pt"
 
 
-def save(folder: Path, model, optimizer, step: int) -> None:
+def resume(folder: Path, model, head, optimizer, schedule: Schedule) -> int:
+    """Load ``state.pt`` from ``folder`` when there is one; return the step to start at."""
+    path = folder / "state.pt"
+    if not path.exists():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    if head is not None and state.get("head"):
+        head.load_state_dict(state["head"])
+    optimizer.load_state_dict(state["optimizer"])
+    if schedule.steps is None:  # a time-budgeted run keeps the plan it made
+        schedule.steps, schedule.decay_from = state["schedule"]
+    return state["step"]
+
+
+def write_run(folder: Path, recipe: Recipe, schedule: Schedule, seed, config, minutes) -> None:
+    """``run.json``: the recipe and the schedule, enough to replay the run with ``--steps``."""
+    run = {
+        "recipe": asdict(recipe),
+        "steps": schedule.steps,
+        "decay_from": schedule.decay_from,
+        "seed": seed,
+        "config": config,
+        "minutes": minutes,
+    }
+    (folder / "run.json").write_text(json.dumps(run, indent=2))
+
+
+def save(folder: Path, model, head, optimizer, schedule: Schedule, step: int, export) -> None:
     """The model in the official checkpoint layout, and the full state for resuming."""
-    torch.save({"model": model.state_dict()}, folder / "last.pt.tmp")
-    (folder / "last.pt.tmp").replace(folder / "last.pt")
-    torch.save(
-        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step},
-        folder / "state.pt.tmp",
-    )
+    write_checkpoint(folder / "last.pt", model.state_dict())
+    if export:
+        half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        write_checkpoint(Path(export), half)
+    state = {
+        "model": model.state_dict(),
+        "head": head.state_dict() if head is not None else None,
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "schedule": (schedule.steps, schedule.decay_from),
+    }
+    torch.save(state, folder / "state.pt.tmp")
     (folder / "state.pt.tmp").replace(folder / "state.pt")
 
 
+def write_checkpoint(path: Path, state_dict: dict) -> None:
+    """``{"model": state_dict}`` written atomically (tensors moved to the CPU)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cpu = {k: v.detach().cpu() for k, v in state_dict.items()}
+    torch.save({"model": cpu}, str(path) + ".tmp")
+    Path(str(path) + ".tmp").replace(path)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Command line of the training script."""
+    """Command line of the training script (every ``Recipe`` field is an option)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--steps", type=int, default=2200)
-    parser.add_argument("--config", default="configs/models/sam2_tiny_synthetic.yaml")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--minutes", type=float)
+    parser.add_argument("--decay-from", type=int)
+    parser.add_argument("--config", default=DEFAULT_CONFIG)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scenes-per-step", type=int, default=4)
-    parser.add_argument("--prompts-per-scene", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--curriculum", type=float, default=0.5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--save-every", type=float, default=120.0)
+    parser.add_argument("--export")
     parser.add_argument("--threads", type=int)
-    parser.add_argument("--warmup-disks", type=int, default=300)
+    for field in fields(Recipe):
+        parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default))
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    given = {f.name: getattr(args, f.name) for f in fields(Recipe)}
+    recipe = Recipe(**{k: v for k, v in given.items() if v is not None})
     train(
         args.out,
-        args.steps,
-        args.config,
-        args.seed,
-        args.scenes_per_step,
-        args.prompts_per_scene,
-        args.lr,
-        args.curriculum,
+        recipe,
+        steps=args.steps,
+        minutes=args.minutes,
+        decay_from=args.decay_from,
+        config=args.config,
+        seed=args.seed,
+        device=args.device,
+        workers=args.workers,
         eval_every=args.eval_every,
-        threads=args.threads,
-        warmup_disks=args.warmup_disks,
+        save_every_s=args.save_every,
+        export=args.export,
     )
 
 
