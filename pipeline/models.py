@@ -40,6 +40,18 @@ OFFICIAL_MODELS = {
     name: (config, f"{CHECKPOINT_BASE}/{path}") for name, (config, path) in OFFICIAL_MODELS.items()
 }
 
+# Models trained here and shipped in configs/models/ (yaml + checkpoint in the official layout).
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
+SHIPPED_MODELS: dict[str, tuple[str, str]] = {
+    # 256-px SAM 2 trained on pipeline.synth scenes (training/README.md): it knows synthetic
+    # shapes, not photos.
+    "sam2-tiny-synthetic": (
+        str(SHIPPED_DIR / "sam2_tiny_synthetic.yaml"),
+        str(SHIPPED_DIR / "sam2_tiny_synthetic.pt"),
+    ),
+}
+KNOWN_MODELS = {**OFFICIAL_MODELS, **SHIPPED_MODELS}
+
 # Same switches sam2's build_sam2 applies with apply_postprocessing=True.
 POSTPROCESSING_OVERRIDES = {
     "model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability": True,
@@ -68,17 +80,17 @@ def resolve_model(
     """Turn the ``model.*`` settings into a concrete config and checkpoint.
 
     Args:
-        name: one of ``OFFICIAL_MODELS`` or None.
+        name: one of ``OFFICIAL_MODELS`` or ``SHIPPED_MODELS``, or None.
         config: a sam2 config name (``configs/sam2.1/sam2.1_hiera_t.yaml``) or a yaml path;
             overrides the name's config.
         checkpoint: local path or fsspec URI (``s3://``, ``https://`` …); overrides the
             name's download URL.
         image_size: run the model at this input size (None: the config's).
     """
-    if name is not None and name not in OFFICIAL_MODELS:
-        known = ", ".join(OFFICIAL_MODELS)
+    if name is not None and name not in KNOWN_MODELS:
+        known = ", ".join(KNOWN_MODELS)
         raise ModelError(f"unknown model.name {name!r}; expected one of: {known}")
-    default_config, default_url = OFFICIAL_MODELS.get(name, (None, None))
+    default_config, default_url = KNOWN_MODELS.get(name, (None, None))
     config = config or default_config
     checkpoint = checkpoint or default_url
     if config is None:

@@ -292,7 +292,9 @@ class InstanceHead(torch.nn.Module):
     def __init__(self, channels: int, dim: int = 32):
         super().__init__()
         self.project = torch.nn.Sequential(
-            torch.nn.Conv2d(channels, channels, 1), torch.nn.GELU(), torch.nn.Conv2d(channels, dim, 1)
+            torch.nn.Conv2d(channels, channels, 1),
+            torch.nn.GELU(),
+            torch.nn.Conv2d(channels, dim, 1),
         )
 
     def forward(self, embed: torch.Tensor) -> torch.Tensor:
@@ -332,7 +334,7 @@ def mask_losses(logits: torch.Tensor, targets: torch.Tensor, recipe: Recipe):
 
 
 def click_losses(low_res: torch.Tensor, clicks: torch.Tensor, inside: torch.Tensor, size: int):
-    """"Positive at the own click, negative at clicks outside the target", on every output.
+    """ "Positive at the own click, negative at clicks outside the target", on every output.
 
     Args:
         low_res: (N, O, h, w) low-resolution logits.
@@ -379,8 +381,12 @@ def step_loss(model, head, batch: dict[str, torch.Tensor], recipe: Recipe):
     scene = torch.arange(count, device=device).repeat_interleave(prompts)
     points, target = batch["points"].reshape(-1, 2), batch["point_targets"].reshape(-1)
     low_res, iou_pred = decode(model, embed, high_res, scene, points=points)
-    logits = F.interpolate(low_res, size=(recipe.loss_size,) * 2, mode="bilinear", align_corners=False)
-    per_mask, true_iou = mask_losses(logits, targets_of(owners, scene, target, recipe.loss_size), recipe)
+    logits = F.interpolate(
+        low_res, size=(recipe.loss_size,) * 2, mode="bilinear", align_corners=False
+    )
+    per_mask, true_iou = mask_losses(
+        logits, targets_of(owners, scene, target, recipe.loss_size), recipe
+    )
     best = per_mask[:, 1:].argmin(dim=1) + 1
     rows = torch.arange(len(best), device=device)
     mask_loss = per_mask[rows, best].mean() + per_mask[:, 0].mean()
@@ -419,7 +425,9 @@ def box_loss(model, embed, high_res, batch, recipe: Recipe, parts: dict) -> torc
     scene = torch.arange(count, device=embed.device).repeat_interleave(per_scene)
     target = batch["box_targets"].reshape(-1)
     low_res, iou_pred = decode(model, embed, high_res, scene, boxes=batch["boxes"].reshape(-1, 4))
-    logits = F.interpolate(low_res[:, :1], size=(recipe.loss_size,) * 2, mode="bilinear", align_corners=False)
+    logits = F.interpolate(
+        low_res[:, :1], size=(recipe.loss_size,) * 2, mode="bilinear", align_corners=False
+    )
     targets = targets_of(batch["owners"], scene, target, recipe.loss_size)
     per_mask, true_iou = mask_losses(logits, targets, recipe)
     parts["box_iou"] = true_iou[:, 0].mean().item()
@@ -599,7 +607,9 @@ def train(
             optimizer.step()
             step += 1
             elapsed = time.time() - began
-            if minutes is not None and plan_decay(schedule, step, elapsed, minutes * 60, step - start):
+            if minutes is not None and plan_decay(
+                schedule, step, elapsed, minutes * 60, step - start
+            ):
                 write_run(folder, recipe, schedule, seed, config, minutes)
             record = {"step": step, "loss": loss.item(), "lr": schedule.rate(step - 1)}
             record |= {"difficulty": difficulty_at(step - 1, recipe), "seconds": elapsed, **parts}

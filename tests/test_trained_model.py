@@ -1,0 +1,136 @@
+"""sam2-tiny-synthetic, the model trained here: it follows its prompt, the whole job labels
+unseen scenes with it, both generators agree on its masks, and its training code works."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import load_config
+from pipeline.dataset import decode_mask, open_run
+from pipeline.evaluate import evaluate_run
+from pipeline.fast_generator import FastMaskGenerator
+from pipeline.generator import MaskGenerator
+from pipeline.models import SHIPPED_MODELS, build_model, resolve_model
+from pipeline.parity import Parity
+from pipeline.synth import make_scene, write_dataset
+from pipeline.training import (
+    Recipe,
+    click_losses,
+    held_out_scenes,
+    init_cross_attention,
+    make_batch,
+    point_conditioning,
+    train,
+)
+from tests.conftest import autolabel
+
+MODEL = "sam2-tiny-synthetic"
+UNSEEN_SEED = 2027  # a dataset seed the training stream never drew
+
+
+@pytest.fixture(scope="module")
+def trained_model():
+    return build_model(resolve_model(MODEL, None, None), "cpu")
+
+
+def test_shipped_checkpoint_is_the_official_layout():
+    config, checkpoint = SHIPPED_MODELS[MODEL]
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert set(state) == {"model"}
+    spec = resolve_model(MODEL, None, None)
+    assert (spec.config, spec.checkpoint, spec.name) == (config, checkpoint, MODEL)
+
+
+def test_trained_model_follows_its_prompt(trained_model):
+    """Held-out hard scenes, one click per object: the chosen mask is the clicked object."""
+    scores = point_conditioning(trained_model, held_out_scenes(256, count=12))
+    assert scores["prompted"] >= 0.6
+    assert scores["prompted"] >= 3 * scores["other"]
+
+
+def test_run_on_unseen_scenes_with_the_default_preset(tmp_path):
+    """The whole job through Ray, default preset: masks look like the scenes' objects."""
+    scenes = tmp_path / "scenes"
+    write_dataset(str(scenes), 8, seed=UNSEEN_SEED)
+    out = tmp_path / "run"
+    args = ["run", "--input", str(scenes / "images"), "--output", str(out)]
+    result = autolabel(*args, f"model.name={MODEL}", "runtime.shard_size=4")
+    assert result.returncode == 0, result.stderr
+    masks = open_run(str(out)).masks.to_table().to_pylist()
+    assert len(masks) >= 8
+    for row in masks:
+        assert row["predicted_iou"] >= 0.8 and row["stability_score"] >= 0.95
+        assert row["area"] == int(decode_mask(row).sum())
+    report = evaluate_run(str(out), str(scenes / "annotations.json"))
+    assert report["images"] == 8
+    assert report["metrics"]["AR@100"] >= 0.5, report["metrics"]
+    assert report["metrics"]["AP"] >= 0.25, report["metrics"]
+
+
+def test_fast_matches_reference_at_default_thresholds(trained_model):
+    """sam2's generator and ours on unseen scenes at the default preset's thresholds."""
+    amg = load_config(None, ["model.dtype=float32"]).amg
+    reference, fast = MaskGenerator(trained_model, amg), FastMaskGenerator(trained_model, amg)
+    parity = Parity()
+    for index in range(2):
+        image = make_scene(UNSEEN_SEED * 1_000_003 + 100 + index, 256, 1.0).image
+        parity.add(reference.generate(image), fast.generate(image))
+    assert parity.reference_masks >= 4, "the default thresholds must keep masks"
+    assert parity.count_mismatches == 0
+    assert parity.mean_iou > 0.999
+    assert parity.max_predicted_iou_diff < 1e-4
+
+
+def test_batches_depend_only_on_seed_and_step():
+    recipe = Recipe(scenes_per_step=2, prompts_per_scene=6, boxes_per_scene=2, pixels_per_scene=5)
+    first, again = make_batch(recipe, 3, 17), make_batch(recipe, 3, 17)
+    assert all(np.array_equal(first[k], again[k]) for k in first)
+    assert not np.array_equal(first["images"], make_batch(recipe, 3, 18)["images"])
+    owners, points, targets = first["owners"], first["points"], first["point_targets"]
+    for scene in range(2):
+        for (x, y), target in zip(points[scene].astype(int), targets[scene], strict=True):
+            assert owners[scene, y, x] == target, "a click lies on the object it prompts"
+        boxes = zip(first["boxes"][scene], first["box_targets"][scene], strict=True)
+        for box, target in boxes:
+            ys, xs = np.nonzero(owners[scene] == target)
+            exact = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            assert np.abs(box - exact).max() <= 20, "box jitter is at most 20 px"
+
+
+def test_click_losses_reward_the_prompted_object_only():
+    """Logits that cover the target pass; logits that cover everything (point-independent) fail."""
+    size, target = 16, torch.zeros(16, 16, dtype=torch.bool)
+    target[2:8, 2:8] = True
+    clicks = torch.tensor([[[4.0, 4.0], [6.0, 3.0], [12.0, 12.0], [3.0, 13.0]]])
+    inside = torch.tensor([[True, True, False, False]])
+    right = (target.float() * 20 - 10)[None, None].expand(1, 4, 16, 16)
+    everything = torch.full((1, 4, 16, 16), 10.0)
+    own, other = click_losses(right, clicks, inside, size)
+    assert own < 1e-3 and other < 1e-3
+    own, other = click_losses(everything, clicks, inside, size)
+    assert own < 1e-3 and other > 5
+
+
+def test_cross_attention_init_gives_equal_orthonormal_q_and_k():
+    model = build_model(resolve_model(MODEL, None, None), "cpu")
+    init_cross_attention(model, 2.0, torch.Generator().manual_seed(0))
+    attention = model.sam_mask_decoder.transformer.layers[0].cross_attn_token_to_image
+    q, k = attention.q_proj.weight, attention.k_proj.weight
+    assert torch.equal(q, k)
+    assert torch.allclose(q @ q.T, 4 * torch.eye(q.shape[0]), atol=1e-4)
+
+
+def test_training_writes_a_loadable_checkpoint_and_resumes(tmp_path):
+    """Two steps, then two more from state.pt: the log continues and the model loads in sam2."""
+    recipe = Recipe(scenes_per_step=1, prompts_per_scene=4, pixels_per_scene=4, loss_size=64)
+    out = tmp_path / "train"
+    train(str(out), recipe, steps=2, eval_every=2)
+    train(str(out), recipe, steps=4, eval_every=2)
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    assert json.loads((out / "run.json").read_text())["steps"] == 4
+    config = SHIPPED_MODELS[MODEL][0]
+    model = build_model(resolve_model(None, config, str(out / "last.pt")), "cpu")
+    assert next(model.parameters()).isfinite().all()
