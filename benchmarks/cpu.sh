@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
-# The CPU benchmark set, as run for the README: the micro SAM 2 (random weights) on synthetic
-# scenes with the default preset at 256 and 1024 px, without score thresholds, with the SA-1B
+# The CPU benchmark set, as run for the README: sam2-tiny-synthetic (the model trained here) on
+# synthetic scenes with the default and SA-1B presets at 256 px; the micro SAM 2 (random
+# weights) with the default preset at 256 and 1024 px, without score thresholds, with the SA-1B
 # preset; Hiera-T's layout run at 512 px; and the pipeline's overhead.
-# Usage: benchmarks/cpu.sh [OUT_DIR]
+# Usage: benchmarks/cpu.sh [OUT_DIR] [trained|random|all]
 set -euo pipefail
 out=${1:-benchmarks/results}
 py=${PYTHON:-.venv/bin/python}
+which=${2:-all}
 bench() { "$py" -u benchmarks/generator_bench.py "$@" --device cpu; }
+tiny=(--arch configs/models/sam2_tiny_synthetic.yaml --checkpoint configs/models/sam2_tiny_synthetic.pt)
+if [ "$which" != random ]; then
+bench generator "${tiny[@]}" --images 16 --size 256 --variants fast,fast-compile \
+    --name "sam2-tiny-synthetic default 256px" --out "$out/cpu_tiny_synthetic_256"
+bench generator "${tiny[@]}" --images 4 --size 256 --preset sa1b --rounds 1 \
+    --name "sam2-tiny-synthetic SA-1B preset 256px" --out "$out/cpu_tiny_synthetic_sa1b_256"
+bench generator "${tiny[@]}" --images 4 --size 1024 --rounds 1 \
+    --name "sam2-tiny-synthetic default, 1024-px scenes" --out "$out/cpu_tiny_synthetic_1024"
+fi
+[ "$which" = trained ] && exit 0
 bench generator --images 16 --size 256 --variants fast,fast-compile \
     --name "micro default 256px" --out "$out/cpu_micro_256"
 bench generator --images 4 --size 256 --set amg.pred_iou_thresh=0 amg.stability_score_thresh=0 \

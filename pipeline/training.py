@@ -24,8 +24,8 @@ budget, the end is projected from the measured step rate) and written to ``run.j
 ``(seed, step)``, whatever the number of data workers, so a run resumes (from ``state.pt`` in
 ``--out``) on the same stream.
 
-Run: ``python -m pipeline.training --out runs/train --steps 600`` (see the README's "The
-synthetic model" for the command that made the shipped checkpoint).
+Run: ``python -m pipeline.training --out runs/train --steps 600``; ``training/reproduce.sh``
+holds the commands that made the shipped checkpoint, ``training/README.md`` what they gave.
 """
 
 from __future__ import annotations
