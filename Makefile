@@ -44,12 +44,12 @@ cluster-demo: $(DEMO_CKPT)
 	bash jobs/cluster_demo.sh cluster-demo-output $(DEMO_CKPT)
 
 test: $(VENV)/.installed
-	$(BIN)/ruff check pipeline tests
+	$(BIN)/ruff check pipeline tests training benchmarks
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check pipeline tests
-	$(BIN)/ruff format --check pipeline tests
+	$(BIN)/ruff check pipeline tests training benchmarks
+	$(BIN)/ruff format --check pipeline tests training benchmarks
 
 clean:
 	rm -rf $(VENV) .cache $(DEMO_OUT)

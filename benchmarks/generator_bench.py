@@ -46,11 +46,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import JobConfig, load_config  # noqa: E402
-from pipeline.generator import MaskGenerator  # noqa: E402
-from pipeline.models import build_model, resolve_model, save_random_checkpoint  # noqa: E402
-from pipeline.parity import Parity  # noqa: E402
-from pipeline.synth import make_scene  # noqa: E402
+from pipeline.core.config import JobConfig, load_config  # noqa: E402
+from pipeline.model.parity import Parity  # noqa: E402
+from pipeline.model.reference import MaskGenerator  # noqa: E402
+from pipeline.model.registry import build_model, resolve_model, save_random_checkpoint  # noqa: E402
+from pipeline.synthetic.scenes import make_scene  # noqa: E402
 
 MICRO = str(ROOT / "configs/models/sam2.1_hiera_micro.yaml")
 VARIANTS = {
@@ -135,7 +135,7 @@ def generator_benchmark(
     args: argparse.Namespace, job: JobConfig, checkpoint: str, images: list, tmp: str
 ) -> dict[str, Any]:
     """Reference and fast variants in alternating rounds over the same images."""
-    from pipeline.generator import make_generator
+    from pipeline.model.factory import make_generator
 
     model = load(args, job, checkpoint)
     generators: dict[str, Callable[[list], list]] = {}
@@ -208,7 +208,7 @@ def stages_benchmark(
 
 def stage_times(model: Any, job: JobConfig, name: str, images: list, device: str) -> dict:
     """Milliseconds per image of each stage for one fast-generator variant."""
-    from pipeline.fast_generator import FastMaskGenerator
+    from pipeline.model.fast import FastMaskGenerator
 
     dtype, compiled, tf32 = VARIANTS[name]
     ppb = job.generator.points_per_batch or (256 if device.startswith("cuda") else 32)
@@ -299,9 +299,9 @@ def pipeline_benchmark(
     """``autolabel run`` with one actor against a bare read-decode-generate loop."""
     from PIL import Image
 
-    from pipeline.generator import default_dtype, make_generator
-    from pipeline.imageio import load_image
-    from pipeline.runner import execute, plan_run
+    from pipeline.core.imageio import load_image
+    from pipeline.job.runner import execute, plan_run
+    from pipeline.model.factory import default_dtype, make_generator
 
     folder = Path(tmp) / "images"
     folder.mkdir()

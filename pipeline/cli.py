@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.config import ConfigError, load_config
-from pipeline.errors import redact
+from pipeline.core.config import ConfigError, load_config
+from pipeline.core.errors import redact
 
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError,)
 
@@ -110,7 +110,7 @@ def add_filter_flags(parser: argparse.ArgumentParser) -> None:
 
 def mask_filter_from(args: argparse.Namespace):
     """Build the MaskFilter from the parsed filter flags."""
-    from pipeline.filters import MaskFilter, parse_where
+    from pipeline.results.filters import MaskFilter, parse_where
 
     if args.where:
         parse_where(args.where)  # a bad expression fails before any data is read
@@ -137,12 +137,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors whose message is meant for the user as it is (one line, exit code 2)."""
-    from pipeline.dataset import RunNotFoundError
-    from pipeline.evaluate import EvalError
-    from pipeline.filters import FilterError
-    from pipeline.manifest import RunConflictError
-    from pipeline.models import ModelError
-    from pipeline.sources import InputError
+    from pipeline.job.manifest import RunConflictError
+    from pipeline.job.sources import InputError
+    from pipeline.model.registry import ModelError
+    from pipeline.results.dataset import RunNotFoundError
+    from pipeline.results.evaluate import EvalError
+    from pipeline.results.filters import FilterError
 
     return (ModelError, InputError, RunConflictError, RunNotFoundError, FilterError, EvalError)
 
@@ -151,8 +151,8 @@ def run_command(args: argparse.Namespace) -> int:
     """``autolabel run``: plan (fast checks), execute on Ray, print the summary."""
     from rich.console import Console
 
-    from pipeline.progress import summary_table
-    from pipeline.runner import execute, plan_run
+    from pipeline.job.progress import summary_table
+    from pipeline.job.runner import execute, plan_run
 
     job = load_config(args.config, args.overrides)
     plan = plan_run(job, args.input, args.output, overwrite=args.overwrite)
@@ -172,7 +172,7 @@ def config_command(args: argparse.Namespace) -> int:
     """``autolabel config``: print the resolved config."""
     from omegaconf import OmegaConf
 
-    from pipeline.config import as_dictconfig
+    from pipeline.core.config import as_dictconfig
 
     print(OmegaConf.to_yaml(as_dictconfig(load_config(args.config, args.overrides))), end="")
     return 0
@@ -180,7 +180,7 @@ def config_command(args: argparse.Namespace) -> int:
 
 def random_checkpoint_command(args: argparse.Namespace) -> int:
     """``autolabel random-checkpoint``: random weights in the official layout."""
-    from pipeline.models import resolve_model, save_random_checkpoint
+    from pipeline.model.registry import resolve_model, save_random_checkpoint
 
     spec = resolve_model(None, args.model_config, None)
     print(save_random_checkpoint(spec.config, args.out, seed=args.seed))
@@ -189,7 +189,7 @@ def random_checkpoint_command(args: argparse.Namespace) -> int:
 
 def filter_command(args: argparse.Namespace) -> int:
     """``autolabel filter``: a new run with only the kept masks."""
-    from pipeline.filters import filter_run
+    from pipeline.results.filters import filter_run
 
     counts = filter_run(args.run, args.out, mask_filter_from(args), overwrite=args.overwrite)
     print(
@@ -203,7 +203,7 @@ def stats_command(args: argparse.Namespace) -> int:
     """``autolabel stats``: the summary table, and JSON + plots with --out."""
     from rich.console import Console
 
-    from pipeline.stats import run_stats, stats_table
+    from pipeline.results.stats import run_stats, stats_table
 
     stats = run_stats(args.run, args.out)
     Console().print(stats_table(stats, f"autolabel stats: {args.run}"))
@@ -214,7 +214,7 @@ def stats_command(args: argparse.Namespace) -> int:
 
 def export_command(args: argparse.Namespace) -> int:
     """``autolabel export``: COCO instances JSON or SA-1B per-image JSONs."""
-    from pipeline.export import export_coco, export_sa1b
+    from pipeline.results.export import export_coco, export_sa1b
 
     exporter = export_coco if args.format == "coco" else export_sa1b
     counts = exporter(args.run, args.out, mask_filter_from(args))
@@ -224,7 +224,7 @@ def export_command(args: argparse.Namespace) -> int:
 
 def show_command(args: argparse.Namespace) -> int:
     """``autolabel show``: overlay PNGs."""
-    from pipeline.overlays import show
+    from pipeline.results.overlays import show
 
     paths = show(args.run, args.out, args.image_id, args.sample, args.seed, mask_filter_from(args))
     print(f"wrote {len(paths)} overlays to {args.out}")
@@ -235,7 +235,7 @@ def eval_command(args: argparse.Namespace) -> int:
     """``autolabel eval``: COCO metrics table, and JSON + plot with --out."""
     from rich.console import Console
 
-    from pipeline.evaluate import evaluate_run, metrics_caption, metrics_table
+    from pipeline.results.evaluate import evaluate_run, metrics_caption, metrics_table
 
     report = evaluate_run(args.run, args.gt, args.out)
     Console().print(metrics_table(report))
@@ -247,7 +247,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
 def synth_command(args: argparse.Namespace) -> int:
     """``autolabel synth``: synthetic scenes and their ground truth."""
-    from pipeline.synth import write_dataset
+    from pipeline.synthetic.scenes import write_dataset
 
     counts = write_dataset(args.out, args.n, args.seed, args.size, args.difficulty)
     print(f"wrote {counts['images']} scenes with {counts['annotations']} instances to {args.out}")

@@ -59,7 +59,7 @@ def make_scene(width: int, height: int, seed: int) -> Image.Image:
 @pytest.fixture(scope="session")
 def micro_checkpoint(tmp_path_factory) -> str:
     """A random-weight micro SAM 2.1 checkpoint in the official layout."""
-    from pipeline.models import save_random_checkpoint
+    from pipeline.model.registry import save_random_checkpoint
 
     path = tmp_path_factory.mktemp("ckpt") / "micro.pt"
     return save_random_checkpoint(MICRO_CONFIG, str(path), seed=0)

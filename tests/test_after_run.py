@@ -14,13 +14,13 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from pipeline.config import load_config
-from pipeline.dataset import decode_mask, open_run
-from pipeline.export import export_coco, export_sa1b
-from pipeline.filters import FilterError, MaskFilter, filter_run, parse_where
-from pipeline.overlays import show
-from pipeline.runner import execute, plan_run
-from pipeline.stats import run_stats
+from pipeline.core.config import load_config
+from pipeline.job.runner import execute, plan_run
+from pipeline.results.dataset import decode_mask, open_run
+from pipeline.results.export import export_coco, export_sa1b
+from pipeline.results.filters import FilterError, MaskFilter, filter_run, parse_where
+from pipeline.results.overlays import show
+from pipeline.results.stats import run_stats
 from tests.conftest import ROOT, make_scene
 
 pytestmark = pytest.mark.usefixtures("ray_local")

@@ -2,8 +2,8 @@
 
 import pytest
 
-from pipeline.config import ConfigError, load_config
-from pipeline.generator import SAM2_ARGUMENTS
+from pipeline.core.config import ConfigError, load_config
+from pipeline.model.reference import SAM2_ARGUMENTS
 from tests.conftest import autolabel
 
 

@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 
-from pipeline import rle
-from pipeline.config import ConfigError, load_config
-from pipeline.fast_generator import FastMaskGenerator
-from pipeline.generator import MaskGenerator, make_generator
-from pipeline.models import build_model, resolve_model
-from pipeline.parity import Parity
+from pipeline.core import rle
+from pipeline.core.config import ConfigError, load_config
+from pipeline.model.factory import make_generator
+from pipeline.model.fast import FastMaskGenerator
+from pipeline.model.parity import Parity
+from pipeline.model.reference import MaskGenerator
+from pipeline.model.registry import build_model, resolve_model
 from tests.conftest import MICRO_CONFIG, PERMISSIVE, make_scene
 
 
@@ -130,7 +131,7 @@ def test_job_config_selects_the_implementation(micro_model):
 
 def test_same_masks_on_a_real_architecture(tmp_path):
     """Hiera-T's layout (random weights) at 512 px, a 16x16 grid."""
-    from pipeline.models import save_random_checkpoint
+    from pipeline.model.registry import save_random_checkpoint
 
     config = "configs/sam2.1/sam2.1_hiera_t.yaml"
     ckpt = save_random_checkpoint(config, str(tmp_path / "t.pt"))

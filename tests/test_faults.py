@@ -14,9 +14,9 @@ import pyarrow.dataset as ds
 import pytest
 from PIL import Image
 
-from pipeline.config import load_config
-from pipeline.runner import execute, plan_run
-from pipeline.storage import with_retries
+from pipeline.core.config import load_config
+from pipeline.core.storage import with_retries
+from pipeline.job.runner import execute, plan_run
 from tests.conftest import ROOT, make_scene
 
 pytestmark = pytest.mark.usefixtures("ray_local")

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
-from pipeline import rle
-from pipeline.config import load_config
-from pipeline.generator import SAM2_ARGUMENTS, MaskGenerator, fix_feature_sizes
-from pipeline.models import build_model, resolve_model
+from pipeline.core import rle
+from pipeline.core.config import load_config
+from pipeline.model.records import fix_feature_sizes
+from pipeline.model.reference import SAM2_ARGUMENTS, MaskGenerator
+from pipeline.model.registry import build_model, resolve_model
 from tests.conftest import MICRO_CONFIG, PERMISSIVE, make_scene
 
 
@@ -99,7 +100,7 @@ def test_max_mask_area_fraction_drops_big_masks(micro_model):
 
 def test_real_architecture_runs_at_reduced_resolution(tmp_path):
     """A 1024-px checkpoint (Hiera-T layout) run at 512 px: the speed option users ask for."""
-    from pipeline.models import save_random_checkpoint
+    from pipeline.model.registry import save_random_checkpoint
 
     ckpt = save_random_checkpoint("configs/sam2.1/sam2.1_hiera_t.yaml", str(tmp_path / "t.pt"))
     spec = resolve_model(None, "configs/sam2.1/sam2.1_hiera_t.yaml", ckpt, image_size=512)

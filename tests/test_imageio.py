@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.imageio import ImageReadError, decode_image
+from pipeline.core.imageio import ImageReadError, decode_image
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:

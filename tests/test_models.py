@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.models import (
+from pipeline.model.registry import (
     OFFICIAL_MODELS,
     ModelError,
     build_model,

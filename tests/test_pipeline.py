@@ -11,11 +11,12 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
-from pipeline.config import load_config
-from pipeline.generator import SAM2_ARGUMENTS, fix_feature_sizes
-from pipeline.manifest import RunConflictError
-from pipeline.models import build_model, resolve_model
-from pipeline.runner import execute, plan_run
+from pipeline.core.config import load_config
+from pipeline.job.manifest import RunConflictError
+from pipeline.job.runner import execute, plan_run
+from pipeline.model.records import fix_feature_sizes
+from pipeline.model.reference import SAM2_ARGUMENTS
+from pipeline.model.registry import build_model, resolve_model
 from tests.conftest import autolabel
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -151,7 +152,7 @@ def test_rerun_resumes_and_refuses_other_settings(image_folder, tmp_path, micro_
 
 def test_done_when_command_with_hiera_tiny(tmp_path):
     """The issue's own command: sam2.1 Hiera-T with random weights, through the CLI."""
-    from pipeline.models import save_random_checkpoint
+    from pipeline.model.registry import save_random_checkpoint
     from tests.conftest import make_scene
 
     folder = tmp_path / "photos"

@@ -5,7 +5,7 @@ import torch
 from pycocotools import mask as mask_utils
 from sam2.utils.amg import mask_to_rle_pytorch
 
-from pipeline import rle
+from pipeline.core import rle
 
 
 def asymmetric_mask() -> np.ndarray:

@@ -7,8 +7,8 @@ import pyarrow.dataset as ds
 import pytest
 from pycocotools import mask as mask_utils
 
-from pipeline.config import load_config
-from pipeline.runner import execute, plan_run
+from pipeline.core.config import load_config
+from pipeline.job.runner import execute, plan_run
 from tests.conftest import MICRO_CONFIG, PERMISSIVE, autolabel, make_scene
 
 pytestmark = pytest.mark.usefixtures("ray_local")

@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.sources import InputError, image_id_for, list_images, plan_shards
+from pipeline.job.sources import InputError, image_id_for, list_images, plan_shards
 
 
 def test_folder_is_listed_recursively_and_sorted(image_folder):

@@ -8,13 +8,13 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from pipeline import rle
-from pipeline.evaluate import evaluate_run
-from pipeline.schema import image_row, image_table, mask_rows
-from pipeline.sources import image_id_for
-from pipeline.storage import write_json_atomic
-from pipeline.synth import make_scene, write_dataset
-from pipeline.writer import RunLayout, commit_shard
+from pipeline.core import rle
+from pipeline.core.schema import image_row, image_table, mask_rows
+from pipeline.core.storage import write_json_atomic
+from pipeline.core.writer import RunLayout, commit_shard
+from pipeline.job.sources import image_id_for
+from pipeline.results.evaluate import evaluate_run
+from pipeline.synthetic.scenes import make_scene, write_dataset
 from tests.conftest import autolabel
 
 

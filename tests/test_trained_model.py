@@ -7,15 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import load_config
-from pipeline.dataset import decode_mask, open_run
-from pipeline.evaluate import evaluate_run
-from pipeline.fast_generator import FastMaskGenerator
-from pipeline.generator import MaskGenerator
-from pipeline.models import SHIPPED_MODELS, build_model, resolve_model
-from pipeline.parity import Parity
-from pipeline.synth import make_scene, write_dataset
-from pipeline.training import (
+from pipeline.core.config import load_config
+from pipeline.model.fast import FastMaskGenerator
+from pipeline.model.parity import Parity
+from pipeline.model.reference import MaskGenerator
+from pipeline.model.registry import SHIPPED_MODELS, build_model, resolve_model
+from pipeline.results.dataset import decode_mask, open_run
+from pipeline.results.evaluate import evaluate_run
+from pipeline.synthetic.scenes import make_scene, write_dataset
+from tests.conftest import autolabel
+from training.train import (
     Recipe,
     click_losses,
     held_out_scenes,
@@ -24,7 +25,6 @@ from pipeline.training import (
     point_conditioning,
     train,
 )
-from tests.conftest import autolabel
 
 MODEL = "sam2-tiny-synthetic"
 UNSEEN_SEED = 2027  # a dataset seed the training stream never drew

@@ -1,7 +1,7 @@
 """Plot held-out prompted vs other IoU (and the share the default thresholds keep) per step.
 
 Usage: python training/plot_curves.py OUT.png RUN_FOLDER [RUN_FOLDER ...]; each folder holds a
-training run's metrics.jsonl (pipeline.training writes it). The first run is drawn bold.
+training run's metrics.jsonl (training.train writes it). The first run is drawn bold.
 """
 
 from __future__ import annotations

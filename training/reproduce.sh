@@ -11,7 +11,7 @@ run=${1:-runs/sam2_tiny_synthetic}
 py=${PYTHON:-python3}
 recipe=(--scenes-per-step 16 --prompts-per-scene 32 --loss-size 256 --curriculum-steps 1000
     --peak-lr 3e-4 --eval-every 250 --device "${DEVICE:-cuda}" --workers "${WORKERS:-14}")
-"$py" -m pipeline.training --out "$run" "${recipe[@]}" --steps 2336 --decay-from 1636
-"$py" -m pipeline.training --out "$run" "${recipe[@]}" --steps 3900 --decay-from 2336
-"$py" -m pipeline.training --out "$run" "${recipe[@]}" --steps 5400 --decay-from 3900 \
+"$py" -m training.train --out "$run" "${recipe[@]}" --steps 2336 --decay-from 1636
+"$py" -m training.train --out "$run" "${recipe[@]}" --steps 3900 --decay-from 2336
+"$py" -m training.train --out "$run" "${recipe[@]}" --steps 5400 --decay-from 3900 \
     --export "$run/sam2_tiny_synthetic.pt"  # float16 copy: the shipped file

@@ -25,7 +25,7 @@ declare -A recipe=(
 pids=()
 for name in a b c; do
     # shellcheck disable=SC2086
-    python3 -u -m pipeline.training --out "$runs/$name" --export "$out/$name.pt" \
+    python3 -u -m training.train --out "$runs/$name" --export "$out/$name.pt" \
         "${common[@]}" ${recipe[$name]} >"$runs/$name.log" 2>&1 &
     pids+=($!)
 done

@@ -24,7 +24,7 @@ budget, the end is projected from the measured step rate) and written to ``run.j
 ``(seed, step)``, whatever the number of data workers, so a run resumes (from ``state.pt`` in
 ``--out``) on the same stream.
 
-Run: ``python -m pipeline.training --out runs/train --steps 600``; ``training/reproduce.sh``
+Run: ``python -m training.train --out runs/train --steps 600``; ``training/reproduce.sh``
 holds the commands that made the shipped checkpoint, ``training/README.md`` what they gave.
 """
 
@@ -43,8 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.models import build_model, resolve_model
-from pipeline.synth import Scene, make_scene
+from pipeline.model.registry import build_model, resolve_model
+from pipeline.synthetic.scenes import Scene, make_scene
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.dataset import Run, open_run
+from pipeline.results.dataset import Run, open_run
 
 SCORE_BINS = np.linspace(0.0, 1.0, 1001)
 LOG_AREA_BINS = np.linspace(0.0, 8.0, 801)  # log10(area) from 1 px to 100 Mpx

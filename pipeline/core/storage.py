@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from fsspec.core import url_to_fs
 
-from pipeline.errors import redact
+from pipeline.core.errors import redact
 
 T = TypeVar("T")
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import fsspec
 
-from pipeline.errors import one_line
-from pipeline.storage import open_fs, strip_protocol
+from pipeline.core.errors import one_line
+from pipeline.core.storage import open_fs, strip_protocol
 
 CHECKPOINT_BASE = "https://dl.fbaipublicfiles.com/segment_anything_2"
 
@@ -41,10 +41,9 @@ OFFICIAL_MODELS = {
 }
 
 # Models trained here and shipped in configs/models/ (yaml + checkpoint in the official layout).
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
 SHIPPED_MODELS: dict[str, tuple[str, str]] = {
-    # 256-px SAM 2 trained on pipeline.synth scenes (training/README.md): it knows synthetic
-    # shapes, not photos.
+    # 256-px SAM 2 trained on synthetic scenes (training/README.md): it knows shapes, not photos.
     "sam2-tiny-synthetic": (
         str(SHIPPED_DIR / "sam2_tiny_synthetic.yaml"),
         str(SHIPPED_DIR / "sam2_tiny_synthetic.pt"),

@@ -13,8 +13,8 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import one_line, redact
-from pipeline.storage import as_uri, open_fs, with_retries
+from pipeline.core.errors import one_line, redact
+from pipeline.core.storage import as_uri, open_fs, with_retries
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 MANIFEST_EXTENSIONS = (".txt", ".lst", ".csv", ".parquet")

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline.dataset import Run, decode_mask, open_run
-from pipeline.filters import MaskFilter
-from pipeline.imageio import load_image
+from pipeline.core.imageio import load_image
+from pipeline.results.dataset import Run, decode_mask, open_run
+from pipeline.results.filters import MaskFilter
 
 ALPHA = 0.45
 

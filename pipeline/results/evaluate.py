@@ -20,8 +20,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from pipeline import rle
-from pipeline.dataset import open_run
+from pipeline.core import rle
+from pipeline.results.dataset import open_run
 
 METRIC_NAMES = (
     "AP",

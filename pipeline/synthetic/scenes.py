@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline import rle
+from pipeline.core import rle
 
 SHAPES = ("ellipse", "rectangle", "polygon", "bar", "star", "ring")
 MIN_VISIBLE_AREA = 24

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.storage import join, open_fs, read_json, write_atomic, write_json_atomic
+from pipeline.core.storage import join, open_fs, read_json, write_atomic, write_json_atomic
 
 MANIFEST_NAME = "_run.json"
 

@@ -18,10 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from pipeline.dataset import Run, open_run
-from pipeline.schema import MASK_SCHEMA
-from pipeline.storage import read_json, write_json_atomic
-from pipeline.writer import RunLayout, commit_shard, remove_partials, remove_run
+from pipeline.core.schema import MASK_SCHEMA
+from pipeline.core.storage import read_json, write_json_atomic
+from pipeline.core.writer import RunLayout, commit_shard, remove_partials, remove_run
+from pipeline.results.dataset import Run, open_run
 
 # Columns ``--where`` may use: the scalar ones of a mask row.
 WHERE_COLUMNS = ("image_id", "mask_index", "area", "predicted_iou", "stability_score")

@@ -9,9 +9,9 @@ import time
 from importlib import metadata
 from typing import Any
 
-from pipeline.config import JobConfig, to_dict
-from pipeline.errors import redact
-from pipeline.models import ModelSpec
+from pipeline.core.config import JobConfig, to_dict
+from pipeline.core.errors import redact
+from pipeline.model.registry import ModelSpec
 
 PACKAGES = ("autolabel", "sam2", "torch", "torchvision", "ray", "pycocotools", "pyarrow", "numpy")
 

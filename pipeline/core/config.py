@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+PRESET_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 class ConfigError(ValueError):
@@ -62,7 +62,7 @@ class AMGConfig:
 class GeneratorConfig:
     """Which mask generator runs the AMG settings, and how the fast one batches its work."""
 
-    # fast: pipeline.fast_generator (same masks, several times faster); reference: sam2's own.
+    # fast: pipeline.model.fast (same masks, several times faster); reference: sam2's own.
     impl: str = "fast"
     # Fast generator only: prompts decoded per batch (about 12 MB of device memory each at
     # 1024 px; amg.points_per_batch stays the stock generator's); 0 picks 256 on CUDA and 32

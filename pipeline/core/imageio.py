@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline.errors import one_line
-from pipeline.storage import open_fs, with_retries
+from pipeline.core.errors import one_line
+from pipeline.core.storage import open_fs, with_retries
 
 
 class ImageReadError(ValueError):

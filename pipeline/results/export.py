@@ -12,9 +12,9 @@ import posixpath
 from collections.abc import Iterator
 from typing import IO, Any
 
-from pipeline.dataset import Run, open_run
-from pipeline.filters import MaskFilter, filtered_shard
-from pipeline.storage import open_fs
+from pipeline.core.storage import open_fs
+from pipeline.results.dataset import Run, open_run
+from pipeline.results.filters import MaskFilter, filtered_shard
 
 CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
 EXTRA_FIELDS = ("predicted_iou", "stability_score", "point_coords", "crop_box")

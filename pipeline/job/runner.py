@@ -14,14 +14,14 @@ from typing import Any
 
 import ray
 
-from pipeline.config import JobConfig
-from pipeline.errors import one_line
-from pipeline.manifest import check_compatible, check_same_listing, new_manifest
-from pipeline.models import ModelSpec, check_checkpoint, resolve_model
-from pipeline.progress import ProgressTracker, ProgressView
-from pipeline.sources import Shard, list_images, plan_shards
-from pipeline.storage import read_json, write_json_atomic
-from pipeline.writer import RunLayout, read_markers, remove_partials, remove_run
+from pipeline.core.config import JobConfig
+from pipeline.core.errors import one_line
+from pipeline.core.storage import read_json, write_json_atomic
+from pipeline.core.writer import RunLayout, read_markers, remove_partials, remove_run
+from pipeline.job.manifest import check_compatible, check_same_listing, new_manifest
+from pipeline.job.progress import ProgressTracker, ProgressView
+from pipeline.job.sources import Shard, list_images, plan_shards
+from pipeline.model.registry import ModelSpec, check_checkpoint, resolve_model
 
 MAX_SHARD_ATTEMPTS = 3
 
@@ -126,7 +126,7 @@ def execute(plan: RunPlan, show_progress: bool = True) -> RunSummary:
         plan: from ``plan_run``.
         show_progress: draw the live progress bar.
     """
-    from pipeline.worker import ShardWorker
+    from pipeline.job.worker import ShardWorker
 
     layout = RunLayout(plan.output)
     options = plan.job.storage.options

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from pipeline import rle
+from pipeline.core import rle
 
 
 @dataclass

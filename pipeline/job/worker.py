@@ -17,13 +17,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.config import JobConfig
-from pipeline.errors import one_line
-from pipeline.imageio import DecodedImage, ImageReadError, load_image
-from pipeline.models import ModelSpec
-from pipeline.schema import IMAGE_SCHEMA, MASK_SCHEMA, image_row, image_table, mask_rows
-from pipeline.sources import ImageRef, Shard
-from pipeline.writer import RunLayout, commit_shard
+from pipeline.core.config import JobConfig
+from pipeline.core.errors import one_line
+from pipeline.core.imageio import DecodedImage, ImageReadError, load_image
+from pipeline.core.schema import IMAGE_SCHEMA, MASK_SCHEMA, image_row, image_table, mask_rows
+from pipeline.core.writer import RunLayout, commit_shard
+from pipeline.job.sources import ImageRef, Shard
+from pipeline.model.registry import ModelSpec
 
 
 def pick_device(requested: str) -> str:
@@ -67,8 +67,8 @@ class ShardWorker:
     def __init__(self, job: JobConfig, model: ModelSpec, output: str, progress: Any = None):
         import torch
 
-        from pipeline.generator import default_dtype, make_generator
-        from pipeline.models import build_model
+        from pipeline.model.factory import default_dtype, make_generator
+        from pipeline.model.registry import build_model
 
         logging.getLogger("root").setLevel(logging.WARNING)
         # sam2 builds with torch.jit.script, which torch now flags on every model load.

@@ -1,12 +1,12 @@
 """The stock generator's masks, several times faster: ``generator.impl=fast`` (the default).
 
 Same parameters, same steps and the same order as sam2's ``SAM2AutomaticMaskGenerator``
-(followed by ``pipeline.generator.MaskGenerator``'s clean-up), with the waste taken out:
+(followed by ``pipeline.model.reference.MaskGenerator``'s clean-up), with the waste taken out:
 
 - every crop of an image (and of the next images, up to ``encoder_batch``) goes through the
   image encoder in one batch, resized on the device;
 - prompts are decoded in large batches (``points_per_batch``), the image side of the
-  decoder computed once per crop instead of once per prompt (``pipeline.decoder``);
+  decoder computed once per crop instead of once per prompt (``pipeline.model.decoder``);
 - masks are dropped by predicted IoU at low resolution, before any upsampling; only the
   survivors are upsampled, in chunks, to compute stability and boxes;
 - everything stays on the device (tensors, not lists of dicts, no deep copies) until the
@@ -38,9 +38,10 @@ from sam2.utils.amg import (
 )
 from torchvision.ops.boxes import batched_nms, box_area
 
-from pipeline import decoder, rle
-from pipeline.config import AMGConfig
-from pipeline.generator import (
+from pipeline.core import rle
+from pipeline.core.config import AMGConfig
+from pipeline.model import decoder
+from pipeline.model.records import (
     Outcome,
     autocast,
     fix_feature_sizes,
@@ -73,7 +74,7 @@ class FastMaskGenerator:
     """SA-1B style mask records, the stock generator's masks at a fraction of its cost.
 
     Args:
-        model: a built SAM 2 model (``pipeline.models.build_model``), in eval mode.
+        model: a built SAM 2 model (``pipeline.model.registry.build_model``), in eval mode.
         amg: generator settings; every field of ``AMGConfig`` means what it means for sam2.
         dtype: ``float32`` (parity with the stock generator), ``bfloat16`` or ``float16``.
         points_per_batch: prompts decoded together (memory: about 12 MB each at 1024 px).

@@ -1,0 +1,117 @@
+"""The public API for finished runs: open one as pyarrow datasets, iterate masks, decode them.
+
+```python
+from pipeline.dataset import open_run, decode_mask
+
+run = open_run("out/")                      # local path or s3://… URI
+good = run.masks.to_table(filter=run.field("predicted_iou") >= 0.9)
+for row in run.image_masks(image_id):        # one image's masks, as dicts
+    mask = decode_mask(row)                  # (h, w) uint8
+```
+Only committed shards (those with a marker) are part of a run, so a run still being written
+reads consistently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from pipeline.core import rle
+from pipeline.core.schema import IMAGE_SCHEMA, MASK_SCHEMA
+from pipeline.core.storage import open_fs, read_json
+from pipeline.core.writer import RunLayout, read_markers
+
+
+class RunNotFoundError(ValueError):
+    """The path holds no autolabel run."""
+
+
+@dataclass
+class Run:
+    """A finished (or running) autolabel output.
+
+    Attributes:
+        root: where it lives (path or URI).
+        manifest: the ``_run.json`` contents.
+        shards: names of the committed shards, sorted.
+        masks: a pyarrow dataset of mask rows over the committed shards.
+        images: a pyarrow dataset of image rows over the committed shards.
+    """
+
+    root: str
+    manifest: dict[str, Any]
+    shards: list[str]
+    masks: ds.Dataset
+    images: ds.Dataset
+    storage_options: dict[str, Any] | None = None
+
+    @staticmethod
+    def field(name: str) -> ds.Expression:
+        """``pyarrow.dataset.field``, for filter expressions."""
+        return ds.field(name)
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.root)
+
+    def shard_masks(self, shard: str, columns: list[str] | None = None, filter=None) -> pa.Table:
+        """One shard's mask rows (optionally only some columns, and filtered)."""
+        return shard_dataset(self, self.layout.masks_file(shard), MASK_SCHEMA).to_table(
+            columns=columns, filter=filter
+        )
+
+    def shard_images(self, shard: str) -> pa.Table:
+        """One shard's image rows."""
+        return shard_dataset(self, self.layout.images_file(shard), IMAGE_SCHEMA).to_table()
+
+    def image_masks(self, image_id: int) -> Iterator[dict[str, Any]]:
+        """The mask rows of one image as dicts, in generator order (``mask_index``)."""
+        table = self.masks.to_table(filter=ds.field("image_id") == image_id)
+        rows = table.to_pylist()
+        rows.sort(key=lambda row: row["mask_index"])
+        yield from rows
+
+
+def shard_dataset(run: Run, uri: str, schema: pa.Schema) -> ds.Dataset:
+    """A dataset over one shard file."""
+    fs, path = open_fs(uri, run.storage_options)
+    return ds.dataset(path, schema=schema, format="parquet", filesystem=fs)
+
+
+def open_run(root: str, storage_options: dict[str, Any] | None = None) -> Run:
+    """Open a run's output as pyarrow datasets over its committed shards.
+
+    Args:
+        root: the run's ``--output`` (local path or fsspec URI).
+        storage_options: fsspec options for that location.
+
+    Raises:
+        RunNotFoundError: no ``_run.json`` under ``root``.
+    """
+    layout = RunLayout(root)
+    manifest = read_json(layout.manifest, storage_options)
+    if manifest is None:
+        raise RunNotFoundError(f"no autolabel run at {root} (no {layout.manifest})")
+    shards = sorted(read_markers(layout, storage_options))
+    fs, _ = open_fs(root, storage_options)
+    mask_paths = [open_fs(layout.masks_file(s), storage_options)[1] for s in shards]
+    image_paths = [open_fs(layout.images_file(s), storage_options)[1] for s in shards]
+    return Run(
+        root=root,
+        manifest=manifest,
+        shards=shards,
+        masks=ds.dataset(mask_paths, schema=MASK_SCHEMA, format="parquet", filesystem=fs),
+        images=ds.dataset(image_paths, schema=IMAGE_SCHEMA, format="parquet", filesystem=fs),
+        storage_options=storage_options,
+    )
+
+
+def decode_mask(row: dict[str, Any]) -> np.ndarray:
+    """A mask row (or its ``segmentation``) → binary (h, w) uint8 array."""
+    return rle.decode(row.get("segmentation", row))

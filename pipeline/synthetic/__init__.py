@@ -1,0 +1,1 @@
+"""Procedural scenes with exact instance masks (``autolabel synth``). Imports ``core``."""
