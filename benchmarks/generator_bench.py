@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.core.config import JobConfig, load_config  # noqa: E402
+from pipeline.core.storage import Location  # noqa: E402
 from pipeline.model.parity import Parity  # noqa: E402
 from pipeline.model.reference import MaskGenerator  # noqa: E402
 from pipeline.model.registry import build_model, resolve_model, save_random_checkpoint  # noqa: E402
@@ -326,7 +327,9 @@ def pipeline_benchmark(
     generator = make_generator(model, pipeline_job.amg, pipeline_job.generator, dtype, device)
     files = sorted(str(p) for p in folder.iterdir())
 
-    decoded = [load_image(f, {}).pixels for f in files]  # the bare loop is the generator alone
+    decoded = [
+        load_image(Location(f)).pixels for f in files
+    ]  # the bare loop is the generator alone
 
     def bare_loop() -> None:
         for _ in generator.generate_many((None, pixels) for pixels in decoded):
@@ -335,7 +338,8 @@ def pipeline_benchmark(
     bare_loop()  # warm-up
     bare = min(timed(lambda _: bare_loop(), [], args.device)[0] for _ in range(args.rounds))
     start = time.perf_counter()
-    summary = execute(plan_run(pipeline_job, str(folder), str(Path(tmp) / "out")), False)
+    places = (Location(str(folder)), Location(str(Path(tmp) / "out")))
+    summary = execute(plan_run(pipeline_job, *places), False)
     total = time.perf_counter() - start
     steady = shard_seconds(Path(tmp) / "out")
     import ray

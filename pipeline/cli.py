@@ -7,6 +7,7 @@ import sys
 
 from pipeline.core.config import ConfigError, load_config
 from pipeline.core.errors import redact
+from pipeline.core.storage import open_location
 
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError,)
 
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors whose message is meant for the user as it is (one line, exit code 2)."""
+    from pipeline.core.storage import LocationError
     from pipeline.job.manifest import RunConflictError
     from pipeline.job.sources import InputError
     from pipeline.model.registry import ModelError
@@ -144,7 +146,15 @@ def user_errors() -> tuple[type[Exception], ...]:
     from pipeline.results.evaluate import EvalError
     from pipeline.results.filters import FilterError
 
-    return (ModelError, InputError, RunConflictError, RunNotFoundError, FilterError, EvalError)
+    return (
+        ModelError,
+        InputError,
+        RunConflictError,
+        RunNotFoundError,
+        FilterError,
+        EvalError,
+        LocationError,
+    )
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -155,7 +165,8 @@ def run_command(args: argparse.Namespace) -> int:
     from pipeline.job.runner import execute, plan_run
 
     job = load_config(args.config, args.overrides)
-    plan = plan_run(job, args.input, args.output, overwrite=args.overwrite)
+    source, output = (open_location(uri, job.storage.options) for uri in (args.input, args.output))
+    plan = plan_run(job, source, output, overwrite=args.overwrite)
     print(
         f"{plan.num_images} images in {len(plan.shards)} shards "
         f"({len(plan.shards) - len(plan.todo)} already committed); model {plan.model.config}",
@@ -191,7 +202,8 @@ def filter_command(args: argparse.Namespace) -> int:
     """``autolabel filter``: a new run with only the kept masks."""
     from pipeline.results.filters import filter_run
 
-    counts = filter_run(args.run, args.out, mask_filter_from(args), overwrite=args.overwrite)
+    source, out = open_location(args.run), open_location(args.out)
+    counts = filter_run(source, out, mask_filter_from(args), overwrite=args.overwrite)
     print(
         f"kept {counts['masks']} of {counts['masks_before']} masks on {counts['ok']} images; "
         f"output: {args.out}"
@@ -205,7 +217,7 @@ def stats_command(args: argparse.Namespace) -> int:
 
     from pipeline.results.stats import run_stats, stats_table
 
-    stats = run_stats(args.run, args.out)
+    stats = run_stats(open_location(args.run), args.out)
     Console().print(stats_table(stats, f"autolabel stats: {args.run}"))
     if args.out:
         print(f"wrote {args.out}/stats.json, distributions.png, survival.png")
@@ -217,7 +229,7 @@ def export_command(args: argparse.Namespace) -> int:
     from pipeline.results.export import export_coco, export_sa1b
 
     exporter = export_coco if args.format == "coco" else export_sa1b
-    counts = exporter(args.run, args.out, mask_filter_from(args))
+    counts = exporter(open_location(args.run), open_location(args.out), mask_filter_from(args))
     print(", ".join(f"{value} {key}" for key, value in counts.items()) + f"; output: {args.out}")
     return 0
 
@@ -226,7 +238,8 @@ def show_command(args: argparse.Namespace) -> int:
     """``autolabel show``: overlay PNGs."""
     from pipeline.results.overlays import show
 
-    paths = show(args.run, args.out, args.image_id, args.sample, args.seed, mask_filter_from(args))
+    run = open_location(args.run)
+    paths = show(run, args.out, args.image_id, args.sample, args.seed, mask_filter_from(args))
     print(f"wrote {len(paths)} overlays to {args.out}")
     return 0
 
@@ -237,7 +250,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
     from pipeline.results.evaluate import evaluate_run, metrics_caption, metrics_table
 
-    report = evaluate_run(args.run, args.gt, args.out)
+    report = evaluate_run(open_location(args.run), args.gt, args.out)
     Console().print(metrics_table(report))
     print(metrics_caption(report))
     if args.out:

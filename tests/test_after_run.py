@@ -15,6 +15,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from pipeline.core.config import load_config
+from pipeline.core.storage import Location
 from pipeline.job.runner import execute, plan_run
 from pipeline.results.dataset import decode_mask, open_run
 from pipeline.results.export import export_coco, export_sa1b
@@ -35,7 +36,8 @@ def finished_run(tmp_path_factory, micro_overrides) -> Path:
     (folder / "bad.png").write_bytes(b"nope")
     output = tmp_path_factory.mktemp("run") / "out"
     overrides = [*micro_overrides, "amg.points_per_side=5", "runtime.shard_size=4"]
-    execute(plan_run(load_config(None, overrides), str(folder), str(output)), show_progress=False)
+    plan = plan_run(load_config(None, overrides), Location(str(folder)), Location(str(output)))
+    execute(plan, show_progress=False)
     return output
 
 
@@ -55,7 +57,7 @@ def test_filter_keeps_exactly_the_rows_of_its_predicate(finished_run, tmp_path):
         max_area=int(area_hi),
         where="area > 0",
     )
-    counts = filter_run(str(finished_run), str(tmp_path / "f"), mask_filter)
+    counts = filter_run(Location(str(finished_run)), Location(str(tmp_path / "f")), mask_filter)
 
     expected = source.filter(
         pc.and_(
@@ -91,7 +93,7 @@ def test_top_k_area_fraction_and_where(finished_run, tmp_path):
         max_area_fraction=0.6,
         where="predicted_iou * 2 > 0.5 and not (mask_index in (0, 1))",
     )
-    filter_run(str(finished_run), str(tmp_path / "f"), mask_filter)
+    filter_run(Location(str(finished_run)), Location(str(tmp_path / "f")), mask_filter)
     kept = open_run(str(tmp_path / "f")).masks.to_table().to_pylist()
 
     rows = source.to_pylist()
@@ -123,7 +125,9 @@ def test_bad_where_expressions_are_clear_errors():
 
 def test_filter_from_local_to_s3(finished_run, s3):
     fs, prefix = s3
-    counts = filter_run(str(finished_run), f"s3://{prefix}/filtered", MaskFilter(top_k=1))
+    counts = filter_run(
+        Location(str(finished_run)), Location(f"s3://{prefix}/filtered"), MaskFilter(top_k=1)
+    )
     assert counts["masks"] == 6
     run = open_run(f"s3://{prefix}/filtered")
     assert run.masks.count_rows() == 6 and run.images.count_rows() == 7
@@ -132,7 +136,7 @@ def test_filter_from_local_to_s3(finished_run, s3):
 def test_coco_export_loads_in_pycocotools(finished_run, tmp_path):
     masks = open_run(str(finished_run)).masks.to_table()
     out = tmp_path / "coco.json"
-    counts = export_coco(str(finished_run), str(out))
+    counts = export_coco(Location(str(finished_run)), Location(str(out)))
     coco = COCO(str(out))
     assert counts == {"images": 6, "annotations": masks.num_rows}
     assert len(coco.getImgIds()) == 6 and len(coco.getAnnIds()) == masks.num_rows
@@ -144,17 +148,21 @@ def test_coco_export_loads_in_pycocotools(finished_run, tmp_path):
         assert int(decoded.sum()) == ann["area"]
         assert ann["score"] == ann["predicted_iou"]
         assert list(mask_utils.toBbox(ann["segmentation"])) == ann["bbox"]
-    filtered = export_coco(str(finished_run), str(tmp_path / "f.json"), MaskFilter(top_k=2))
+    filtered = export_coco(
+        Location(str(finished_run)), Location(str(tmp_path / "f.json")), MaskFilter(top_k=2)
+    )
     assert filtered["annotations"] == 12
 
 
 def test_sa1b_export_writes_one_file_per_image(finished_run, tmp_path):
     counts = export_sa1b(
-        str(finished_run), str(tmp_path / "sa1b"), MaskFilter(min_predicted_iou=1.1)
+        Location(str(finished_run)),
+        Location(str(tmp_path / "sa1b")),
+        MaskFilter(min_predicted_iou=1.1),
     )  # nothing passes: empty files
     files = sorted((tmp_path / "sa1b").glob("sa_*.json"))
     assert len(files) == counts["files"] == 6 and counts["annotations"] == 0
-    export_sa1b(str(finished_run), str(tmp_path / "all"))
+    export_sa1b(Location(str(finished_run)), Location(str(tmp_path / "all")))
     total = 0
     for path in (tmp_path / "all").glob("*.json"):
         document = json.loads(path.read_text())
@@ -176,7 +184,7 @@ def test_sa1b_export_writes_one_file_per_image(finished_run, tmp_path):
 
 
 def test_stats_writes_json_and_plots(finished_run, tmp_path):
-    stats = run_stats(str(finished_run), str(tmp_path / "stats"))
+    stats = run_stats(Location(str(finished_run)), str(tmp_path / "stats"))
     document = json.loads((tmp_path / "stats" / "stats.json").read_text())
     masks = open_run(str(finished_run)).masks.to_table()
     assert document["masks"] == masks.num_rows == stats.masks
@@ -194,7 +202,7 @@ def test_stats_writes_json_and_plots(finished_run, tmp_path):
 def test_show_writes_overlays(finished_run, tmp_path):
     run = open_run(str(finished_run))
     image = run.images.to_table(filter=ds.field("status") == "ok").to_pylist()[0]
-    [path] = show(str(finished_run), str(tmp_path / "ov"), image_ids=[image["image_id"]])
+    [path] = show(Location(str(finished_run)), str(tmp_path / "ov"), image_ids=[image["image_id"]])
     overlay = np.array(Image.open(path))
     original = np.array(Image.open(image["image_uri"]).convert("RGB"))
     assert overlay.shape == original.shape
@@ -202,7 +210,7 @@ def test_show_writes_overlays(finished_run, tmp_path):
     for row in run.image_masks(image["image_id"]):
         covered |= decode_mask(row).astype(bool)
     assert (overlay[covered] != original[covered]).any(axis=1).mean() > 0.5
-    assert len(show(str(finished_run), str(tmp_path / "sample"), sample=4)) == 4
+    assert len(show(Location(str(finished_run)), str(tmp_path / "sample"), sample=4)) == 4
 
 
 def test_notebook_runs_against_a_run(finished_run):

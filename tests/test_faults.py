@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from pipeline.core.config import load_config
-from pipeline.core.storage import with_retries
+from pipeline.core.storage import Location, with_retries
 from pipeline.job.runner import execute, plan_run
 from tests.conftest import ROOT, make_scene
 
@@ -23,7 +23,9 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 def run(source, output, overrides, **kwargs):
-    plan = plan_run(load_config(None, overrides), str(source), str(output), **kwargs)
+    job = load_config(None, overrides)
+    places = (Location(str(p), job.storage.options) for p in (source, output))
+    plan = plan_run(job, *places, **kwargs)
     return execute(plan, show_progress=False)
 
 

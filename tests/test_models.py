@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core.storage import Location
 from pipeline.model.registry import (
     OFFICIAL_MODELS,
     ModelError,
@@ -40,7 +41,7 @@ def test_bad_names_and_configs():
     with pytest.raises(ModelError, match="neither a sam2 config nor a yaml file"):
         resolve_model(None, "configs/nope.yaml", None)
     with pytest.raises(ModelError, match="checkpoint not found"):
-        check_checkpoint("/no/such/file.pt")
+        check_checkpoint(Location("/no/such/file.pt"))
 
 
 class CountingHandler(SimpleHTTPRequestHandler):
@@ -78,7 +79,7 @@ def fetch(url: str, cache: str) -> str:
     import os
 
     os.environ["AUTOLABEL_CACHE"] = cache
-    return local_checkpoint(url)
+    return local_checkpoint(Location(url))
 
 
 def test_remote_checkpoint_is_downloaded_once_even_by_concurrent_actors(
@@ -86,7 +87,7 @@ def test_remote_checkpoint_is_downloaded_once_even_by_concurrent_actors(
 ):
     base, served, root = http_server
     url = f"{base}/micro.pt"
-    check_checkpoint(url)
+    check_checkpoint(Location(url))
     cache = tmp_path / "cache"
     monkeypatch.setenv("AUTOLABEL_CACHE", str(cache))
     with multiprocessing.get_context("spawn").Pool(3) as pool:
@@ -105,4 +106,4 @@ def test_remote_checkpoint_is_downloaded_once_even_by_concurrent_actors(
 def test_missing_remote_checkpoint_is_a_clear_error(http_server):
     base, _, _ = http_server
     with pytest.raises(ModelError, match="checkpoint not found"):
-        check_checkpoint(f"{base}/absent.pt")
+        check_checkpoint(Location(f"{base}/absent.pt"))

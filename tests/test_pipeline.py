@@ -12,6 +12,7 @@ from pycocotools import mask as mask_utils
 from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
 from pipeline.core.config import load_config
+from pipeline.core.storage import Location
 from pipeline.job.manifest import RunConflictError
 from pipeline.job.runner import execute, plan_run
 from pipeline.model.records import fix_feature_sizes
@@ -23,7 +24,9 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 def run(source, output, overrides, **kwargs):
-    plan = plan_run(load_config(None, overrides), str(source), str(output), **kwargs)
+    job = load_config(None, overrides)
+    places = (Location(str(p), job.storage.options) for p in (source, output))
+    plan = plan_run(job, *places, **kwargs)
     return plan, execute(plan, show_progress=False)
 
 

@@ -8,6 +8,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from pipeline.core.config import load_config
+from pipeline.core.storage import Location
 from pipeline.job.runner import execute, plan_run
 from tests.conftest import MICRO_CONFIG, PERMISSIVE, autolabel, make_scene
 
@@ -65,7 +66,10 @@ def test_manifest_of_s3_uris_and_secrets_in_options_never_leak(s3, micro_overrid
         f"storage.options.secret={secret}",
         "storage.options.key=autolabel-test",
     ]
-    plan = plan_run(load_config(None, overrides), f"s3://{listing}", str(tmp_path / "out"))
+    job = load_config(None, overrides)
+    options = job.storage.options
+    source, output = Location(f"s3://{listing}", options), Location(str(tmp_path / "out"), options)
+    plan = plan_run(job, source, output)
     summary = execute(plan, show_progress=False)
     assert summary.ok == 3 and summary.errors == 1
     images = ds.dataset(tmp_path / "out" / "images").to_table().to_pylist()

@@ -10,7 +10,7 @@ from pycocotools.coco import COCO
 
 from pipeline.core import rle
 from pipeline.core.schema import image_row, image_table, mask_rows
-from pipeline.core.storage import write_json_atomic
+from pipeline.core.storage import Location
 from pipeline.core.writer import RunLayout, commit_shard
 from pipeline.job.sources import image_id_for
 from pipeline.results.evaluate import evaluate_run
@@ -37,7 +37,7 @@ def test_synth_writes_scenes_and_exact_ground_truth(tmp_path):
 
 def write_run_from_masks(output, folder, coco: COCO, perturb: bool) -> None:
     """A run whose masks are the ground truth (perturb: shifted), written by the real writer."""
-    layout = RunLayout(str(output))
+    layout = RunLayout(Location(str(output)))
     masks, rows = [], []
     for image in coco.dataset["images"]:
         uri = str(folder / "images" / image["file_name"])
@@ -71,7 +71,7 @@ def write_run_from_masks(output, folder, coco: COCO, perturb: bool) -> None:
         image_table(rows),
         {"images": len(rows), "ok": len(rows), "errors": 0, "masks": 0},
     )
-    write_json_atomic(layout.manifest, {"format": "autolabel-run/1", "config": {}})
+    layout.manifest.write_json_atomic({"format": "autolabel-run/1", "config": {}})
 
 
 @pytest.mark.parametrize("perturb, low, high", [(False, 0.99, 1.0), (True, 0.0, 0.2)])

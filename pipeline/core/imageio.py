@@ -9,13 +9,12 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from pipeline.core.errors import one_line
-from pipeline.core.storage import open_fs, with_retries
+from pipeline.core.storage import Location
 
 
 class ImageReadError(ValueError):
@@ -37,12 +36,6 @@ class DecodedImage:
     @property
     def width(self) -> int:
         return int(self.pixels.shape[1])
-
-
-def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
-    """Read a whole file through fsspec."""
-    fs, path = open_fs(uri, storage_options)
-    return with_retries(lambda: fs.cat_file(path), what="read")
 
 
 def decode_image(data: bytes, max_short_side: int = 0, max_pixels: int = 0) -> DecodedImage:
@@ -112,22 +105,16 @@ def downscale(image: Image.Image, max_short_side: int) -> Image.Image:
     return image.resize(size, Image.Resampling.BOX)
 
 
-def load_image(
-    uri: str,
-    storage_options: dict[str, Any] | None = None,
-    max_short_side: int = 0,
-    max_pixels: int = 0,
-) -> DecodedImage:
+def load_image(image: Location, max_short_side: int = 0, max_pixels: int = 0) -> DecodedImage:
     """Read and decode one image; every failure is an ``ImageReadError``.
 
     Args:
-        uri: the image's path or fsspec URI.
-        storage_options: fsspec options.
+        image: where the image file is.
         max_short_side: see ``decode_image``.
         max_pixels: see ``decode_image``.
     """
     try:
-        data = read_bytes(uri, storage_options)
+        data = image.read_bytes()
     except Exception as error:
         raise ImageReadError(f"cannot read file: {one_line(error)}") from error
     return decode_image(data, max_short_side=max_short_side, max_pixels=max_pixels)

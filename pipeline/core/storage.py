@@ -1,7 +1,8 @@
-"""One path abstraction over local disks and object stores (fsspec).
+"""One path abstraction over local disks and object stores (fsspec): ``Location``.
 
 Every module that touches files goes through here, so ``/data``, ``file:///data`` and
-``s3://bucket/data`` are the same code.
+``s3://bucket/data`` are the same code. A ``Location`` is built once where a URI enters (the
+CLI, the public API) and handed down; nothing below takes storage options.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import os
 import posixpath
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from fsspec.core import url_to_fs
 
-from pipeline.core.errors import redact
+from pipeline.core.errors import one_line, redact
 
 T = TypeVar("T")
 
@@ -65,15 +66,15 @@ def with_retries(
     raise AssertionError("unreachable")
 
 
-def open_fs(uri: str, storage_options: dict[str, Any] | None = None):
-    """Return ``(filesystem, path)`` for ``uri``.
+def open_fs(uri: str, options: Mapping[str, Any] | None = None):
+    """Return ``(filesystem, path)`` for ``uri`` (what ``Location`` is built on).
 
     Args:
         uri: local path or fsspec URI.
-        storage_options: options for the filesystem (endpoint, credentials …). For S3 the
-            standard ``AWS_*`` environment variables also apply.
+        options: options for the filesystem (endpoint, credentials …). For S3 the standard
+            ``AWS_*`` environment variables also apply.
     """
-    return url_to_fs(uri, **(storage_options or {}))
+    return url_to_fs(uri, **dict(options or {}))
 
 
 def strip_protocol(uri: str) -> str:
@@ -101,46 +102,130 @@ def as_uri(fs, path: str) -> str:
     return fs.unstrip_protocol(path)
 
 
-def read_json(uri: str, storage_options: dict[str, Any] | None = None) -> dict | None:
-    """Read a JSON file, or None when it does not exist."""
-    fs, path = open_fs(uri, storage_options)
-    if not fs.exists(path):
-        return None
-    with fs.open(path, "rb") as f:
-        return json.loads(f.read())
+class LocationError(ValueError):
+    """A URI no filesystem can open; the message is one line for the user."""
 
 
-def write_atomic(
-    uri: str, write: Callable[[Any], None], storage_options: dict[str, Any] | None = None
-) -> None:
-    """Write a file so that readers see it whole or not at all, retrying transient errors.
+def open_location(uri: str, options: Mapping[str, Any] | None = None) -> Location:
+    """``Location(uri, options)``, with a one-line ``LocationError`` when it cannot be opened
+    (an unknown protocol, a filesystem package that is not installed …)."""
+    try:
+        return Location(uri, options)
+    except Exception as error:
+        raise LocationError(f"cannot open {redact(uri)}: {one_line(error)}") from error
 
-    Locally the bytes go to ``_<random>.<name>.partial`` (a name readers skip) and are renamed;
-    on an object store the object only becomes visible when its upload completes.
+
+class Location:
+    """A file or folder in storage: its URI, the filesystem that serves it, and the options
+    (endpoint, credentials …) that opened it, made once where a URI enters the program.
+
+    ``join`` and ``at`` give other locations on the same terms without reopening anything.
+    Printing a location shows its URI with credentials redacted; the options never show.
+    A location pickles (Ray sends it to actors) as its URI and options.
 
     Args:
-        uri: the file to write (path or URI).
-        write: writes the content into the binary file object it is given.
-        storage_options: fsspec options.
+        uri: local path or fsspec URI.
+        options: fsspec options for its filesystem.
     """
-    fs, path = open_fs(uri, storage_options)
-    parent = posixpath.dirname(path)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    target = path
-    if is_local(uri):
-        target = f"{parent}/_{uuid.uuid4().hex}.{posixpath.basename(path)}.partial"
 
-    def upload() -> None:
-        with fs.open(target, "wb") as f:
-            write(f)
+    def __init__(self, uri: str, options: Mapping[str, Any] | None = None, *, _opened=None):
+        self.uri = uri
+        self.options = dict(options or {})
+        self.fs, self.path = _opened or open_fs(uri, self.options)
 
-    with_retries(upload, what="write")
-    if target != path:
-        os.replace(target, path)
+    def join(self, *parts: str) -> Location:
+        """The location ``parts`` below this one."""
+        path = posixpath.join(self.path, *parts)
+        return Location(join(self.uri, *parts), self.options, _opened=(self.fs, path))
 
+    def at(self, uri: str) -> Location:
+        """Another URI (an image of a listing, a checkpoint) opened with the same options."""
+        return Location(uri, self.options)
 
-def write_json_atomic(uri: str, data: dict, storage_options: dict[str, Any] | None = None) -> None:
-    """Write a JSON file so that a reader sees the old one or the new one, never half."""
-    payload = json.dumps(data, indent=2, sort_keys=True, default=str).encode()
-    write_atomic(uri, lambda f: f.write(payload), storage_options)
+    @property
+    def is_local(self) -> bool:
+        """True on a local disk."""
+        return is_local(self.uri)
+
+    @property
+    def name(self) -> str:
+        """The last part of the path."""
+        return posixpath.basename(self.path.rstrip("/"))
+
+    def exists(self) -> bool:
+        """Whether something is there."""
+        return self.fs.exists(self.path)
+
+    def open(self, mode: str = "rb"):
+        """``fs.open`` of this location."""
+        return self.fs.open(self.path, mode)
+
+    def read_bytes(self) -> bytes:
+        """The whole file, retrying transient errors."""
+        return with_retries(lambda: self.fs.cat_file(self.path), what="read")
+
+    def listdir(self) -> list[Location]:
+        """The entries of a folder (none when it does not exist)."""
+        if not self.exists():
+            return []
+        entries = self.fs.ls(self.path, detail=False)
+        return [self.join(posixpath.basename(entry.rstrip("/"))) for entry in entries]
+
+    def remove(self, recursive: bool = False) -> None:
+        """Delete the file (or, with ``recursive``, the folder) when it exists."""
+        if self.exists():
+            self.fs.rm(self.path, recursive=recursive)
+
+    def read_json(self) -> dict | None:
+        """The JSON file's content, or None when it does not exist."""
+        if not self.exists():
+            return None
+        with self.open("rb") as f:
+            return json.loads(f.read())
+
+    def write_atomic(self, write: Callable[[Any], None]) -> None:
+        """Write the file so that readers see it whole or not at all, retrying transient errors.
+
+        Locally the bytes go to ``_<random>.<name>.partial`` (a name readers skip) and are
+        renamed; on an object store the object only becomes visible when its upload completes.
+
+        Args:
+            write: writes the content into the binary file object it is given.
+        """
+        parent = posixpath.dirname(self.path)
+        if parent:
+            self.fs.makedirs(parent, exist_ok=True)
+        target = self.path
+        if self.is_local:
+            target = f"{parent}/_{uuid.uuid4().hex}.{posixpath.basename(self.path)}.partial"
+
+        def upload() -> None:
+            with self.fs.open(target, "wb") as f:
+                write(f)
+
+        with_retries(upload, what="write")
+        if target != self.path:
+            os.replace(target, self.path)
+
+    def write_json_atomic(self, data: dict) -> None:
+        """Write a JSON file so that a reader sees the old one or the new one, never half."""
+        payload = json.dumps(data, indent=2, sort_keys=True, default=str).encode()
+        self.write_atomic(lambda f: f.write(payload))
+
+    def __str__(self) -> str:
+        return redact(self.uri)
+
+    def __repr__(self) -> str:
+        return f"Location({redact(self.uri)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Location) and (self.uri, self.options) == (
+            other.uri,
+            other.options,
+        )
+
+    def __hash__(self) -> int:
+        return hash(self.uri)
+
+    def __reduce__(self):
+        return (Location, (self.uri, self.options))

@@ -13,7 +13,6 @@ exists; a rerun redoes (and overwrites) any shard without one.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,49 +21,46 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.core.storage import join, open_fs, read_json, write_atomic, write_json_atomic
+from pipeline.core.storage import Location
 
 MANIFEST_NAME = "_run.json"
 
 
 @dataclass(frozen=True)
 class RunLayout:
-    """Paths of one run's output under ``root`` (a local path or URI)."""
+    """Locations of one run's output under ``root``."""
 
-    root: str
-
-    @property
-    def masks_dir(self) -> str:
-        return join(self.root, "masks")
+    root: Location
 
     @property
-    def images_dir(self) -> str:
-        return join(self.root, "images")
+    def masks_dir(self) -> Location:
+        return self.root.join("masks")
 
     @property
-    def markers_dir(self) -> str:
-        return join(self.root, "_shards")
+    def images_dir(self) -> Location:
+        return self.root.join("images")
 
     @property
-    def manifest(self) -> str:
-        return join(self.root, MANIFEST_NAME)
+    def markers_dir(self) -> Location:
+        return self.root.join("_shards")
 
-    def masks_file(self, shard: str) -> str:
-        return join(self.masks_dir, f"{shard}.parquet")
+    @property
+    def manifest(self) -> Location:
+        return self.root.join(MANIFEST_NAME)
 
-    def images_file(self, shard: str) -> str:
-        return join(self.images_dir, f"{shard}.parquet")
+    def masks_file(self, shard: str) -> Location:
+        return self.masks_dir.join(f"{shard}.parquet")
 
-    def marker(self, shard: str) -> str:
-        return join(self.markers_dir, f"{shard}.json")
+    def images_file(self, shard: str) -> Location:
+        return self.images_dir.join(f"{shard}.parquet")
+
+    def marker(self, shard: str) -> Location:
+        return self.markers_dir.join(f"{shard}.json")
 
 
-def committed_shards(layout: RunLayout, storage_options: dict[str, Any] | None = None) -> set[str]:
+def committed_shards(layout: RunLayout) -> set[str]:
     """Names of the shards whose commit marker exists."""
-    fs, path = open_fs(layout.markers_dir, storage_options)
-    if not fs.exists(path):
-        return set()
-    names = (os.path.basename(p) for p in fs.ls(path, detail=False))
+    names = (entry.name for entry in layout.markers_dir.listdir())
     return {n[: -len(".json")] for n in names if n.endswith(".json")}
 
 
@@ -77,18 +73,10 @@ def sort_for_score_filters(masks: pa.Table) -> pa.Table:
     return masks.take(order)
 
 
-def write_parquet(
-    table: pa.Table,
-    uri: str,
-    storage_options: dict[str, Any] | None,
-    row_group_size: int,
-    compression: str,
-) -> None:
+def write_parquet(table: pa.Table, file: Location, row_group_size: int, compression: str) -> None:
     """Write one Parquet file so that it appears whole or not at all (``write_atomic``)."""
-    write_atomic(
-        uri,
-        lambda f: pq.write_table(table, f, row_group_size=row_group_size, compression=compression),
-        storage_options,
+    file.write_atomic(
+        lambda f: pq.write_table(table, f, row_group_size=row_group_size, compression=compression)
     )
 
 
@@ -98,7 +86,6 @@ def commit_shard(
     masks: pa.Table,
     images: pa.Table,
     stats: dict[str, Any],
-    storage_options: dict[str, Any] | None = None,
     row_group_size: int = 2000,
     compression: str = "zstd",
 ) -> None:
@@ -109,58 +96,39 @@ def commit_shard(
         shard: the shard's name (``shard-00000``).
         masks: its mask rows; images: its image rows.
         stats: counts stored in the marker (images, ok, errors, masks, seconds …).
-        storage_options: fsspec options for the output.
         row_group_size: rows per row group in the mask file.
         compression: Parquet codec.
     """
-    write_parquet(images, layout.images_file(shard), storage_options, 10_000, compression)
+    write_parquet(images, layout.images_file(shard), 10_000, compression)
     write_parquet(
-        sort_for_score_filters(masks),
-        layout.masks_file(shard),
-        storage_options,
-        row_group_size,
-        compression,
+        sort_for_score_filters(masks), layout.masks_file(shard), row_group_size, compression
     )
-    write_json_atomic(
-        layout.marker(shard),
-        {**stats, "shard": shard, "committed_at": time.time()},
-        storage_options,
-    )
+    layout.marker(shard).write_json_atomic({**stats, "shard": shard, "committed_at": time.time()})
 
 
-def read_markers(
-    layout: RunLayout, storage_options: dict[str, Any] | None = None
-) -> dict[str, dict[str, Any]]:
+def read_markers(layout: RunLayout) -> dict[str, dict[str, Any]]:
     """Every committed shard's marker, by shard name."""
     markers = {}
-    for name in sorted(committed_shards(layout, storage_options)):
-        marker = read_json(layout.marker(name), storage_options)
+    for name in sorted(committed_shards(layout)):
+        marker = layout.marker(name).read_json()
         if marker is not None:
             markers[name] = marker
     return markers
 
 
-def remove_partials(layout: RunLayout, storage_options: dict[str, Any] | None = None) -> int:
+def remove_partials(layout: RunLayout) -> int:
     """Delete files a killed writer left under temporary names; returns how many."""
     removed = 0
     for folder in (layout.masks_dir, layout.images_dir, layout.markers_dir):
-        fs, path = open_fs(folder, storage_options)
-        if not fs.exists(path):
-            continue
-        for name in fs.ls(path, detail=False):
-            base = os.path.basename(name)
-            if base.endswith(".partial"):
-                fs.rm(name)
+        for entry in folder.listdir():
+            if entry.name.endswith(".partial"):
+                entry.remove()
                 removed += 1
     return removed
 
 
-def remove_run(layout: RunLayout, storage_options: dict[str, Any] | None) -> None:
+def remove_run(layout: RunLayout) -> None:
     """Delete a previous run's files (``--overwrite``)."""
     for folder in (layout.markers_dir, layout.masks_dir, layout.images_dir):
-        fs, path = open_fs(folder, storage_options)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-    fs, path = open_fs(layout.manifest, storage_options)
-    if fs.exists(path):
-        fs.rm(path)
+        folder.remove(recursive=True)
+    layout.manifest.remove()

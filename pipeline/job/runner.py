@@ -16,12 +16,17 @@ import ray
 
 from pipeline.core.config import JobConfig
 from pipeline.core.errors import one_line
-from pipeline.core.storage import read_json, write_json_atomic
+from pipeline.core.storage import Location
 from pipeline.core.writer import RunLayout, read_markers, remove_partials, remove_run
 from pipeline.job.manifest import check_compatible, check_same_listing, new_manifest
 from pipeline.job.progress import ProgressTracker, ProgressView
 from pipeline.job.sources import Shard, list_images, plan_shards
-from pipeline.model.registry import ModelSpec, check_checkpoint, resolve_model
+from pipeline.model.registry import (
+    ModelSpec,
+    check_checkpoint,
+    checkpoint_location,
+    resolve_model,
+)
 
 MAX_SHARD_ATTEMPTS = 3
 
@@ -32,8 +37,9 @@ class RunPlan:
 
     job: JobConfig
     model: ModelSpec
-    source: str
-    output: str
+    source: Location
+    output: Location
+    checkpoint: Location | None
     shards: list[Shard]
     todo: list[Shard]
     manifest: dict[str, Any]
@@ -67,37 +73,39 @@ class RunSummary:
         return not self.failed_shards
 
 
-def plan_run(job: JobConfig, source: str, output: str, overwrite: bool = False) -> RunPlan:
+def plan_run(
+    job: JobConfig, source: Location, output: Location, overwrite: bool = False
+) -> RunPlan:
     """Validate model, input and output, and plan the shards, before any model loads.
 
     Args:
         job: the resolved config.
-        source: the ``--input`` (folder, glob, URI or manifest).
-        output: the ``--output`` folder or URI.
+        source: the ``--input`` (folder, glob, image or manifest).
+        output: the ``--output`` folder.
         overwrite: replace an output that holds a run with other settings.
 
     Raises:
         ModelError, InputError, RunConflictError: with a one-line message.
     """
-    options = job.storage.options
     model = resolve_model(
         job.model.name, job.model.config, job.model.checkpoint, job.model.image_size
     )
-    if model.checkpoint:
-        check_checkpoint(model.checkpoint, options)
-    images = list_images(source, options)
+    checkpoint = checkpoint_location(model.checkpoint, source) if model.checkpoint else None
+    if checkpoint is not None:
+        check_checkpoint(checkpoint)
+    images = list_images(source)
     shards = plan_shards(images, job.runtime.shard_size)
     layout = RunLayout(output)
-    manifest = new_manifest(job, model, source, len(images), len(shards))
-    existing = read_json(layout.manifest, options)
+    manifest = new_manifest(job, model, source.uri, len(images), len(shards))
+    existing = layout.manifest.read_json()
     if overwrite and existing is not None:
-        remove_run(layout, options)
+        remove_run(layout)
         existing = None
     check_compatible(existing, manifest)
-    markers = read_markers(layout, options) if existing else {}
+    markers = read_markers(layout) if existing else {}
     check_same_listing(markers, {s.name: s.listing_hash for s in shards})
     todo = [s for s in shards if s.name not in markers]
-    return RunPlan(job, model, source, output, shards, todo, manifest)
+    return RunPlan(job, model, source, output, checkpoint, shards, todo, manifest)
 
 
 def connect_ray(address: str | None) -> None:
@@ -129,11 +137,10 @@ def execute(plan: RunPlan, show_progress: bool = True) -> RunSummary:
     from pipeline.job.worker import ShardWorker
 
     layout = RunLayout(plan.output)
-    options = plan.job.storage.options
-    write_json_atomic(layout.manifest, plan.manifest, options)
-    remove_partials(layout, options)
+    layout.manifest.write_json_atomic(plan.manifest)
+    remove_partials(layout)
     start = time.time()
-    summary = RunSummary(output=plan.output, shards_skipped=len(plan.shards) - len(plan.todo))
+    summary = RunSummary(output=str(plan.output), shards_skipped=len(plan.shards) - len(plan.todo))
     if plan.todo:
         connect_ray(plan.job.runtime.address)
         tracker = ProgressTracker.remote()
@@ -142,7 +149,8 @@ def execute(plan: RunPlan, show_progress: bool = True) -> RunSummary:
         remote_worker = ray.remote(max_restarts=0)(ShardWorker).options(**resources)
 
         def launch():
-            return remote_worker.remote(plan.job, plan.model, plan.output, tracker)
+            args = (plan.job, plan.model, plan.source, plan.output, plan.checkpoint, tracker)
+            return remote_worker.remote(*args)
 
         view = ProgressView(sum(len(s.images) for s in plan.todo), enabled=show_progress)
         dispatcher = ShardDispatcher(plan.todo, launch, tracker, view, summary)
@@ -253,8 +261,7 @@ class ShardDispatcher:
 
 def finish_manifest(plan: RunPlan, summary: RunSummary, layout: RunLayout) -> None:
     """Total the committed shards and record the outcome in the manifest."""
-    options = plan.job.storage.options
-    markers = read_markers(layout, options)
+    markers = read_markers(layout)
     summary.nodes = len({marker.get("node") for marker in markers.values()})
     for marker in markers.values():
         summary.images += marker["images"]
@@ -277,4 +284,4 @@ def finish_manifest(plan: RunPlan, summary: RunSummary, layout: RunLayout) -> No
         "fatal": summary.fatal,
         "seconds": summary.seconds,
     }
-    write_json_atomic(layout.manifest, manifest, options)
+    layout.manifest.write_json_atomic(manifest)

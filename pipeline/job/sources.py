@@ -11,10 +11,9 @@ import csv
 import hashlib
 import io
 from dataclasses import dataclass
-from typing import Any
 
-from pipeline.core.errors import one_line, redact
-from pipeline.core.storage import as_uri, open_fs, with_retries
+from pipeline.core.errors import one_line
+from pipeline.core.storage import Location, as_uri, with_retries
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 MANIFEST_EXTENSIONS = (".txt", ".lst", ".csv", ".parquet")
@@ -58,31 +57,30 @@ def image_id_for(uri: str) -> int:
     return int.from_bytes(hashlib.blake2b(uri.encode(), digest_size=8).digest(), "big") >> 1
 
 
-def list_images(source: str, storage_options: dict[str, Any] | None = None) -> list[ImageRef]:
+def list_images(source: Location) -> list[ImageRef]:
     """List the images of ``source`` sorted by URI, each with its stable id.
 
     Args:
-        source: folder, glob, fsspec URI or manifest file (see the module docstring).
-        storage_options: fsspec options for remote sources.
+        source: folder, glob, image or manifest file (see the module docstring).
 
     Raises:
         InputError: the source does not exist, cannot be read, or lists no image.
     """
     try:
-        uris = with_retries(lambda: list_uris(source, storage_options), what="listing")
+        uris = with_retries(lambda: list_uris(source), what="listing")
     except InputError:
         raise
     except Exception as error:
-        raise InputError(f"cannot list input {redact(source)}: {one_line(error)}") from error
+        raise InputError(f"cannot list input {source}: {one_line(error)}") from error
     if not uris:
         raise InputError(f"no images found in {source}")
     refs = {uri: ImageRef(image_id_for(uri), uri) for uri in uris}
     return [refs[uri] for uri in sorted(refs)]
 
 
-def list_uris(source: str, storage_options: dict[str, Any] | None) -> list[str]:
+def list_uris(source: Location) -> list[str]:
     """The image URIs of ``source``, unsorted, possibly with duplicates."""
-    fs, path = open_fs(source, storage_options)
+    fs, path = source.fs, source.path
     if any(ch in path for ch in "*?["):
         return [as_uri(fs, p) for p in fs.glob(path) if is_image(p) and fs.isfile(p)]
     if not fs.exists(path):
@@ -90,7 +88,7 @@ def list_uris(source: str, storage_options: dict[str, Any] | None) -> list[str]:
     if fs.isdir(path):
         return [as_uri(fs, p) for p in fs.find(path) if is_image(p)]
     if path.lower().endswith(MANIFEST_EXTENSIONS):
-        return read_manifest(fs, path, source)
+        return read_manifest(source)
     if is_image(path):
         return [as_uri(fs, path)]
     raise InputError(f"input {source} is neither a folder, an image nor a manifest")
@@ -101,12 +99,11 @@ def is_image(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def read_manifest(fs, path: str, source: str) -> list[str]:
+def read_manifest(source: Location) -> list[str]:
     """The URIs listed in a manifest file (text, CSV or Parquet with a ``uri`` column)."""
-    lower = path.lower()
+    lower = source.path.lower()
     try:
-        with fs.open(path, "rb") as f:
-            raw = f.read()
+        raw = source.read_bytes()
         if lower.endswith(".parquet"):
             import pyarrow.parquet as pq
 

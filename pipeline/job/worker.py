@@ -21,6 +21,7 @@ from pipeline.core.config import JobConfig
 from pipeline.core.errors import one_line
 from pipeline.core.imageio import DecodedImage, ImageReadError, load_image
 from pipeline.core.schema import IMAGE_SCHEMA, MASK_SCHEMA, image_row, image_table, mask_rows
+from pipeline.core.storage import Location
 from pipeline.core.writer import RunLayout, commit_shard
 from pipeline.job.sources import ImageRef, Shard
 from pipeline.model.registry import ModelSpec
@@ -60,11 +61,21 @@ class ShardWorker:
     Args:
         job: the resolved job config.
         model: the resolved model spec.
-        output: the run's output root (path or URI).
+        source: the run's input (its options open every listed image).
+        output: the run's output root.
+        checkpoint: where the model's checkpoint is (None: the spec's, with no options).
         progress: an actor handle with ``report(shard, images, masks)``, or None.
     """
 
-    def __init__(self, job: JobConfig, model: ModelSpec, output: str, progress: Any = None):
+    def __init__(
+        self,
+        job: JobConfig,
+        model: ModelSpec,
+        source: Location,
+        output: Location,
+        checkpoint: Location | None = None,
+        progress: Any = None,
+    ):
         import torch
 
         from pipeline.model.factory import default_dtype, make_generator
@@ -76,12 +87,12 @@ class ShardWorker:
         self.job = job
         self.layout = RunLayout(output)
         self.progress = progress
-        self.storage_options = dict(job.storage.options)
+        self.source = source
         self.device = pick_device(job.runtime.device)
         if self.device == "cpu":
             torch.set_num_threads(max(1, int(job.runtime.cpus_per_actor)))
         dtype = job.model.dtype or default_dtype(self.device)
-        sam = build_model(model, self.device, self.storage_options)
+        sam = build_model(model, self.device, checkpoint)
         self.generator = make_generator(sam, job.amg, job.generator, dtype, self.device)
         self.readers = ThreadPoolExecutor(job.runtime.read_threads, thread_name_prefix="read")
         self.node = current_node()
@@ -124,7 +135,6 @@ class ShardWorker:
             masks,
             image_table(rows) if rows else IMAGE_SCHEMA.empty_table(),
             stats,
-            self.storage_options,
             row_group_size=self.job.output.mask_row_group_size,
             compression=self.job.output.compression,
         )
@@ -144,8 +154,7 @@ class ShardWorker:
     def load(self, uri: str) -> DecodedImage:
         """Read and decode one image with the job's limits."""
         return load_image(
-            uri,
-            self.storage_options,
+            self.source.at(uri),
             max_short_side=self.job.image.max_short_side,
             max_pixels=self.job.image.max_pixels,
         )

@@ -14,8 +14,8 @@ from typing import Any
 
 import fsspec
 
-from pipeline.core.errors import one_line
-from pipeline.core.storage import open_fs, strip_protocol
+from pipeline.core.errors import one_line, redact
+from pipeline.core.storage import Location, strip_protocol
 
 CHECKPOINT_BASE = "https://dl.fbaipublicfiles.com/segment_anything_2"
 
@@ -114,20 +114,27 @@ def is_package_config(config: str) -> bool:
     return root is not None and config.startswith("configs/") and (root / config).is_file()
 
 
-def check_checkpoint(uri: str, storage_options: dict[str, Any] | None = None) -> None:
+def checkpoint_location(uri: str, storage: Location | None = None) -> Location:
+    """The checkpoint's location, opened with ``storage``'s options when given (a checkpoint
+    in the same object store as the job's data), else with none (local files, public URLs)."""
+    try:
+        return storage.at(uri) if storage is not None else Location(uri)
+    except Exception as error:  # any filesystem error means "cannot read it"
+        raise ModelError(f"cannot read checkpoint {redact(uri)}: {one_line(error)}") from error
+
+
+def check_checkpoint(checkpoint: Location) -> None:
     """Fail fast (before any model loads) when a checkpoint cannot be found.
 
     Args:
-        uri: local path or fsspec URI of the checkpoint.
-        storage_options: fsspec options for that URI's filesystem.
+        checkpoint: where the checkpoint is.
     """
     try:
-        fs, path = open_fs(uri, storage_options)
-        found = fs.exists(path)
+        found = checkpoint.exists()
     except Exception as error:  # any filesystem error means "cannot read it"
-        raise ModelError(f"cannot read checkpoint {uri}: {one_line(error)}") from error
+        raise ModelError(f"cannot read checkpoint {checkpoint}: {one_line(error)}") from error
     if not found:
-        raise ModelError(f"checkpoint not found: {uri}")
+        raise ModelError(f"checkpoint not found: {checkpoint}")
 
 
 def cache_dir() -> Path:
@@ -136,17 +143,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("AUTOLABEL_CACHE", default))
 
 
-def local_checkpoint(uri: str, storage_options: dict[str, Any] | None = None) -> str:
-    """Return a local path for ``uri``, downloading a remote one once per node.
+def local_checkpoint(checkpoint: Location) -> str:
+    """Return a local path for ``checkpoint``, downloading a remote one once per node.
 
     Concurrent callers (several actors starting on one node) serialise on a file lock; the
     file is written under a temporary name and renamed, so a reader never sees a partial one.
 
     Args:
-        uri: local path or fsspec URI of the checkpoint.
-        storage_options: fsspec options for that URI's filesystem.
+        checkpoint: where the checkpoint is.
     """
-    fs, path = open_fs(uri, storage_options)
+    fs, path, uri = checkpoint.fs, checkpoint.path, checkpoint.uri
     if "file" in as_tuple(fs.protocol):
         return strip_protocol(uri)
     from filelock import FileLock
@@ -192,7 +198,7 @@ def load_model_config(config: str, image_size: int | None = None) -> Any:
     return cfg
 
 
-def build_model(spec: ModelSpec, device: str, storage_options: dict[str, Any] | None = None):
+def build_model(spec: ModelSpec, device: str, checkpoint: Location | None = None):
     """Build a SAM 2 model in eval mode on ``device`` with the checkpoint's weights.
 
     Package configs go through sam2's own ``build_sam2``; a yaml path is loaded the same way
@@ -201,9 +207,12 @@ def build_model(spec: ModelSpec, device: str, storage_options: dict[str, Any] | 
     Args:
         spec: the resolved config and checkpoint.
         device: ``"cpu"`` or ``"cuda"`` / ``"cuda:N"``.
-        storage_options: fsspec options for a remote checkpoint.
+        checkpoint: where ``spec.checkpoint`` is, opened with the job's storage options
+            (default: ``checkpoint_location(spec.checkpoint)``, no options).
     """
-    ckpt = local_checkpoint(spec.checkpoint, storage_options) if spec.checkpoint else None
+    if checkpoint is None and spec.checkpoint:
+        checkpoint = checkpoint_location(spec.checkpoint)
+    ckpt = local_checkpoint(checkpoint) if checkpoint is not None else None
     if is_package_config(spec.config):
         from sam2.build_sam import build_sam2
 

@@ -24,7 +24,7 @@ import pyarrow.dataset as ds
 
 from pipeline.core import rle
 from pipeline.core.schema import IMAGE_SCHEMA, MASK_SCHEMA
-from pipeline.core.storage import open_fs, read_json
+from pipeline.core.storage import Location
 from pipeline.core.writer import RunLayout, read_markers
 
 
@@ -37,19 +37,23 @@ class Run:
     """A finished (or running) autolabel output.
 
     Attributes:
-        root: where it lives (path or URI).
+        location: where it lives.
         manifest: the ``_run.json`` contents.
         shards: names of the committed shards, sorted.
         masks: a pyarrow dataset of mask rows over the committed shards.
         images: a pyarrow dataset of image rows over the committed shards.
     """
 
-    root: str
+    location: Location
     manifest: dict[str, Any]
     shards: list[str]
     masks: ds.Dataset
     images: ds.Dataset
-    storage_options: dict[str, Any] | None = None
+
+    @property
+    def root(self) -> str:
+        """The run's URI (credentials redacted)."""
+        return str(self.location)
 
     @staticmethod
     def field(name: str) -> ds.Expression:
@@ -58,7 +62,7 @@ class Run:
 
     @property
     def layout(self) -> RunLayout:
-        return RunLayout(self.root)
+        return RunLayout(self.location)
 
     def shard_masks(self, shard: str, columns: list[str] | None = None, filter=None) -> pa.Table:
         """One shard's mask rows (optionally only some columns, and filtered)."""
@@ -78,37 +82,36 @@ class Run:
         yield from rows
 
 
-def shard_dataset(run: Run, uri: str, schema: pa.Schema) -> ds.Dataset:
+def shard_dataset(run: Run, file: Location, schema: pa.Schema) -> ds.Dataset:
     """A dataset over one shard file."""
-    fs, path = open_fs(uri, run.storage_options)
-    return ds.dataset(path, schema=schema, format="parquet", filesystem=fs)
+    return ds.dataset(file.path, schema=schema, format="parquet", filesystem=file.fs)
 
 
-def open_run(root: str, storage_options: dict[str, Any] | None = None) -> Run:
+def open_run(root: str | Location, storage_options: dict[str, Any] | None = None) -> Run:
     """Open a run's output as pyarrow datasets over its committed shards.
 
     Args:
-        root: the run's ``--output`` (local path or fsspec URI).
-        storage_options: fsspec options for that location.
+        root: the run's ``--output`` (local path or fsspec URI), or its ``Location``.
+        storage_options: fsspec options for a URI ``root`` (endpoint, credentials …).
 
     Raises:
         RunNotFoundError: no ``_run.json`` under ``root``.
     """
-    layout = RunLayout(root)
-    manifest = read_json(layout.manifest, storage_options)
+    location = root if isinstance(root, Location) else Location(root, storage_options)
+    layout = RunLayout(location)
+    manifest = layout.manifest.read_json()
     if manifest is None:
-        raise RunNotFoundError(f"no autolabel run at {root} (no {layout.manifest})")
-    shards = sorted(read_markers(layout, storage_options))
-    fs, _ = open_fs(root, storage_options)
-    mask_paths = [open_fs(layout.masks_file(s), storage_options)[1] for s in shards]
-    image_paths = [open_fs(layout.images_file(s), storage_options)[1] for s in shards]
+        raise RunNotFoundError(f"no autolabel run at {location} (no {layout.manifest})")
+    shards = sorted(read_markers(layout))
+    mask_paths = [layout.masks_file(s).path for s in shards]
+    image_paths = [layout.images_file(s).path for s in shards]
+    fs = location.fs
     return Run(
-        root=root,
+        location=location,
         manifest=manifest,
         shards=shards,
         masks=ds.dataset(mask_paths, schema=MASK_SCHEMA, format="parquet", filesystem=fs),
         images=ds.dataset(image_paths, schema=IMAGE_SCHEMA, format="parquet", filesystem=fs),
-        storage_options=storage_options,
     )
 
 

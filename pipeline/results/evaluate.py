@@ -21,6 +21,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from pipeline.core import rle
+from pipeline.core.storage import Location
 from pipeline.results.dataset import open_run
 
 METRIC_NAMES = (
@@ -70,7 +71,7 @@ def match_images(gt: COCO, uris: dict[str, int]) -> dict[int, int]:
     return matched
 
 
-def detections(source: str, gt: COCO) -> tuple[list[dict[str, Any]], dict[int, int]]:
+def detections(source: Location, gt: COCO) -> tuple[list[dict[str, Any]], dict[int, int]]:
     """The run's masks of the GT's images as COCO results (score = predicted IoU)."""
     run = open_run(source)
     images = run.images.to_table(columns=["image_id", "image_uri", "status"]).to_pylist()
@@ -153,11 +154,11 @@ def threshold_curves(gt: COCO, results: list[dict[str, Any]], image_ids: list[in
     return curves
 
 
-def evaluate_run(source: str, gt_path: str, out: str | None = None) -> dict[str, Any]:
+def evaluate_run(source: Location, gt_path: str, out: str | None = None) -> dict[str, Any]:
     """COCO metrics of a run against ground truth; with ``out``, a JSON and a plot there.
 
     Args:
-        source: the run (path or URI).
+        source: the run.
         gt_path: a COCO instances JSON whose ``file_name`` s end the run's image URIs.
         out: a local folder for ``eval.json`` and ``thresholds.png``.
     """
@@ -165,7 +166,7 @@ def evaluate_run(source: str, gt_path: str, out: str | None = None) -> dict[str,
     results, matched = detections(source, gt)
     image_ids = sorted(matched)
     report = {
-        "run": source,
+        "run": str(source),
         "ground_truth": gt_path,
         "images": len(image_ids),
         "gt_instances": len(gt.getAnnIds(imgIds=image_ids)),

@@ -12,7 +12,7 @@ import posixpath
 from collections.abc import Iterator
 from typing import IO, Any
 
-from pipeline.core.storage import open_fs
+from pipeline.core.storage import Location
 from pipeline.results.dataset import Run, open_run
 from pipeline.results.filters import MaskFilter, filtered_shard
 
@@ -50,10 +50,7 @@ def masks_by_image(run: Run, mask_filter: MaskFilter) -> Iterator[tuple[int, lis
 
 
 def export_coco(
-    source: str,
-    out: str,
-    mask_filter: MaskFilter | None = None,
-    storage_options: dict[str, Any] | None = None,
+    source: Location, out: Location, mask_filter: MaskFilter | None = None
 ) -> dict[str, int]:
     """Write one class-agnostic COCO instances JSON.
 
@@ -63,25 +60,23 @@ def export_coco(
     SA-1B extras (predicted_iou, stability_score, point_coords, crop_box).
 
     Args:
-        source: the run (path or URI).
-        out: the JSON file to write (path or URI).
+        source: the run.
+        out: the JSON file to write.
         mask_filter: which masks to export (default: all).
-        storage_options: fsspec options.
 
     Returns:
         Counts of images and annotations written.
     """
-    run = open_run(source, storage_options)
+    run = open_run(source)
     mask_filter = mask_filter or MaskFilter()
     images = ok_images(run)
     root = common_root([row["image_uri"] for row in images])
     coco_ids = {row["image_id"]: index for index, row in enumerate(images, start=1)}
-    fs, path = open_fs(out, storage_options)
-    parent = posixpath.dirname(path)
+    parent = posixpath.dirname(out.path)
     if parent:
-        fs.makedirs(parent, exist_ok=True)
+        out.fs.makedirs(parent, exist_ok=True)
     annotations = 0
-    with fs.open(path, "w") as f:
+    with out.open("w") as f:
         f.write('{"info": ' + json.dumps(coco_info(run, mask_filter)))
         f.write(', "licenses": [], "categories": [' + json.dumps(CATEGORY) + "]")
         f.write(', "images": [')
@@ -148,10 +143,7 @@ def coco_annotation(row: dict[str, Any], ann_id: int, image_id: int) -> dict[str
 
 
 def export_sa1b(
-    source: str,
-    out: str,
-    mask_filter: MaskFilter | None = None,
-    storage_options: dict[str, Any] | None = None,
+    source: Location, out: Location, mask_filter: MaskFilter | None = None
 ) -> dict[str, int]:
     """Write one SA-1B style JSON per ok image into the folder ``out``.
 
@@ -159,30 +151,34 @@ def export_sa1b(
     "annotations": [{id, segmentation, bbox, area, predicted_iou, stability_score,
     point_coords, crop_box}]}``. Images whose masks were all filtered out still get a file.
 
+    Args:
+        source: the run.
+        out: the folder to write into.
+        mask_filter: which masks to export (default: all).
+
     Returns:
         Counts of files and annotations written.
     """
-    run = open_run(source, storage_options)
+    run = open_run(source)
     mask_filter = mask_filter or MaskFilter()
     images = {row["image_id"]: row for row in ok_images(run)}
     root = common_root([row["image_uri"] for row in images.values()])
-    fs, folder = open_fs(out, storage_options)
-    fs.makedirs(folder, exist_ok=True)
+    out.fs.makedirs(out.path, exist_ok=True)
     written: set[int] = set()
     annotations = 0
     for image_id, rows in masks_by_image(run, mask_filter):
         if image_id in images:
-            write_sa1b_file(fs, folder, images[image_id], rows, root, first_id=annotations + 1)
+            write_sa1b_file(out, images[image_id], rows, root, first_id=annotations + 1)
             written.add(image_id)
             annotations += len(rows)
     for image_id, row in images.items():
         if image_id not in written:
-            write_sa1b_file(fs, folder, row, [], root, first_id=annotations + 1)
+            write_sa1b_file(out, row, [], root, first_id=annotations + 1)
     return {"files": len(images), "annotations": annotations}
 
 
 def write_sa1b_file(
-    fs, folder: str, image: dict, rows: list[dict], root: str, first_id: int
+    folder: Location, image: dict, rows: list[dict], root: str, first_id: int
 ) -> None:
     """One image's SA-1B JSON; annotation ids run on from ``first_id`` (unique in the export)."""
     document = {
@@ -203,5 +199,5 @@ def write_sa1b_file(
             for index, row in enumerate(rows)
         ],
     }
-    with fs.open(posixpath.join(folder, f"sa_{image['image_id']}.json"), "w") as f:
+    with folder.join(f"sa_{image['image_id']}.json").open("w") as f:
         json.dump(document, f)

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from pipeline.core.schema import MASK_SCHEMA
-from pipeline.core.storage import read_json, write_json_atomic
+from pipeline.core.storage import Location
 from pipeline.core.writer import RunLayout, commit_shard, remove_partials, remove_run
 from pipeline.results.dataset import Run, open_run
 
@@ -213,11 +213,7 @@ def filtered_shard(run: Run, shard: str, mask_filter: MaskFilter) -> tuple[pa.Ta
 
 
 def filter_run(
-    source: str,
-    output: str,
-    mask_filter: MaskFilter,
-    storage_options: dict[str, Any] | None = None,
-    overwrite: bool = False,
+    source: Location, output: Location, mask_filter: MaskFilter, overwrite: bool = False
 ) -> dict[str, Any]:
     """Write a new run holding only the masks that pass ``mask_filter``.
 
@@ -225,23 +221,21 @@ def filter_run(
     and its manifest records the filter and the source run.
 
     Args:
-        source: the run to read (path or URI).
-        output: where to write the filtered run (path or URI); must not hold a run unless
-            ``overwrite``.
+        source: the run to read.
+        output: where to write the filtered run; must not hold a run unless ``overwrite``.
         mask_filter: what to keep.
-        storage_options: fsspec options for both locations.
         overwrite: replace a run already at ``output``.
 
     Returns:
         The new run's counts.
     """
-    run = open_run(source, storage_options)
+    run = open_run(source)
     layout = RunLayout(output)
-    if read_json(layout.manifest, storage_options) is not None and not overwrite:
+    if layout.manifest.exists() and not overwrite:
         raise FilterError(f"{output} already holds a run; use --overwrite to replace it")
     if overwrite:
-        remove_run(layout, storage_options)
-    remove_partials(layout, storage_options)
+        remove_run(layout)
+    remove_partials(layout)
     counts = {"images": 0, "ok": 0, "errors": 0, "masks": 0, "masks_before": 0}
     start = time.time()
     for shard in run.shards:
@@ -253,17 +247,17 @@ def filter_run(
             "errors": errors,
             "masks": masks.num_rows,
         }
-        commit_shard(layout, shard, masks, images, stats, storage_options)
+        commit_shard(layout, shard, masks, images, stats)
         for key, value in stats.items():
             counts[key] += value
     counts["masks_before"] = run.manifest.get("counts", {}).get("masks")
     manifest = {
         **run.manifest,
         "status": "complete",
-        "filter": {"source": source, **mask_filter.describe()},
+        "filter": {"source": str(source), **mask_filter.describe()},
         "counts": {**counts, "shards_committed": len(run.shards)},
         "finished_at": time.time(),
         "seconds": time.time() - start,
     }
-    write_json_atomic(layout.manifest, manifest, storage_options)
+    layout.manifest.write_json_atomic(manifest)
     return manifest["counts"]

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.core.imageio import load_image
+from pipeline.core.storage import Location
 from pipeline.results.dataset import Run, decode_mask, open_run
 from pipeline.results.filters import MaskFilter
 
@@ -54,8 +55,7 @@ def render_image(run: Run, image: dict[str, Any], mask_filter: MaskFilter) -> Im
     """One image's overlay, read at the resolution its masks were made at."""
     settings = run.manifest.get("config", {}).get("image", {})
     decoded = load_image(
-        image["image_uri"],
-        run.storage_options,
+        run.location.at(image["image_uri"]),
         max_short_side=settings.get("max_short_side", 0),
         max_pixels=settings.get("max_pixels", 0),
     )
@@ -75,25 +75,23 @@ def with_image(mask_filter: MaskFilter, image_id: int):
 
 
 def show(
-    source: str,
+    source: Location,
     out: str,
     image_ids: list[int] | None = None,
     sample: int | None = None,
     seed: int = 0,
     mask_filter: MaskFilter | None = None,
-    storage_options: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Write overlay PNGs for chosen images, or for a random sample of ok images.
 
     Args:
-        source: the run (path or URI).
+        source: the run (its options also open its images).
         out: local folder for the PNGs (``<image_id>.png``).
         image_ids: images to draw; unknown ids are an error.
         sample: draw this many ok images chosen at random (with ``seed``).
         mask_filter: draw only the masks that pass it.
-        storage_options: fsspec options for the run and its images.
     """
-    run = open_run(source, storage_options)
+    run = open_run(source)
     mask_filter = mask_filter or MaskFilter()
     table = run.images.to_table(columns=["image_id", "image_uri", "status"])
     images = {row["image_id"]: row for row in table.to_pylist() if row["status"] == "ok"}

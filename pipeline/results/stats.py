@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.storage import Location
 from pipeline.results.dataset import Run, open_run
 
 SCORE_BINS = np.linspace(0.0, 1.0, 1001)
@@ -111,22 +112,19 @@ def collect(run: Run, batch_size: int = 65_536) -> RunStats:
     return stats
 
 
-def run_stats(
-    source: str, out: str | None = None, storage_options: dict[str, Any] | None = None
-) -> RunStats:
+def run_stats(source: Location, out: str | None = None) -> RunStats:
     """Collect a run's statistics; with ``out``, write ``stats.json`` and the PNG plots there.
 
     Args:
-        source: the run (path or URI).
+        source: the run.
         out: a local folder for ``stats.json`` and the plots, or None.
-        storage_options: fsspec options for the run.
     """
-    run = open_run(source, storage_options)
+    run = open_run(source)
     stats = collect(run)
     if out:
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
-        document = {"run": source, **stats.summary(), "survival": survival_table(stats)}
+        document = {"run": str(source), **stats.summary(), "survival": survival_table(stats)}
         (folder / "stats.json").write_text(json.dumps(document, indent=2))
         write_plots(stats, folder)
     return stats
