@@ -45,10 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     filter_.add_argument("out", help="where to write the filtered run (path or URI)")
     filter_.add_argument("--overwrite", action="store_true", help="replace a run at OUT")
     add_filter_flags(filter_)
+    add_storage_flag(filter_)
 
     stats = commands.add_parser("stats", help="summary table, JSON and plots of a run")
     stats.add_argument("run", help="the run (path or URI)")
     stats.add_argument("--out", help="folder for stats.json and the PNG plots")
+    add_storage_flag(stats)
 
     export = commands.add_parser("export", help="export a run as COCO or SA-1B JSON")
     export.add_argument("run", help="the run (path or URI)")
@@ -57,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="coco: the JSON file; sa1b: a folder of per-image JSONs"
     )
     add_filter_flags(export)
+    add_storage_flag(export)
 
     show = commands.add_parser("show", help="draw masks over images into PNGs")
     show.add_argument("run", help="the run (path or URI)")
@@ -65,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--sample", type=int, help="draw this many random ok images (default 8)")
     show.add_argument("--seed", type=int, default=0, help="seed of the random sample")
     add_filter_flags(show)
+    add_storage_flag(show)
 
     evaluate = commands.add_parser(
         "eval", help="class-agnostic COCO metrics of a run against ground truth"
@@ -72,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run", help="the run (path or URI)")
     evaluate.add_argument("--gt", required=True, help="COCO instances JSON of the same images")
     evaluate.add_argument("--out", help="folder for eval.json and thresholds.png")
+    add_storage_flag(evaluate)
 
     synth = commands.add_parser(
         "synth", help="write synthetic scenes with exact instance masks (COCO JSON)"
@@ -90,6 +95,46 @@ def build_parser() -> argparse.ArgumentParser:
     random.add_argument("--out", required=True, help="where to write the .pt file")
     random.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def add_storage_flag(parser: argparse.ArgumentParser) -> None:
+    """``--storage-option KEY=VALUE``: fsspec options for the run's (and outputs') storage."""
+    parser.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec option for object storage, e.g. endpoint_url=http://… (repeatable; "
+        "dotted keys nest: client_kwargs.region_name=eu-west-1; default: the AWS_* variables)",
+    )
+
+
+def storage_options(pairs: list[str]) -> dict:
+    """``["a=1", "b.c=x"]`` → ``{"a": 1, "b": {"c": "x"}}`` (values parsed as JSON when they
+    are JSON, else kept as strings)."""
+    import json
+
+    options: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--storage-option {pair!r} is not KEY=VALUE")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        *parents, leaf = key.split(".")
+        node = options
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = parsed
+    return options
+
+
+def locations(args: argparse.Namespace, *uris: str):
+    """The command's URIs opened with its ``--storage-option`` s."""
+    options = storage_options(args.storage_option)
+    return [open_location(uri, options) for uri in uris]
 
 
 def add_filter_flags(parser: argparse.ArgumentParser) -> None:
@@ -202,7 +247,7 @@ def filter_command(args: argparse.Namespace) -> int:
     """``autolabel filter``: a new run with only the kept masks."""
     from pipeline.results.filters import filter_run
 
-    source, out = open_location(args.run), open_location(args.out)
+    source, out = locations(args, args.run, args.out)
     counts = filter_run(source, out, mask_filter_from(args), overwrite=args.overwrite)
     print(
         f"kept {counts['masks']} of {counts['masks_before']} masks on {counts['ok']} images; "
@@ -217,7 +262,7 @@ def stats_command(args: argparse.Namespace) -> int:
 
     from pipeline.results.stats import run_stats, stats_table
 
-    stats = run_stats(open_location(args.run), args.out)
+    stats = run_stats(*locations(args, args.run), args.out)
     Console().print(stats_table(stats, f"autolabel stats: {args.run}"))
     if args.out:
         print(f"wrote {args.out}/stats.json, distributions.png, survival.png")
@@ -229,7 +274,7 @@ def export_command(args: argparse.Namespace) -> int:
     from pipeline.results.export import export_coco, export_sa1b
 
     exporter = export_coco if args.format == "coco" else export_sa1b
-    counts = exporter(open_location(args.run), open_location(args.out), mask_filter_from(args))
+    counts = exporter(*locations(args, args.run, args.out), mask_filter_from(args))
     print(", ".join(f"{value} {key}" for key, value in counts.items()) + f"; output: {args.out}")
     return 0
 
@@ -238,7 +283,7 @@ def show_command(args: argparse.Namespace) -> int:
     """``autolabel show``: overlay PNGs."""
     from pipeline.results.overlays import show
 
-    run = open_location(args.run)
+    [run] = locations(args, args.run)
     paths = show(run, args.out, args.image_id, args.sample, args.seed, mask_filter_from(args))
     print(f"wrote {len(paths)} overlays to {args.out}")
     return 0
@@ -250,7 +295,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
     from pipeline.results.evaluate import evaluate_run, metrics_caption, metrics_table
 
-    report = evaluate_run(open_location(args.run), args.gt, args.out)
+    report = evaluate_run(*locations(args, args.run), args.gt, args.out)
     Console().print(metrics_table(report))
     print(metrics_caption(report))
     if args.out:

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -234,3 +236,32 @@ def test_notebook_runs_against_a_run(finished_run):
         o for c in notebook.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})
     ]
     assert len(images) == 2
+
+
+def test_after_run_commands_take_storage_options_instead_of_the_environment(
+    finished_run, s3, s3_server
+):
+    """No AWS_* variables in the command's environment: --storage-option carries it all."""
+    fs, prefix = s3
+    fs.put(str(finished_run), f"{prefix}/run", recursive=True)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
+    secret = "autolabel-test-secret"
+    options = [f"endpoint_url={s3_server}", "key=autolabel-test", f"secret={secret}"]
+    flags = [part for option in options for part in ("--storage-option", option)]
+    run, out = f"s3://{prefix}/run", f"s3://{prefix}/export/coco.json"
+
+    def autolabel_without_env(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "pipeline.cli", *args, *flags]
+        done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert secret not in done.stdout + done.stderr
+        return done
+
+    bare = [sys.executable, "-m", "pipeline.cli", "stats", run]  # neither variables nor options
+    refused = subprocess.run(bare, env=env, cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.startswith("autolabel: error: cannot read")
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert "masks" in autolabel_without_env("stats", run).stdout
+    autolabel_without_env("export", run, "--format", "coco", "--out", out)
+    coco = json.loads(fs.cat(out[len("s3://") :]))
+    assert len(coco["annotations"]) == open_run(str(finished_run)).masks.count_rows()

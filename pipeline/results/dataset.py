@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from pipeline.core import rle
+from pipeline.core.errors import one_line
 from pipeline.core.schema import IMAGE_SCHEMA, MASK_SCHEMA
 from pipeline.core.storage import Location
 from pipeline.core.writer import RunLayout, read_markers
@@ -95,11 +96,14 @@ def open_run(root: str | Location, storage_options: dict[str, Any] | None = None
         storage_options: fsspec options for a URI ``root`` (endpoint, credentials …).
 
     Raises:
-        RunNotFoundError: no ``_run.json`` under ``root``.
+        RunNotFoundError: no ``_run.json`` under ``root``, or it cannot be read.
     """
     location = root if isinstance(root, Location) else Location(root, storage_options)
     layout = RunLayout(location)
-    manifest = layout.manifest.read_json()
+    try:
+        manifest = layout.manifest.read_json()
+    except Exception as error:  # credentials, endpoint, permissions: one line for the user
+        raise RunNotFoundError(f"cannot read the run at {location}: {one_line(error)}") from error
     if manifest is None:
         raise RunNotFoundError(f"no autolabel run at {location} (no {layout.manifest})")
     shards = sorted(read_markers(layout))
