@@ -6,8 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.core.prompt import Prompt
 from pipeline.core.storage import Location
-from pipeline.job.prompts import Prompt, PromptsError, read_prompts
+from pipeline.job.prompts import PromptsError, read_prompts
 from pipeline.job.sources import list_images
 from tests.conftest import make_scene
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.core.errors import one_line
+from pipeline.core.prompt import Prompt
 from pipeline.core.storage import Location
 from pipeline.job.sources import ImageRef
 
@@ -37,43 +38,6 @@ YOLO_NAME_FILES = ("classes.txt", "obj.names", "data.yaml")
 
 class PromptsError(ValueError):
     """A prompts file that cannot be used; the message is one line for the user."""
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One object to segment: a box and/or clicks, and where it came from.
-
-    Attributes:
-        box: (x, y, w, h) in image pixels, or in fractions of the image when ``normalized``.
-        points: ((x, y), …) clicks, same units as the box.
-        point_labels: 1 (on the object) or 0 (not on it), one per point.
-        normalized: coordinates are fractions of the image's width and height (YOLO).
-        category_id, category_name, source_id, score: carried to the mask row unchanged.
-    """
-
-    box: tuple[float, float, float, float] | None = None
-    points: tuple[tuple[float, float], ...] = ()
-    point_labels: tuple[int, ...] = ()
-    normalized: bool = False
-    category_id: int | None = None
-    category_name: str | None = None
-    source_id: str | None = None
-    score: float | None = None
-
-    def in_pixels(self, width: int, height: int) -> Prompt:
-        """The prompt in pixels of a ``width`` × ``height`` image."""
-        if not self.normalized:
-            return self
-        box = None
-        if self.box is not None:
-            x, y, w, h = self.box
-            box = (x * width, y * height, w * width, h * height)
-        points = tuple((x * width, y * height) for x, y in self.points)
-        return Prompt(box, points, self.point_labels, False, *self.source_fields())
-
-    def source_fields(self) -> tuple[Any, ...]:
-        """``category_id, category_name, source_id, score``."""
-        return (self.category_id, self.category_name, self.source_id, self.score)
 
 
 @dataclass

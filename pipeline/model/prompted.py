@@ -1,0 +1,145 @@
+"""Masks for prompts the user already has (boxes and clicks): one mask per prompt.
+
+Each image is encoded once (``SAM2ImagePredictor.set_image``) and its prompts are decoded in
+batches of the same shape (box or not, number of clicks), through sam2's own predictor, so a
+prompt's mask and score are what ``SAM2ImagePredictor.predict`` gives for it alone.
+``multimask_output`` follows SAM's advice unless set: three masks for a single click (the one
+with the highest predicted IoU is kept), one for a box or several clicks.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.core import rle
+from pipeline.core.config import AMGConfig
+from pipeline.core.prompt import Prompt
+from pipeline.model.records import autocast, fix_feature_sizes
+
+# A prompt's result: its mask record, or the one-line reason it has none.
+PromptResult = dict[str, Any] | str
+
+
+class PromptedGenerator:
+    """Box and click prompts → one mask record per prompt.
+
+    Args:
+        model: a built SAM 2 model, in eval mode.
+        amg: ``mask_threshold``, ``stability_score_offset`` and ``min_mask_region_area`` apply.
+        dtype: ``float32``, ``bfloat16`` or ``float16`` (autocast).
+        batch: prompts decoded together.
+        multimask: force ``multimask_output`` (None: SAM's advice, see the module docstring).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        amg: AMGConfig,
+        dtype: str = "float32",
+        batch: int = 64,
+        multimask: bool | None = None,
+    ) -> None:
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+        self.settings, self.dtype, self.batch, self.multimask = amg, dtype, batch, multimask
+        self.predictor = SAM2ImagePredictor(model, mask_threshold=amg.mask_threshold)
+        fix_feature_sizes(self.predictor)
+        self.device_type = next(model.parameters()).device.type
+
+    @torch.inference_mode()
+    def generate(self, image: np.ndarray, prompts: list[Prompt]) -> list[PromptResult]:
+        """One result per prompt, in order.
+
+        Args:
+            image: (h, w, 3) uint8 RGB.
+            prompts: what to segment.
+        """
+        height, width = image.shape[:2]
+        results: list[PromptResult] = [""] * len(prompts)
+        groups: dict[tuple[bool, int], list[tuple[int, Any, np.ndarray | None]]] = defaultdict(list)
+        for index, prompt in enumerate(prompts):
+            prompt = prompt.in_pixels(width, height)
+            box = clipped_box(prompt.box, width, height) if prompt.box is not None else None
+            if prompt.box is not None and box is None:
+                results[index] = "the prompt's box has no area inside the image"
+            elif prompt.box is None and not prompt.points:
+                results[index] = "the prompt has neither a box nor points"
+            else:
+                groups[(box is not None, len(prompt.points))].append((index, prompt, box))
+        with autocast(self.device_type, self.dtype):
+            self.predictor.set_image(image)
+            for (has_box, clicks), members in groups.items():
+                multimask = self.multimask
+                if multimask is None:
+                    multimask = not has_box and clicks == 1
+                for start in range(0, len(members), self.batch):
+                    chunk = members[start : start + self.batch]
+                    decoded = self.decode(chunk, has_box, clicks, multimask)
+                    for (index, _, _), result in zip(chunk, decoded, strict=True):
+                        results[index] = result
+        return results
+
+    def decode(self, chunk: list, has_box: bool, clicks: int, multimask: bool) -> list:
+        """Masks of prompts of one shape, decoded together."""
+        coords = labels = boxes = None
+        if clicks:
+            coords = np.array([p.points for _, p, _ in chunk], dtype=np.float32)
+            labels = np.array([p.point_labels for _, p, _ in chunk], dtype=np.int32)
+        if has_box:
+            boxes = np.array([box for _, _, box in chunk], dtype=np.float32)
+        logits, iou, _ = self.predictor.predict(
+            point_coords=coords,
+            point_labels=labels,
+            box=boxes,
+            multimask_output=multimask,
+            return_logits=True,
+        )
+        logits = logits.reshape(len(chunk), -1, *logits.shape[-2:])
+        iou = iou.reshape(len(chunk), -1)
+        best = iou.argmax(axis=1)
+        return [
+            self.record(logits[i, best[i]], float(iou[i, best[i]]), prompt)
+            for i, (_, prompt, _) in enumerate(chunk)
+        ]
+
+    def record(self, logits: np.ndarray, predicted_iou: float, prompt: Any) -> PromptResult:
+        """A mask record from one mask's logits at image size."""
+        threshold, offset = self.settings.mask_threshold, self.settings.stability_score_offset
+        high, low = (logits > threshold + offset).sum(), (logits > threshold - offset).sum()
+        mask = logits > threshold
+        if self.settings.min_mask_region_area > 0:
+            mask = cleaned(mask, self.settings.min_mask_region_area)
+        if not mask.any():
+            return "the model found no mask for this prompt"
+        segmentation = rle.encode_mask(mask)
+        height, width = mask.shape
+        return {
+            "segmentation": segmentation,
+            "area": rle.area(segmentation),
+            "bbox": rle.bbox(segmentation),
+            "predicted_iou": predicted_iou,
+            "stability_score": float(high / low) if low else 0.0,
+            "point_coords": [[float(x), float(y)] for x, y in prompt.points],
+            "crop_box": [0.0, 0.0, float(width), float(height)],
+        }
+
+
+def clipped_box(box: tuple, width: int, height: int) -> list[float] | None:
+    """An (x, y, w, h) box as (x0, y0, x1, y1) clipped to the image; None when nothing is left."""
+    x, y, w, h = box
+    x0, y0 = max(0.0, x), max(0.0, y)
+    x1, y1 = min(float(width), x + w), min(float(height), y + h)
+    return [x0, y0, x1, y1] if x1 > x0 and y1 > y0 else None
+
+
+def cleaned(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """Holes and islands under ``min_area`` pixels removed (sam2's own routine)."""
+    from sam2.utils.amg import remove_small_regions
+
+    mask, _ = remove_small_regions(mask, min_area, mode="holes")
+    mask, _ = remove_small_regions(mask, min_area, mode="islands")
+    return mask
