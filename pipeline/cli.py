@@ -27,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--input", required=True, help="folder, glob, fsspec URI or manifest file")
     run.add_argument("--output", required=True, help="output folder or fsspec URI")
+    run.add_argument(
+        "--prompts",
+        help="label these boxes/clicks instead of the automatic grid: a COCO instances JSON, "
+        "a YOLO label folder, or a Parquet/CSV table (image_uri, box and/or points)",
+    )
     run.add_argument("--config", help="preset name (default, sa1b) or yaml path")
     run.add_argument("--overwrite", action="store_true", help="replace a run with other settings")
     run.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
@@ -185,6 +190,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     """Errors whose message is meant for the user as it is (one line, exit code 2)."""
     from pipeline.core.storage import LocationError
     from pipeline.job.manifest import RunConflictError
+    from pipeline.job.prompts import PromptsError
     from pipeline.job.sources import InputError
     from pipeline.model.registry import ModelError
     from pipeline.results.dataset import RunNotFoundError
@@ -199,6 +205,7 @@ def user_errors() -> tuple[type[Exception], ...]:
         FilterError,
         EvalError,
         LocationError,
+        PromptsError,
     )
 
 
@@ -211,7 +218,8 @@ def run_command(args: argparse.Namespace) -> int:
 
     job = load_config(args.config, args.overrides)
     source, output = (open_location(uri, job.storage.options) for uri in (args.input, args.output))
-    plan = plan_run(job, source, output, overwrite=args.overwrite)
+    prompts = open_location(args.prompts, job.storage.options) if args.prompts else None
+    plan = plan_run(job, source, output, overwrite=args.overwrite, prompts=prompts)
     print(
         f"{plan.num_images} images in {len(plan.shards)} shards "
         f"({len(plan.shards) - len(plan.todo)} already committed); model {plan.model.config}",

@@ -1,16 +1,22 @@
-"""Prompted masks (boxes, clicks) equal SAM2ImagePredictor.predict, prompt by prompt."""
+"""Labelling from prompts users have: masks equal SAM2ImagePredictor.predict prompt by prompt,
+and COCO / YOLO / table prompts go through the whole job."""
+
+import json
 
 import numpy as np
 import pytest
 import torch
+from pycocotools.coco import COCO
 
 from pipeline.core import rle
 from pipeline.core.config import load_config
 from pipeline.core.prompt import Prompt
+from pipeline.dataset import open_run
 from pipeline.model.prompted import PromptedGenerator
 from pipeline.model.records import fix_feature_sizes
 from pipeline.model.registry import build_model, resolve_model
-from pipeline.synthetic.scenes import make_scene
+from pipeline.synthetic.scenes import make_scene, write_dataset
+from tests.conftest import autolabel
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +75,118 @@ def test_prompted_masks_equal_the_predictor_one_prompt_at_a_time(model):
     assert results[6]["segmentation"] == results[0]["segmentation"]  # YOLO-style = pixels
     clicked = rle.decode(results[1]["segmentation"]).astype(bool)
     assert (clicked & first).sum() / (clicked | first).sum() > 0.5, "a click finds its object"
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    """Four synthetic scenes and their exact ground truth (COCO, ids 1..N)."""
+    folder = tmp_path_factory.mktemp("prompted") / "scenes"
+    write_dataset(str(folder), 4, seed=4040)
+    return folder, json.loads((folder / "annotations.json").read_text())
+
+
+def run_prompted(scenes_folder, prompts, out, *extra):
+    return autolabel(
+        "run",
+        "--input",
+        str(scenes_folder / "images"),
+        "--output",
+        str(out),
+        "--prompts",
+        str(prompts),
+        "--no-progress",
+        "model.name=sam2-tiny-synthetic",
+        "runtime.shard_size=2",
+        *extra,
+    )
+
+
+def accounted(out) -> tuple[int, list[str]]:
+    """Every prompt of every image is a mask or a reason; returns (masks, reasons)."""
+    images = open_run(str(out)).images.to_table().to_pylist()
+    assert all(row["status"] == "ok" for row in images)
+    for row in images:
+        assert row["num_prompts"] == row["num_masks"] + len(row["prompt_errors"])
+    return sum(r["num_masks"] for r in images), [e for r in images for e in r["prompt_errors"]]
+
+
+def test_coco_boxes_become_a_segmentation_dataset_with_their_categories_and_ids(scenes, tmp_path):
+    folder, truth = scenes
+    coco = dict(truth)
+    coco["categories"] = [{"id": 7, "name": "round"}, {"id": 9, "name": "angular"}]
+    coco["annotations"] = [
+        {**ann, "category_id": 7 if ann["shape"] in ("ellipse", "ring") else 9}
+        for ann in truth["annotations"]
+    ]
+    zero_width = {"id": 5000, "image_id": 1, "bbox": [10, 10, 0, 4], "category_id": 7}
+    coco["annotations"].append(zero_width)
+    coco["images"] = [*truth["images"], {"id": 99, "file_name": "gone.png"}]
+    coco["annotations"].append({"id": 5001, "image_id": 99, "bbox": [1, 1, 5, 5], "category_id": 9})
+    prompts = tmp_path / "detections.json"
+    prompts.write_text(json.dumps(coco))
+    out = tmp_path / "run"
+    result = run_prompted(folder, prompts, out)
+    assert result.returncode == 0, result.stderr
+    assert "1 for images not in the input" in result.stdout
+    manifest = open_run(str(out)).manifest["prompts"]
+    assert (manifest["matched"], manifest["unmatched"]) == (len(truth["annotations"]) + 1, 1)
+    masks, reasons = accounted(out)
+    assert reasons == ["prompt 5000: the prompt's box has no area inside the image"]
+    rows = open_run(str(out)).masks.to_table().to_pylist()
+    expected = {str(a["id"]): a for a in coco["annotations"]}
+    for row in rows:
+        source = expected[row["source_id"]]
+        assert row["category_id"] == source["category_id"]
+        assert row["category_name"] == {7: "round", 9: "angular"}[source["category_id"]]
+        assert row["prompt_box"] == pytest.approx(source["bbox"])
+        assert 0.0 <= row["box_iou"] <= 1.0
+    export = tmp_path / "segmentation.json"
+    assert autolabel("export", str(out), "--format", "coco", "--out", str(export)).returncode == 0
+    exported = COCO(str(export))
+    assert {c["name"] for c in exported.loadCats(exported.getCatIds())} == {"round", "angular"}
+    for ann in exported.dataset["annotations"]:
+        assert ann["category_id"] == expected[str(ann["id"])]["category_id"]
+    assert len(exported.dataset["annotations"]) == masks
+    wandered = autolabel("filter", str(out), str(tmp_path / "odd"), "--where", "box_iou < 0.5")
+    assert wandered.returncode == 0, wandered.stderr
+    odd = open_run(str(tmp_path / "odd")).masks.to_table().column("box_iou").to_pylist()
+    assert sorted(odd) == sorted(r["box_iou"] for r in rows if r["box_iou"] < 0.5)
+    rerun = run_prompted(folder, prompts, out)
+    assert rerun.returncode == 0 and "2 already committed" in rerun.stderr
+    coco["annotations"] = coco["annotations"][:-3]
+    prompts.write_text(json.dumps(coco))
+    refused = run_prompted(folder, prompts, out)
+    assert refused.returncode == 2 and "prompts" in refused.stderr
+
+
+def test_yolo_labels_become_masks_by_file_stem(scenes, tmp_path):
+    folder, truth = scenes
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / "classes.txt").write_text("shape\n")
+    for image in truth["images"][:3]:
+        anns = [a for a in truth["annotations"] if a["image_id"] == image["id"]]
+        lines = [
+            f"0 {(x + w / 2) / 256} {(y + h / 2) / 256} {w / 256} {h / 256}"
+            for x, y, w, h in (a["bbox"] for a in anns)
+        ]
+        (labels / image["file_name"].replace(".png", ".txt")).write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    result = run_prompted(folder, labels, out)
+    assert result.returncode == 0, result.stderr
+    masks, reasons = accounted(out)
+    images = open_run(str(out)).images.to_table().to_pylist()
+    assert sorted(r["num_prompts"] for r in images)[0] == 0, "an image without labels: no masks"
+    rows = open_run(str(out)).masks.to_table().to_pylist()
+    assert masks == len(rows) > 0 and {r["category_name"] for r in rows} == {"shape"}
+
+
+def test_a_malformed_prompts_file_stops_the_run_before_any_model_loads(scenes, tmp_path):
+    folder, _ = scenes
+    prompts = tmp_path / "bad.csv"
+    prompts.write_text("image_uri,category_name\nx.png,cup\n")
+    result = run_prompted(folder, prompts, tmp_path / "run")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"autolabel: error: row 1 of {prompts} has neither a box nor points"
+    ]

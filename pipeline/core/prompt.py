@@ -39,6 +39,27 @@ class Prompt:
         points = tuple((x * width, y * height) for x, y in self.points)
         return Prompt(box, points, self.point_labels, False, *self.source_fields())
 
+    def scaled(self, factor_x: float, factor_y: float) -> Prompt:
+        """The pixel prompt on the image resized by these factors (``image.max_short_side``)."""
+        box = None
+        if self.box is not None:
+            x, y, w, h = self.box
+            box = (x * factor_x, y * factor_y, w * factor_x, h * factor_y)
+        points = tuple((x * factor_x, y * factor_y) for x, y in self.points)
+        return Prompt(box, points, self.point_labels, self.normalized, *self.source_fields())
+
+    def columns(self) -> dict[str, Any]:
+        """The prompt's columns of a mask row (``pipeline.core.schema``)."""
+        return {
+            "prompt_box": list(self.box) if self.box is not None else None,
+            "prompt_points": [list(p) for p in self.points] or None,
+            "prompt_labels": list(self.point_labels) or None,
+            "category_id": self.category_id,
+            "category_name": self.category_name,
+            "source_id": self.source_id,
+            "source_score": self.score,
+        }
+
     def source_fields(self) -> tuple[Any, ...]:
         """``category_id, category_name, source_id, score``."""
         return (self.category_id, self.category_name, self.source_id, self.score)

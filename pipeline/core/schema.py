@@ -20,6 +20,15 @@ MASK_SCHEMA = pa.schema(
         ("stability_score", pa.float32()),
         ("point_coords", pa.list_(pa.list_(pa.float64()))),
         ("crop_box", pa.list_(pa.float64())),
+        # Prompted runs (``autolabel run --prompts``) only; null in automatic runs.
+        ("prompt_box", pa.list_(pa.float64())),  # XYWH, in the mask's pixels
+        ("prompt_points", pa.list_(pa.list_(pa.float64()))),
+        ("prompt_labels", pa.list_(pa.int32())),
+        ("category_id", pa.int64()),
+        ("category_name", pa.string()),
+        ("source_id", pa.string()),
+        ("source_score", pa.float32()),
+        ("box_iou", pa.float32()),  # the mask's box against the prompt's box
     ]
 )
 
@@ -36,6 +45,9 @@ IMAGE_SCHEMA = pa.schema(
         ("error", pa.string()),
         ("shard", pa.string()),
         ("seconds", pa.float32()),
+        # Prompted runs only: prompts of the image, and why each failed one has no mask.
+        ("num_prompts", pa.int32()),
+        ("prompt_errors", pa.list_(pa.string())),
     ]
 )
 
@@ -54,7 +66,7 @@ def mask_rows(image_id: int, image_uri: str, records: list[dict[str, Any]]) -> p
         columns["image_uri"].append(image_uri)
         columns["mask_index"].append(index)
         for name in MASK_SCHEMA.names[3:]:
-            columns[name].append(record[name])
+            columns[name].append(record.get(name))
     return pa.Table.from_pydict(columns, schema=MASK_SCHEMA)
 
 
@@ -70,6 +82,8 @@ def image_row(
     num_masks: int = 0,
     error: str | None = None,
     seconds: float = 0.0,
+    num_prompts: int | None = None,
+    prompt_errors: list[str] | None = None,
 ) -> dict[str, Any]:
     """One image row; ``status`` is ``error`` exactly when ``error`` is given."""
     return {
@@ -84,6 +98,8 @@ def image_row(
         "error": error,
         "shard": shard,
         "seconds": seconds,
+        "num_prompts": num_prompts,
+        "prompt_errors": prompt_errors,
     }
 
 

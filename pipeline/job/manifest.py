@@ -36,18 +36,26 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def fingerprint(job: JobConfig, model: ModelSpec) -> str:
-    """A hash of everything that decides the masks: model identity and generator settings."""
+def fingerprint(job: JobConfig, model: ModelSpec, prompts: str | None = None) -> str:
+    """A hash of everything that decides the masks: model identity, generator settings and, in
+    a prompted run, the prompts (``prompts``: their hash)."""
     config = to_dict(job)
     identity = {section: config[section] for section in FINGERPRINT_SECTIONS}
     identity["runtime"] = {key: config["runtime"][key] for key in FINGERPRINT_RUNTIME}
     identity["generator"] = {key: config["generator"][key] for key in FINGERPRINT_GENERATOR}
     identity["resolved_model"] = {"config": model.config, "checkpoint": model.checkpoint}
+    if prompts is not None:
+        identity["prompts"] = prompts
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def new_manifest(
-    job: JobConfig, model: ModelSpec, source: str, num_images: int, num_shards: int
+    job: JobConfig,
+    model: ModelSpec,
+    source: str,
+    num_images: int,
+    num_shards: int,
+    prompts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest written when a run starts.
 
@@ -56,10 +64,12 @@ def new_manifest(
         model: the resolved model (config + checkpoint).
         source: the ``--input`` as given.
         num_images: images listed; num_shards: shards planned.
+        prompts: a prompted run's prompts: source, hash, matched and unmatched counts.
     """
     return {
         "format": "autolabel-run/1",
-        "fingerprint": fingerprint(job, model),
+        "fingerprint": fingerprint(job, model, prompts["hash"] if prompts else None),
+        "prompts": prompts,
         "config": to_dict(job),
         "model": {
             "name": model.name,
@@ -93,6 +103,8 @@ def check_compatible(existing: dict[str, Any] | None, manifest: dict[str, Any]) 
         for key in FINGERPRINT_RUNTIME
         if old.get("runtime", {}).get(key) != manifest["config"]["runtime"][key]
     ]
+    if (existing.get("prompts") or {}).get("hash") != (manifest.get("prompts") or {}).get("hash"):
+        differences.append("prompts")
     what = ", ".join(differences) or "model"
     raise RunConflictError(
         f"the output holds a run with different settings ({what}); "

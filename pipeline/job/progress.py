@@ -102,6 +102,14 @@ def summary_table(summary: Any) -> Table:
         ("shards", f"{summary.shards_done} done, {summary.shards_skipped} already committed"),
         ("nodes", f"{summary.nodes} Ray node(s) wrote shards"),
     ]
+    if summary.prompts:
+        found = summary.prompts
+        rows.append(
+            (
+                "prompts",
+                f"{found['matched']} matched, {found['unmatched']} for images not in the input",
+            )
+        )
     if summary.retries:
         rows.append(("retried shards", f"{summary.retries} (a worker died or a shard raised)"))
     if summary.failed_shards:

@@ -6,10 +6,11 @@ back.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
@@ -20,6 +21,7 @@ from pipeline.core.storage import Location
 from pipeline.core.writer import RunLayout, read_markers, remove_partials, remove_run
 from pipeline.job.manifest import check_compatible, check_same_listing, new_manifest
 from pipeline.job.progress import ProgressTracker, ProgressView
+from pipeline.job.prompts import MatchedPrompts, read_prompts
 from pipeline.job.sources import Shard, list_images, plan_shards
 from pipeline.model.registry import (
     ModelSpec,
@@ -67,6 +69,7 @@ class RunSummary:
     fatal: str | None = None
     nodes: int = 0
     retries: int = 0
+    prompts: dict[str, Any] | None = None  # a prompted run's matched/unmatched counts
 
     @property
     def succeeded(self) -> bool:
@@ -74,18 +77,23 @@ class RunSummary:
 
 
 def plan_run(
-    job: JobConfig, source: Location, output: Location, overwrite: bool = False
+    job: JobConfig,
+    source: Location,
+    output: Location,
+    overwrite: bool = False,
+    prompts: Location | None = None,
 ) -> RunPlan:
-    """Validate model, input and output, and plan the shards, before any model loads.
+    """Validate model, input, prompts and output, and plan the shards, before any model loads.
 
     Args:
         job: the resolved config.
         source: the ``--input`` (folder, glob, image or manifest).
         output: the ``--output`` folder.
         overwrite: replace an output that holds a run with other settings.
+        prompts: label from these prompts (``--prompts``) instead of the automatic grid.
 
     Raises:
-        ModelError, InputError, RunConflictError: with a one-line message.
+        ModelError, InputError, PromptsError, RunConflictError: with a one-line message.
     """
     model = resolve_model(
         job.model.name, job.model.config, job.model.checkpoint, job.model.image_size
@@ -95,8 +103,11 @@ def plan_run(
         check_checkpoint(checkpoint)
     images = list_images(source)
     shards = plan_shards(images, job.runtime.shard_size)
+    prompts_info = None
+    if prompts is not None:
+        shards, prompts_info = attach_prompts(shards, read_prompts(prompts, images), prompts)
     layout = RunLayout(output)
-    manifest = new_manifest(job, model, source.uri, len(images), len(shards))
+    manifest = new_manifest(job, model, source.uri, len(images), len(shards), prompts_info)
     existing = layout.manifest.read_json()
     if overwrite and existing is not None:
         remove_run(layout)
@@ -106,6 +117,28 @@ def plan_run(
     check_same_listing(markers, {s.name: s.listing_hash for s in shards})
     todo = [s for s in shards if s.name not in markers]
     return RunPlan(job, model, source, output, checkpoint, shards, todo, manifest)
+
+
+def attach_prompts(
+    shards: list[Shard], found: MatchedPrompts, source: Location
+) -> tuple[list[Shard], dict[str, Any]]:
+    """Give each shard its images' prompts; describe them for the manifest (with a hash that
+    makes a rerun with other prompts a different run)."""
+    digest = hashlib.sha256()
+    with_prompts = []
+    for shard in shards:
+        prompts = tuple(tuple(found.by_uri.get(ref.uri, ())) for ref in shard.images)
+        for ref, own in zip(shard.images, prompts, strict=True):
+            digest.update(f"{ref.uri}\n{own!r}\n".encode())
+        with_prompts.append(replace(shard, prompts=prompts))
+    info = {
+        "source": str(source),
+        "hash": digest.hexdigest()[:16],
+        "matched": found.count,
+        "unmatched": found.unmatched,
+        "unmatched_examples": found.unmatched_examples,
+    }
+    return with_prompts, info
 
 
 def connect_ray(address: str | None) -> None:
@@ -140,7 +173,11 @@ def execute(plan: RunPlan, show_progress: bool = True) -> RunSummary:
     layout.manifest.write_json_atomic(plan.manifest)
     remove_partials(layout)
     start = time.time()
-    summary = RunSummary(output=str(plan.output), shards_skipped=len(plan.shards) - len(plan.todo))
+    summary = RunSummary(
+        output=str(plan.output),
+        shards_skipped=len(plan.shards) - len(plan.todo),
+        prompts=plan.manifest.get("prompts"),
+    )
     if plan.todo:
         connect_ray(plan.job.runtime.address)
         tracker = ProgressTracker.remote()
@@ -150,7 +187,7 @@ def execute(plan: RunPlan, show_progress: bool = True) -> RunSummary:
 
         def launch():
             args = (plan.job, plan.model, plan.source, plan.output, plan.checkpoint, tracker)
-            return remote_worker.remote(*args)
+            return remote_worker.remote(*args, prompted=plan.manifest.get("prompts") is not None)
 
         view = ProgressView(sum(len(s.images) for s in plan.todo), enabled=show_progress)
         dispatcher = ShardDispatcher(plan.todo, launch, tracker, view, summary)

@@ -13,6 +13,7 @@ import io
 from dataclasses import dataclass
 
 from pipeline.core.errors import one_line
+from pipeline.core.prompt import Prompt
 from pipeline.core.storage import Location, as_uri, with_retries
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -37,6 +38,8 @@ class Shard:
 
     index: int
     images: tuple[ImageRef, ...]
+    # Prompted runs: each image's prompts, in the order of ``images``.
+    prompts: tuple[tuple[Prompt, ...], ...] | None = None
 
     @property
     def name(self) -> str:

@@ -13,6 +13,7 @@ import warnings
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -55,6 +56,35 @@ def is_device_failure(error: BaseException) -> bool:
     return any(marker in text for marker in ("CUDA error", "CUBLAS_STATUS", "cuDNN error"))
 
 
+@dataclass
+class PromptedOutcome:
+    """One image's prompted result: a record per prompt that got a mask, a reason per one that
+    did not."""
+
+    prompts: int
+    records: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def read_result(loaded: Future) -> DecodedImage | ImageReadError:
+    """A decode future's image, or its failure as an ``ImageReadError``."""
+    try:
+        return loaded.result()
+    except ImageReadError as error:
+        return error
+    except Exception as error:  # e.g. MemoryError while decoding
+        return ImageReadError(f"cannot read image: {one_line(error)}")
+
+
+def xywh_iou(a: list[float], b: tuple[float, ...]) -> float:
+    """IoU of two (x, y, w, h) boxes."""
+    width = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    height = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    inter = max(0.0, width) * max(0.0, height)
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
 class ShardWorker:
     """Holds one model and processes shards, one at a time.
 
@@ -65,6 +95,7 @@ class ShardWorker:
         output: the run's output root.
         checkpoint: where the model's checkpoint is (None: the spec's, with no options).
         progress: an actor handle with ``report(shard, images, masks)``, or None.
+        prompted: label the shards' prompts (``--prompts``) instead of the automatic grid.
     """
 
     def __init__(
@@ -75,10 +106,12 @@ class ShardWorker:
         output: Location,
         checkpoint: Location | None = None,
         progress: Any = None,
+        prompted: bool = False,
     ):
         import torch
 
         from pipeline.model.factory import default_dtype, make_generator
+        from pipeline.model.prompted import PromptedGenerator
         from pipeline.model.registry import build_model
 
         logging.getLogger("root").setLevel(logging.WARNING)
@@ -93,7 +126,10 @@ class ShardWorker:
             torch.set_num_threads(max(1, int(job.runtime.cpus_per_actor)))
         dtype = job.model.dtype or default_dtype(self.device)
         sam = build_model(model, self.device, checkpoint)
-        self.generator = make_generator(sam, job.amg, job.generator, dtype, self.device)
+        if prompted:
+            self.generator = PromptedGenerator(sam, job.amg, dtype=dtype)
+        else:
+            self.generator = make_generator(sam, job.amg, job.generator, dtype, self.device)
         self.readers = ThreadPoolExecutor(job.runtime.read_threads, thread_name_prefix="read")
         self.node = current_node()
 
@@ -111,7 +147,8 @@ class ShardWorker:
         tables: list[pa.Table] = []
         rows: list[dict[str, Any]] = []
         masks_done = 0
-        for ref, image, outcome, seconds in self.labelled(shard.images):
+        labelled = self.labelled(shard.images) if shard.prompts is None else self.prompted(shard)
+        for ref, image, outcome, seconds in labelled:
             row, table = self.image_result(ref, image, outcome, seconds, shard.name)
             rows.append(row)
             if table is not None:
@@ -165,12 +202,9 @@ class ShardWorker:
 
         def inputs() -> Iterator[tuple[tuple[ImageRef, Any], Any]]:
             for ref, loaded in self.decoded(images):
-                try:
-                    image = loaded.result()
-                except ImageReadError as error:
-                    yield (ref, None), error
-                except Exception as error:  # e.g. MemoryError while decoding
-                    yield (ref, None), ImageReadError(f"cannot read image: {one_line(error)}")
+                image = read_result(loaded)
+                if isinstance(image, ImageReadError):
+                    yield (ref, None), image
                 else:
                     yield (ref, image), image.pixels
 
@@ -179,6 +213,42 @@ class ShardWorker:
             now = time.perf_counter()
             yield ref, image, outcome, now - last
             last = now
+
+    def prompted(self, shard: Shard) -> Iterator[tuple[Any, ...]]:
+        """``labelled`` for a prompted shard: each image's prompts → ``PromptedOutcome``."""
+        last = time.perf_counter()
+        prompts = shard.prompts or ()
+        for (ref, loaded), own in zip(self.decoded(shard.images), prompts, strict=True):
+            image = read_result(loaded)
+            if isinstance(image, ImageReadError):
+                outcome, image = image, None
+            else:
+                try:
+                    outcome = self.label_prompts(image, own)
+                except Exception as error:  # an error row, or a device failure to retry
+                    outcome = error
+            now = time.perf_counter()
+            yield ref, image, outcome, now - last
+            last = now
+
+    def label_prompts(self, image: DecodedImage, prompts: tuple) -> PromptedOutcome:
+        """One mask per prompt (coordinates follow the image's downscaling), or its reason."""
+        factor_x = image.width / image.original_width
+        factor_y = image.height / image.original_height
+        scaled = [
+            p.in_pixels(image.original_width, image.original_height).scaled(factor_x, factor_y)
+            for p in prompts
+        ]
+        outcome = PromptedOutcome(prompts=len(scaled))
+        for index, (prompt, result) in enumerate(
+            zip(scaled, self.generator.generate(image.pixels, scaled), strict=True)
+        ):
+            if isinstance(result, str):
+                outcome.errors.append(f"prompt {prompt.source_id or index}: {result}")
+                continue
+            box_iou = xywh_iou(result["bbox"], prompt.box) if prompt.box is not None else None
+            outcome.records.append({**result, **prompt.columns(), "box_iou": box_iou})
+        return outcome
 
     def image_result(
         self,
@@ -196,6 +266,8 @@ class ShardWorker:
                 raise outcome  # the shard is retried on a fresh actor with a fresh CUDA context
             reason = f"mask generation failed: {one_line(outcome)}"
             return image_row(ref.image_id, ref.uri, shard, error=reason), None
+        prompted = outcome if isinstance(outcome, PromptedOutcome) else None
+        records = prompted.records if prompted else outcome
         row = image_row(
             ref.image_id,
             ref.uri,
@@ -204,10 +276,12 @@ class ShardWorker:
             height=image.height,
             original_width=image.original_width,
             original_height=image.original_height,
-            num_masks=len(outcome),
+            num_masks=len(records),
             seconds=seconds,
+            num_prompts=prompted.prompts if prompted else None,
+            prompt_errors=prompted.errors if prompted else None,
         )
-        return row, mask_rows(ref.image_id, ref.uri, outcome)
+        return row, mask_rows(ref.image_id, ref.uri, records)
 
     def report(self, shard: str, images: int, masks: int) -> None:
         """Tell the driver's progress tracker how far this shard is (fire and forget)."""

@@ -18,6 +18,8 @@ from pipeline.results.filters import MaskFilter, filtered_shard
 
 CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
 EXTRA_FIELDS = ("predicted_iou", "stability_score", "point_coords", "crop_box")
+# Prompted runs also carry where each mask came from.
+PROMPT_FIELDS = ("source_id", "source_score", "box_iou", "prompt_box")
 
 
 def common_root(uris: list[str]) -> str:
@@ -72,19 +74,24 @@ def export_coco(
     images = ok_images(run)
     root = common_root([row["image_uri"] for row in images])
     coco_ids = {row["image_id"]: index for index, row in enumerate(images, start=1)}
+    categories, keep_ids = source_categories(run)
     parent = posixpath.dirname(out.path)
     if parent:
         out.fs.makedirs(parent, exist_ok=True)
     annotations = 0
     with out.open("w") as f:
         f.write('{"info": ' + json.dumps(coco_info(run, mask_filter)))
-        f.write(', "licenses": [], "categories": [' + json.dumps(CATEGORY) + "]")
+        f.write(', "licenses": [], "categories": ' + json.dumps(categories))
         f.write(', "images": [')
         write_list(f, (coco_image(row, coco_ids[row["image_id"]], root) for row in images))
         f.write('], "annotations": [')
         for image_id, rows in masks_by_image(run, mask_filter):
             items = (
-                coco_annotation(row, annotations + i + 1, coco_ids[image_id])
+                coco_annotation(
+                    row,
+                    int(row["source_id"]) if keep_ids else annotations + i + 1,
+                    coco_ids[image_id],
+                )
                 for i, row in enumerate(rows)
             )
             if annotations:
@@ -127,18 +134,41 @@ def coco_image(row: dict[str, Any], coco_id: int, root: str) -> dict[str, Any]:
     }
 
 
+def source_categories(run: Run) -> tuple[list[dict[str, Any]], bool]:
+    """A prompted run's categories (from its prompts), and whether the prompts' own ids can be
+    the annotation ids (all integers, none twice); an automatic run: one ``object`` category."""
+    if not run.manifest.get("prompts"):
+        return [CATEGORY], False
+    table = run.masks.to_table(columns=["category_id", "category_name", "source_id"])
+    pairs = {
+        (row["category_id"], row["category_name"])
+        for row in table.select(["category_id", "category_name"]).to_pylist()
+        if row["category_id"] is not None
+    }
+    names: dict[int, str] = {}
+    for category_id, name in sorted(pairs, key=lambda pair: (pair[0], pair[1] or "")):
+        names.setdefault(category_id, name or str(category_id))
+    categories = [{"id": i, "name": n, "supercategory": "object"} for i, n in names.items()]
+    ids = table.column("source_id").to_pylist()
+    keep_ids = all(i is not None and i.isdigit() for i in ids) and len(set(ids)) == len(ids)
+    return categories or [CATEGORY], keep_ids
+
+
 def coco_annotation(row: dict[str, Any], ann_id: int, image_id: int) -> dict[str, Any]:
-    """One COCO annotation from a mask row."""
+    """One COCO annotation from a mask row (a prompted run's keeps its prompt's category)."""
+    category = row.get("category_id")
+    prompted = {name: row[name] for name in PROMPT_FIELDS if row.get(name) is not None}
     return {
         "id": ann_id,
         "image_id": image_id,
-        "category_id": CATEGORY["id"],
+        "category_id": category if category is not None else CATEGORY["id"],
         "segmentation": row["segmentation"],
         "area": row["area"],
         "bbox": row["bbox"],
         "iscrowd": 0,
         "score": row["predicted_iou"],
         **{name: row[name] for name in EXTRA_FIELDS},
+        **prompted,
     }
 
 

@@ -24,7 +24,17 @@ from pipeline.core.writer import RunLayout, commit_shard, remove_partials, remov
 from pipeline.results.dataset import Run, open_run
 
 # Columns ``--where`` may use: the scalar ones of a mask row.
-WHERE_COLUMNS = ("image_id", "mask_index", "area", "predicted_iou", "stability_score")
+WHERE_COLUMNS = (
+    "image_id",
+    "mask_index",
+    "area",
+    "predicted_iou",
+    "stability_score",
+    # prompted runs (null elsewhere)
+    "box_iou",
+    "category_id",
+    "source_score",
+)
 
 
 class FilterError(ValueError):
