@@ -80,3 +80,43 @@ def test_manifest_of_s3_uris_and_secrets_in_options_never_leak(s3, micro_overrid
         everything += marker.read_text()
     assert secret not in everything
     assert "autolabel-test-secret" not in everything
+
+
+def test_coco_and_yolo_prompts_in_a_bucket_label_images_in_a_bucket(s3, tmp_path):
+    """`autolabel run --prompts` with images, prompts and output all on S3."""
+    from pipeline.synthetic.scenes import write_dataset
+
+    fs, bucket = s3
+    scenes = tmp_path / "scenes"
+    write_dataset(str(scenes), 2, seed=6060)
+    truth = json.loads((scenes / "annotations.json").read_text())
+    fs.put(str(scenes / "images"), f"{bucket}/scenes", recursive=True)
+    fs.pipe(f"{bucket}/prompts/coco.json", json.dumps(truth).encode())
+    for image in truth["images"]:
+        anns = [a for a in truth["annotations"] if a["image_id"] == image["id"]]
+        lines = "".join(
+            f"0 {(x + w / 2) / 256} {(y + h / 2) / 256} {w / 256} {h / 256}\n"
+            for x, y, w, h in (a["bbox"] for a in anns)
+        )
+        fs.pipe(f"{bucket}/prompts/yolo/{image['file_name'][:-4]}.txt", lines.encode())
+    for name in ("coco.json", "yolo"):
+        output = f"s3://{bucket}/labels/{name}"
+        result = autolabel(
+            "run",
+            "--input",
+            f"s3://{bucket}/scenes",
+            "--output",
+            output,
+            "--prompts",
+            f"s3://{bucket}/prompts/{name}",
+            "--no-progress",
+            "model.name=sam2-tiny-synthetic",
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        images = ds.dataset(f"{bucket}/labels/{name}/images", filesystem=fs).to_table()
+        assert images.column("num_prompts").to_pylist() == [
+            sum(a["image_id"] == image["id"] for a in truth["annotations"])
+            for image in sorted(truth["images"], key=lambda i: i["file_name"])
+        ]
+        masks = ds.dataset(f"{bucket}/labels/{name}/masks", filesystem=fs).to_table()
+        assert masks.num_rows == sum(images.column("num_masks").to_pylist()) > 0
