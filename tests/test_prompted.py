@@ -15,6 +15,7 @@ from pipeline.dataset import open_run
 from pipeline.model.prompted import PromptedGenerator
 from pipeline.model.records import fix_feature_sizes
 from pipeline.model.registry import build_model, resolve_model
+from pipeline.results.evaluate import evaluate_run
 from pipeline.synthetic.scenes import make_scene, write_dataset
 from tests.conftest import autolabel
 
@@ -147,6 +148,22 @@ def test_coco_boxes_become_a_segmentation_dataset_with_their_categories_and_ids(
     for ann in exported.dataset["annotations"]:
         assert ann["category_id"] == expected[str(ann["id"])]["category_id"]
     assert len(exported.dataset["annotations"]) == masks
+    ground_truth = tmp_path / "truth.json"
+    categories = {ann["id"]: ann["category_id"] for ann in coco["annotations"]}
+    ground_truth.write_text(
+        json.dumps(
+            {
+                **truth,
+                "categories": coco["categories"],
+                "annotations": [
+                    {**a, "category_id": categories[a["id"]]} for a in truth["annotations"]
+                ],
+            }
+        )
+    )
+    report = evaluate_run(str(out), str(ground_truth))
+    assert set(report["per_category_ap"]) == {"round", "angular"}
+    assert all(0.0 <= ap <= 1.0 for ap in report["per_category_ap"].values())
     wandered = autolabel("filter", str(out), str(tmp_path / "odd"), "--where", "box_iou < 0.5")
     assert wandered.returncode == 0, wandered.stderr
     odd = open_run(str(tmp_path / "odd")).masks.to_table().column("box_iou").to_pylist()

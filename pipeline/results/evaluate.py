@@ -45,13 +45,14 @@ class EvalError(ValueError):
     """Ground truth and run that cannot be compared; one line for the user."""
 
 
-def class_agnostic(gt_path: str) -> COCO:
-    """Load a COCO instances file with every annotation moved to one category."""
+def class_agnostic(gt_path: str, agnostic: bool = True) -> COCO:
+    """Load a COCO instances file with every annotation moved to one category (``agnostic``)
+    or as it is."""
     data = json.loads(Path(gt_path).read_text())
-    data = copy.deepcopy(data)
-    for ann in data.get("annotations", []):
-        ann["category_id"] = 1
-    data["categories"] = [{"id": 1, "name": "object"}]
+    if agnostic:
+        for ann in data.get("annotations", []):
+            ann["category_id"] = 1
+        data["categories"] = [{"id": 1, "name": "object"}]
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO()
         coco.dataset = data
@@ -97,6 +98,7 @@ def detections(source: Location, gt: COCO) -> tuple[list[dict[str, Any]], dict[i
                 "segmentation": row["segmentation"],
                 "score": row["predicted_iou"],
                 "stability_score": row["stability_score"],
+                "run_category": row.get("category_id"),
                 "area": row["area"],
                 "bbox": row["bbox"],
             }
@@ -114,6 +116,29 @@ def coco_metrics(gt: COCO, results: list[dict[str, Any]], image_ids: list[int]) 
         evaluator.accumulate()
         evaluator.summarize()
     return {name: float(value) for name, value in zip(METRIC_NAMES, evaluator.stats, strict=True)}
+
+
+def per_category_ap(
+    gt_path: str, results: list[dict[str, Any]], image_ids: list[int]
+) -> dict[str, float]:
+    """AP (segm, IoU 0.5:0.95) per ground-truth category, for masks that carry a category
+    (prompted runs); empty when none do or the categories do not meet."""
+    gt = class_agnostic(gt_path, agnostic=False)
+    typed = [{**r, "category_id": r["run_category"]} for r in results if r["run_category"]]
+    if not typed or not {r["category_id"] for r in typed} & set(gt.getCatIds()):
+        return {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator = COCOeval(gt, gt.loadRes(copy.deepcopy(typed)), "segm")
+        evaluator.params.imgIds = image_ids
+        evaluator.evaluate()
+        evaluator.accumulate()
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # IoU, recall, category
+    scores = {}
+    for k, category_id in enumerate(evaluator.params.catIds):
+        values = precision[:, :, k]
+        if (values > -1).any():
+            scores[gt.cats[category_id]["name"]] = float(values[values > -1].mean())
+    return scores
 
 
 def threshold_curves(gt: COCO, results: list[dict[str, Any]], image_ids: list[int]) -> dict:
@@ -172,6 +197,7 @@ def evaluate_run(source: Location, gt_path: str, out: str | None = None) -> dict
         "gt_instances": len(gt.getAnnIds(imgIds=image_ids)),
         "masks": len(results),
         "metrics": coco_metrics(gt, results, image_ids),
+        "per_category_ap": per_category_ap(gt_path, results, image_ids),
     }
     if out:
         folder = Path(out)
@@ -212,6 +238,8 @@ def metrics_table(report: dict[str, Any]):
     table.add_column("value", justify="right")
     for name, value in report["metrics"].items():
         table.add_row(name, f"{value:.3f}")
+    for name, value in report.get("per_category_ap", {}).items():
+        table.add_row(f"AP {name}", f"{value:.3f}")
     return table
 
 
