@@ -207,3 +207,36 @@ def test_a_malformed_prompts_file_stops_the_run_before_any_model_loads(scenes, t
     assert result.stderr.strip().splitlines() == [
         f"autolabel: error: row 1 of {prompts} has neither a box nor points"
     ]
+
+
+def test_a_table_of_boxes_and_clicks_becomes_masks(scenes, tmp_path):
+    """Parquet prompts by image_uri: a box row and a click row for the same object."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder, truth = scenes
+    image = truth["images"][0]
+    uri = str(folder / "images" / image["file_name"])
+    ann = next(a for a in truth["annotations"] if a["image_id"] == image["id"])
+    ys, xs = np.nonzero(rle.decode(ann["segmentation"]))
+    table = pa.table(
+        {
+            "image_uri": [uri, uri],
+            "box": [ann["bbox"], None],
+            "points": [None, [[float(xs[0]), float(ys[0])]]],
+            "point_labels": [None, [1]],
+            "category_name": ["thing", "thing"],
+            "source_id": ["box-1", "click-1"],
+        }
+    )
+    pq.write_table(table, tmp_path / "prompts.parquet")
+    out = tmp_path / "run"
+    result = run_prompted(folder, tmp_path / "prompts.parquet", out)
+    assert result.returncode == 0, result.stderr
+    masks, reasons = accounted(out)
+    rows = open_run(str(out)).masks.to_table().to_pylist()
+    assert masks == 2 and not reasons
+    by_source = {row["source_id"]: row for row in rows}
+    assert by_source["box-1"]["prompt_box"] == pytest.approx(ann["bbox"])
+    assert by_source["click-1"]["prompt_points"] == [[float(xs[0]), float(ys[0])]]
+    assert by_source["click-1"]["box_iou"] is None
