@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from sam2.utils.amg import calculate_stability_score
 
 from pipeline.core import rle
 from pipeline.core.config import AMGConfig
 from pipeline.core.prompt import Prompt
-from pipeline.model.records import autocast, fix_feature_sizes
+from pipeline.model.records import autocast, fill_holes_and_islands, fix_feature_sizes
 
 # A prompt's result: its mask record, or the one-line reason it has none.
 PromptResult = dict[str, Any] | str
@@ -70,6 +71,8 @@ class PromptedGenerator:
                 results[index] = "the prompt has neither a box nor points"
             else:
                 groups[(box is not None, len(prompt.points))].append((index, prompt, box))
+        if not groups:  # nothing to decode: no need to encode the image
+            return results
         with autocast(self.device_type, self.dtype):
             self.predictor.set_image(image)
             for (has_box, clicks), members in groups.items():
@@ -109,10 +112,9 @@ class PromptedGenerator:
     def record(self, logits: np.ndarray, predicted_iou: float, prompt: Any) -> PromptResult:
         """A mask record from one mask's logits at image size."""
         threshold, offset = self.settings.mask_threshold, self.settings.stability_score_offset
-        high, low = (logits > threshold + offset).sum(), (logits > threshold - offset).sum()
         mask = logits > threshold
         if self.settings.min_mask_region_area > 0:
-            mask = cleaned(mask, self.settings.min_mask_region_area)
+            mask, _ = fill_holes_and_islands(mask, self.settings.min_mask_region_area)
         if not mask.any():
             return "the model found no mask for this prompt"
         segmentation = rle.encode_mask(mask)
@@ -122,7 +124,9 @@ class PromptedGenerator:
             "area": rle.area(segmentation),
             "bbox": rle.bbox(segmentation),
             "predicted_iou": predicted_iou,
-            "stability_score": float(high / low) if low else 0.0,
+            "stability_score": float(
+                calculate_stability_score(torch.from_numpy(logits), threshold, offset)
+            ),
             "point_coords": [[float(x), float(y)] for x, y in prompt.points],
             "crop_box": [0.0, 0.0, float(width), float(height)],
         }
@@ -134,12 +138,3 @@ def clipped_box(box: tuple, width: int, height: int) -> list[float] | None:
     x0, y0 = max(0.0, x), max(0.0, y)
     x1, y1 = min(float(width), x + w), min(float(height), y + h)
     return [x0, y0, x1, y1] if x1 > x0 and y1 > y0 else None
-
-
-def cleaned(mask: np.ndarray, min_area: int) -> np.ndarray:
-    """Holes and islands under ``min_area`` pixels removed (sam2's own routine)."""
-    from sam2.utils.amg import remove_small_regions
-
-    mask, _ = remove_small_regions(mask, min_area, mode="holes")
-    mask, _ = remove_small_regions(mask, min_area, mode="islands")
-    return mask

@@ -83,6 +83,19 @@ def mask_records(
     return records
 
 
+def fill_holes_and_islands(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, bool]:
+    """sam2's ``remove_small_regions`` for holes, then islands, under ``min_area`` pixels.
+
+    Returns:
+        The cleaned mask, and whether anything changed.
+    """
+    from sam2.utils.amg import remove_small_regions
+
+    mask, holes_changed = remove_small_regions(mask, min_area, mode="holes")
+    mask, islands_changed = remove_small_regions(mask, min_area, mode="islands")
+    return mask, holes_changed or islands_changed
+
+
 def remove_small_regions_and_duplicates(
     masks: np.ndarray, min_area: int, nms_thresh: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -98,17 +111,16 @@ def remove_small_regions_and_duplicates(
     Returns:
         The kept masks (cleaned) and their indices into ``masks``, in NMS order.
     """
-    from sam2.utils.amg import batched_mask_to_box, remove_small_regions
+    from sam2.utils.amg import batched_mask_to_box
     from torchvision.ops.boxes import batched_nms
 
     if len(masks) == 0:
         return masks, np.zeros(0, dtype=np.int64)
     cleaned, scores = [], []
     for mask in masks:
-        mask, holes_changed = remove_small_regions(mask, min_area, mode="holes")
-        mask, islands_changed = remove_small_regions(mask, min_area, mode="islands")
+        mask, changed = fill_holes_and_islands(mask, min_area)
         cleaned.append(mask)
-        scores.append(float(not (holes_changed or islands_changed)))
+        scores.append(float(not changed))
     stack = torch.as_tensor(np.stack(cleaned))
     boxes = batched_mask_to_box(stack)
     keep = batched_nms(
