@@ -196,6 +196,17 @@ def test_yolo_labels_become_masks_by_file_stem(scenes, tmp_path):
     assert sorted(r["num_prompts"] for r in images)[0] == 0, "an image without labels: no masks"
     rows = open_run(str(out)).masks.to_table().to_pylist()
     assert masks == len(rows) > 0 and {r["category_name"] for r in rows} == {"shape"}
+    class_zero = tmp_path / "truth.json"  # YOLO's first class has id 0
+    class_zero.write_text(
+        json.dumps(
+            {
+                **truth,
+                "categories": [{"id": 0, "name": "shape"}],
+                "annotations": [{**a, "category_id": 0} for a in truth["annotations"]],
+            }
+        )
+    )
+    assert set(evaluate_run(str(out), str(class_zero))["per_category_ap"]) == {"shape"}
 
 
 def test_a_malformed_prompts_file_stops_the_run_before_any_model_loads(scenes, tmp_path):

@@ -123,9 +123,13 @@ def per_category_ap(
 ) -> dict[str, float]:
     """AP (segm, IoU 0.5:0.95) per ground-truth category, for masks that carry a category
     (prompted runs); empty when none do or the categories do not meet."""
+    typed = [
+        {**r, "category_id": r["run_category"]} for r in results if r["run_category"] is not None
+    ]
+    if not typed:  # an automatic run: no second read of the ground truth
+        return {}
     gt = class_agnostic(gt_path, agnostic=False)
-    typed = [{**r, "category_id": r["run_category"]} for r in results if r["run_category"]]
-    if not typed or not {r["category_id"] for r in typed} & set(gt.getCatIds()):
+    if not {r["category_id"] for r in typed} & set(gt.getCatIds()):
         return {}
     with contextlib.redirect_stdout(io.StringIO()):
         evaluator = COCOeval(gt, gt.loadRes(copy.deepcopy(typed)), "segm")
