@@ -251,3 +251,26 @@ def test_a_table_of_boxes_and_clicks_becomes_masks(scenes, tmp_path):
     assert by_source["box-1"]["prompt_box"] == pytest.approx(ann["bbox"])
     assert by_source["click-1"]["prompt_points"] == [[float(xs[0]), float(ys[0])]]
     assert by_source["click-1"]["box_iou"] is None
+
+
+def test_an_unreadable_image_keeps_its_prompt_count_on_its_error_row(scenes, tmp_path):
+    folder, truth = scenes
+    images = tmp_path / "images"
+    images.mkdir()
+    good = images / truth["images"][0]["file_name"]
+    good.write_bytes((folder / "images" / good.name).read_bytes())
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text(
+        "image_uri,box\n"
+        f'{good},"[10, 10, 40, 40]"\n'
+        f'{images / "broken.png"},"[1, 1, 5, 5]"\n'
+        f'{images / "broken.png"},"[2, 2, 5, 5]"\n'
+    )
+    result = run_prompted(tmp_path, prompts, tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    table = open_run(str(tmp_path / "run")).images.to_table()
+    rows = {row["image_uri"]: row for row in table.to_pylist()}
+    broken = rows[str(images / "broken.png")]
+    assert broken["status"] == "error" and broken["num_prompts"] == 2 and broken["error"]
+    assert rows[str(good)]["num_prompts"] == 1

@@ -61,7 +61,6 @@ class PromptedOutcome:
     """One image's prompted result: a record per prompt that got a mask, a reason per one that
     did not."""
 
-    prompts: int
     records: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -148,8 +147,9 @@ class ShardWorker:
         rows: list[dict[str, Any]] = []
         masks_done = 0
         labelled = self.labelled(shard.images) if shard.prompts is None else self.prompted(shard)
-        for ref, image, outcome, seconds in labelled:
-            row, table = self.image_result(ref, image, outcome, seconds, shard.name)
+        for index, (ref, image, outcome, seconds) in enumerate(labelled):
+            prompts = len(shard.prompts[index]) if shard.prompts is not None else None
+            row, table = self.image_result(ref, image, outcome, seconds, shard.name, prompts)
             rows.append(row)
             if table is not None:
                 tables.append(table)
@@ -239,7 +239,7 @@ class ShardWorker:
             p.in_pixels(image.original_width, image.original_height).scaled(factor_x, factor_y)
             for p in prompts
         ]
-        outcome = PromptedOutcome(prompts=len(scaled))
+        outcome = PromptedOutcome()
         for index, (prompt, result) in enumerate(
             zip(scaled, self.generator.generate(image.pixels, scaled), strict=True)
         ):
@@ -257,15 +257,21 @@ class ShardWorker:
         outcome: Any,
         seconds: float,
         shard: str,
+        prompts: int | None = None,
     ) -> tuple[dict[str, Any], pa.Table | None]:
-        """One image's row and mask table; a failed read or generation becomes an error row."""
+        """One image's row and mask table; a failed read or generation becomes an error row.
+
+        ``prompts``: in a prompted run, the image's prompt count (kept on error rows too, so
+        every prompt is accounted for).
+        """
         if isinstance(outcome, ImageReadError) or image is None:
-            return image_row(ref.image_id, ref.uri, shard, error=str(outcome)), None
+            error = str(outcome)
+            return image_row(ref.image_id, ref.uri, shard, error=error, num_prompts=prompts), None
         if isinstance(outcome, BaseException):
             if is_device_failure(outcome):
                 raise outcome  # the shard is retried on a fresh actor with a fresh CUDA context
             reason = f"mask generation failed: {one_line(outcome)}"
-            return image_row(ref.image_id, ref.uri, shard, error=reason), None
+            return image_row(ref.image_id, ref.uri, shard, error=reason, num_prompts=prompts), None
         prompted = outcome if isinstance(outcome, PromptedOutcome) else None
         records = prompted.records if prompted else outcome
         row = image_row(
@@ -278,7 +284,7 @@ class ShardWorker:
             original_height=image.original_height,
             num_masks=len(records),
             seconds=seconds,
-            num_prompts=prompted.prompts if prompted else None,
+            num_prompts=prompts,
             prompt_errors=prompted.errors if prompted else None,
         )
         return row, mask_rows(ref.image_id, ref.uri, records)
