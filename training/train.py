@@ -170,7 +170,7 @@ def make_batch(recipe: Recipe, seed: int, step: int) -> dict[str, np.ndarray]:
             rng, owners, recipe.prompts_per_scene, recipe.background
         )
         boxes, box_targets = box_prompts(rng, owners, recipe.boxes_per_scene)
-        if len(boxes) < recipe.boxes_per_scene:  # no object: repeat a background-free dummy
+        if len(boxes) < recipe.boxes_per_scene:  # no object: dummy boxes whose target is no pixel
             boxes = np.zeros((recipe.boxes_per_scene, 4), np.float32)
             box_targets = np.full(recipe.boxes_per_scene, -2, np.int64)  # matches no pixel
         pixels = rng.integers(0, recipe.size, (recipe.pixels_per_scene, 2))
