@@ -12,7 +12,7 @@ DEMO_CKPT := .cache/sam2.1_hiera_micro_random.pt
 DEMO_OUT ?= demo-output
 SCENES := samples/scenes
 
-.PHONY: install demo test lint clean cluster-demo
+.PHONY: install demo test lint clean cluster-demo browser
 
 install: $(VENV)/.installed
 
@@ -42,6 +42,16 @@ demo: $(VENV)/.installed
 # machine (head + worker on loopback, token auth), which is stopped afterwards.
 cluster-demo: $(DEMO_CKPT)
 	bash jobs/cluster_demo.sh cluster-demo-output $(DEMO_CKPT)
+
+# Debian's chromium for the page tests (tests/test_web.py), when this is a Debian machine and we
+# may install packages; elsewhere those tests skip and say so. `.ci/run` makes them required.
+browser:
+	@if command -v chromium >/dev/null; then echo "chromium: $$(command -v chromium)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
+		|| { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			chromium; }; \
+	else echo "no chromium, and no root to install it: the page tests will skip"; fi
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check pipeline tests training benchmarks

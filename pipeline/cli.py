@@ -83,6 +83,28 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="folder for eval.json and thresholds.png")
     add_storage_flag(evaluate)
 
+    view = commands.add_parser(
+        "view",
+        help="browse a run's masks in a local web page and pick filter thresholds",
+        description="Serve a page over RUN: a paged grid of images with their masks, sliders "
+        "for the score and area filters with live counts, and the matching filter command.",
+    )
+    view.add_argument("run", help="the run (path or URI); committed shards only")
+    add_server_flags(view)
+    add_storage_flag(view)
+
+    tune = commands.add_parser(
+        "tune",
+        help="try generator settings on a few images in a local web page",
+        description="Serve a page that runs the mask generator on a few images of --input "
+        "with settings edited on the page, and gives them as overrides and a preset.",
+    )
+    tune.add_argument("--input", required=True, help="folder, glob, fsspec URI or manifest file")
+    tune.add_argument("--config", help="preset name (default, sa1b) or yaml path to start from")
+    tune.add_argument("--sample", type=int, default=4, help="images to try on (default 4)")
+    add_server_flags(tune)
+    tune.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
     synth = commands.add_parser(
         "synth", help="write synthetic scenes with exact instance masks (COCO JSON)"
     )
@@ -112,6 +134,14 @@ def add_storage_flag(parser: argparse.ArgumentParser) -> None:
         help="fsspec option for object storage, e.g. endpoint_url=http://… (repeatable; "
         "dotted keys nest: client_kwargs.region_name=eu-west-1; default: the AWS_* variables)",
     )
+
+
+def add_server_flags(parser: argparse.ArgumentParser) -> None:
+    """``--host`` and ``--port`` of a local web page."""
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: loopback only)"
+    )
+    parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
 
 
 def storage_options(pairs: list[str]) -> dict:
@@ -149,6 +179,7 @@ def add_filter_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--min-stability-score", type=float, metavar="X")
     group.add_argument("--min-area", type=int, metavar="PIXELS")
     group.add_argument("--max-area", type=int, metavar="PIXELS")
+    group.add_argument("--min-area-fraction", type=float, metavar="F", help="of the image")
     group.add_argument("--max-area-fraction", type=float, metavar="F", help="of the image")
     group.add_argument("--top-k", type=int, metavar="K", help="per image, by predicted IoU")
     group.add_argument(
@@ -170,6 +201,7 @@ def mask_filter_from(args: argparse.Namespace):
         min_stability_score=args.min_stability_score,
         min_area=args.min_area,
         max_area=args.max_area,
+        min_area_fraction=args.min_area_fraction,
         max_area_fraction=args.max_area_fraction,
         top_k=args.top_k,
         where=args.where,
@@ -311,6 +343,31 @@ def eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def view_command(args: argparse.Namespace) -> int:
+    """``autolabel view``: the run browser page, until Ctrl-C."""
+    from pipeline.web.browse import RunBrowser
+    from pipeline.web.server import serve, view_app
+
+    [run] = locations(args, args.run)
+    browser = RunBrowser(run, storage_flags=args.storage_option)
+    serve(view_app(browser), args.host, args.port, f"autolabel view of {run}")
+    return 0
+
+
+def tune_command(args: argparse.Namespace) -> int:
+    """``autolabel tune``: the settings page over a few images, until Ctrl-C."""
+    from pipeline.web.server import serve, tune_app
+    from pipeline.web.tuning import Tuner
+
+    if args.sample < 1:
+        raise ConfigError("--sample must be at least 1")
+    job = load_config(args.config, args.overrides)  # a bad setting fails before the server
+    source = open_location(args.input, job.storage.options)
+    tuner = Tuner(source, args.config, args.overrides, sample=args.sample)
+    serve(tune_app(tuner), args.host, args.port, f"autolabel tune on {len(tuner.uris)} images")
+    return 0
+
+
 def synth_command(args: argparse.Namespace) -> int:
     """``autolabel synth``: synthetic scenes and their ground truth."""
     from pipeline.synthetic.scenes import write_dataset
@@ -323,6 +380,8 @@ def synth_command(args: argparse.Namespace) -> int:
 COMMANDS = {
     "eval": eval_command,
     "synth": synth_command,
+    "view": view_command,
+    "tune": tune_command,
     "run": run_command,
     "filter": filter_command,
     "stats": stats_command,

@@ -13,6 +13,8 @@ ALLOWED = {
     "job": {"core", "model"},
     "results": {"core"},
     "synthetic": {"core"},
+    # the local pages: browse a run (results), try settings (the job's sources and model)
+    "web": {"core", "model", "job", "results"},
 }
 
 

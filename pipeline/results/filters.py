@@ -50,6 +50,7 @@ class MaskFilter:
         min_stability_score: keep masks with ``stability_score`` at least this.
         min_area: keep masks of at least this many pixels.
         max_area: keep masks of at most this many pixels.
+        min_area_fraction: keep masks covering at least this fraction of their image.
         max_area_fraction: keep masks covering at most this fraction of their image.
         top_k: keep at most this many masks per image, the highest predicted IoU first.
         where: any other predicate over the mask columns, in Python syntax, e.g.
@@ -60,6 +61,7 @@ class MaskFilter:
     min_stability_score: float | None = None
     min_area: int | None = None
     max_area: int | None = None
+    min_area_fraction: float | None = None
     max_area_fraction: float | None = None
     top_k: int | None = None
     where: str | None = None
@@ -88,6 +90,8 @@ class MaskFilter:
 
     def apply_in_memory(self, masks: pa.Table) -> pa.Table:
         """The filters that need the rows: area fraction, then top-k per image."""
+        if self.min_area_fraction is not None and masks.num_rows:
+            masks = masks.filter(pc.greater_equal(area_fraction(masks), self.min_area_fraction))
         if self.max_area_fraction is not None and masks.num_rows:
             masks = masks.filter(pc.less_equal(area_fraction(masks), self.max_area_fraction))
         if self.top_k is not None and masks.num_rows:
@@ -203,6 +207,26 @@ def compare(node: ast.Compare, text: str) -> ds.Expression:
 def as_expression(value: Any) -> ds.Expression:
     """Wrap a plain number so that comparisons build expressions, not booleans."""
     return value if isinstance(value, ds.Expression) else pc.scalar(value)
+
+
+def score_projection() -> dict[str, ds.Expression]:
+    """A Parquet projection of a mask row's scalar columns (``WHERE_COLUMNS``) and its image
+    size (``segmentation.size``, for the area fraction): everything but the RLE counts."""
+    columns = {name: ds.field(name) for name in WHERE_COLUMNS}
+    size = ds.field("segmentation", "size")
+    columns["segmentation"] = pc.make_struct(size, field_names=["size"])
+    return columns
+
+
+def kept_scores(run: Run, mask_filter: MaskFilter) -> pa.Table:
+    """The score columns of every mask of ``run`` that passes ``mask_filter``.
+
+    The same two steps as ``filter_run`` (the pushdown expression, then the in-memory part),
+    over the whole run at once and without the masks' RLE counts: ``num_rows`` is what
+    ``autolabel filter`` keeps.
+    """
+    table = run.masks.to_table(columns=score_projection(), filter=mask_filter.expression())
+    return mask_filter.apply_in_memory(table)
 
 
 def filtered_shard(run: Run, shard: str, mask_filter: MaskFilter) -> tuple[pa.Table, pa.Table]:

@@ -59,10 +59,25 @@ def render_image(run: Run, image: dict[str, Any], mask_filter: MaskFilter) -> Im
         max_short_side=settings.get("max_short_side", 0),
         max_pixels=settings.get("max_pixels", 0),
     )
-    table = run.masks.to_table(filter=with_image(mask_filter, image["image_id"]))
-    rows = mask_filter.apply_in_memory(table).to_pylist()
-    masks = [decode_mask(row) for row in rows]
+    masks = [decode_mask(row) for row in image_mask_rows(run, image, mask_filter)]
     return Image.fromarray(draw_overlay(decoded.pixels, masks))
+
+
+def image_mask_rows(run: Run, image: dict[str, Any], mask_filter: MaskFilter) -> list[dict]:
+    """The mask rows of one image that pass ``mask_filter``, in generator order.
+
+    Args:
+        run: the run.
+        image: the image's row (``image_id``; its ``shard``, when given, is the only file read).
+        mask_filter: which masks to keep.
+    """
+    expression = with_image(mask_filter, image["image_id"])
+    if image.get("shard"):
+        table = run.shard_masks(image["shard"], filter=expression)
+    else:
+        table = run.masks.to_table(filter=expression)
+    rows = mask_filter.apply_in_memory(table).to_pylist()
+    return sorted(rows, key=lambda row: row["mask_index"])
 
 
 def with_image(mask_filter: MaskFilter, image_id: int):

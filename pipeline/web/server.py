@@ -1,0 +1,206 @@
+"""The HTTP side of ``autolabel view`` and ``autolabel tune``: FastAPI apps over a
+``RunBrowser`` or a ``Tuner``, and a uvicorn server on a port of our choosing.
+
+FastAPI (on Starlette) rather than Gradio: the pages need paged grids over 100k images, sliders
+wired to exact counts and SVG outlines, which a small static page does directly, while
+Gradio's components would load whole galleries and bring a large dependency tree and outbound
+calls. FastAPI validates every query parameter by type and comes with pydantic, which Ray
+already installs. The page itself is three files in ``static/``, read once at start and served
+from memory: no path from a request ever reaches the filesystem; run images are addressed by
+``image_id`` and try overlays by number.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import sys
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from pipeline.core.config import ConfigError
+from pipeline.results.filters import FilterError
+from pipeline.web.browse import ImageNotFoundError, RunBrowser, Sliders
+from pipeline.web.tuning import TUNABLE, Tuner
+
+ASSET_TYPES = {".css": "text/css", ".js": "text/javascript", ".html": "text/html"}
+PNG_CACHE = "private, max-age=3600"
+
+
+def assets() -> dict[str, bytes]:
+    """The pages' static files, read once from the package."""
+    folder = resources.files("pipeline.web") / "static"
+    return {item.name: item.read_bytes() for item in folder.iterdir() if item.is_file()}
+
+
+def page_app(page: str) -> FastAPI:
+    """An app serving ``page`` at ``/`` and the shared assets at ``/assets/NAME``."""
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    files = assets()
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> HTMLResponse:
+        return HTMLResponse(files[page])
+
+    @app.get("/assets/{name}")
+    def asset(name: str) -> Response:
+        if name not in files:
+            raise HTTPException(404, "no such asset")
+        suffix = name[name.rfind(".") :]
+        return Response(files[name], media_type=ASSET_TYPES.get(suffix, "text/plain"))
+
+    @app.exception_handler(FilterError)
+    @app.exception_handler(ConfigError)
+    def bad_request(request: Request, error: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=400)
+
+    @app.exception_handler(ImageNotFoundError)
+    def not_found(request: Request, error: Exception) -> JSONResponse:
+        return JSONResponse({"detail": "no such image in this run"}, status_code=404)
+
+    return app
+
+
+def sliders(
+    min_predicted_iou: Annotated[float | None, Query(ge=0, le=1)] = None,
+    min_stability_score: Annotated[float | None, Query(ge=0, le=1)] = None,
+    min_area: Annotated[int | None, Query(ge=0)] = None,
+    max_area: Annotated[int | None, Query(ge=0)] = None,
+    min_area_fraction: Annotated[float | None, Query(ge=0, le=1)] = None,
+    max_area_fraction: Annotated[float | None, Query(ge=0, le=1)] = None,
+    top_k: Annotated[int | None, Query(ge=1)] = None,
+    min_box_iou: Annotated[float | None, Query(ge=0, le=1)] = None,
+    categories: Annotated[str | None, Query(pattern=r"^-?\d+(,-?\d+)*$")] = None,
+) -> Sliders:
+    """The filter of a request, from its query parameters (validated by FastAPI)."""
+    return Sliders(
+        min_predicted_iou=min_predicted_iou,
+        min_stability_score=min_stability_score,
+        min_area=min_area,
+        max_area=max_area,
+        min_area_fraction=min_area_fraction,
+        max_area_fraction=max_area_fraction,
+        top_k=top_k,
+        min_box_iou=min_box_iou,
+        categories=tuple(int(c) for c in categories.split(",")) if categories else None,
+    )
+
+
+Filter = Annotated[Sliders, Depends(sliders)]
+
+
+def png(data: bytes) -> Response:
+    return Response(data, media_type="image/png", headers={"Cache-Control": PNG_CACHE})
+
+
+def view_app(browser: RunBrowser) -> FastAPI:
+    """The ``autolabel view`` app over one run."""
+    app = page_app("view.html")
+
+    @app.get("/api/summary")
+    def summary(filter: Filter) -> dict[str, Any]:
+        return browser.summary(filter)
+
+    @app.post("/api/reload")
+    def reload() -> dict[str, Any]:
+        run = browser.reload()
+        return {"shards": len(run.shards), "images": len(browser.image_ids)}
+
+    @app.get("/api/images")
+    def images(
+        filter: Filter,
+        sort: str = "image",
+        page: Annotated[int, Query(ge=0)] = 0,
+        per_page: Annotated[int, Query(ge=1, le=200)] = 24,
+    ) -> dict[str, Any]:
+        return browser.page(filter, sort, page, per_page)
+
+    @app.get("/api/images/{image_id}/thumb.png")
+    def thumbnail(image_id: int, filter: Filter) -> Response:
+        return png(browser.picture(image_id, filter, side=256))
+
+    @app.get("/api/images/{image_id}/image.png")
+    def image(image_id: int) -> Response:
+        return png(browser.picture(image_id, None, side=None))
+
+    @app.get("/api/images/{image_id}/masks")
+    def masks(image_id: int, filter: Filter) -> dict[str, Any]:
+        return browser.image_masks(image_id, filter)
+
+    return app
+
+
+def tune_app(tuner: Tuner) -> FastAPI:
+    """The ``autolabel tune`` app over a few sample images."""
+    app = page_app("tune.html")
+
+    @app.get("/api/settings")
+    def settings() -> dict[str, Any]:
+        values = tuner.settings()
+        return {
+            "input": str(tuner.source),
+            "preset": tuner.preset,
+            "overrides": tuner.base_overrides,
+            "images": [uri.rsplit("/", 1)[-1] for uri in tuner.uris],
+            "fields": [
+                {"key": key, "label": label, "type": kind.__name__, "value": values[key]}
+                for key, (label, kind) in TUNABLE.items()
+            ],
+        }
+
+    @app.post("/api/tries")
+    def run_try(settings: Annotated[dict[str, float | int], Body(embed=True)]) -> dict[str, Any]:
+        return with_config(tuner, tuner.run(settings))
+
+    @app.get("/api/tries")
+    def tries() -> list[dict[str, Any]]:
+        return [with_config(tuner, attempt) for attempt in tuner.tries]
+
+    @app.get("/api/tries/{number}/{index}.png")
+    def overlay(number: int, index: int) -> Response:
+        try:
+            return png(tuner.find(number).overlays[index])
+        except (KeyError, IndexError):
+            raise HTTPException(404, "no such try or image") from None
+
+    return app
+
+
+def with_config(tuner: Tuner, attempt) -> dict[str, Any]:
+    """A try's summary with its settings as ``key=value`` arguments and as a preset."""
+    return {
+        **attempt.summary(),
+        "args": " ".join(attempt.overrides),
+        "preset_yaml": tuner.preset_yaml(attempt),
+    }
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` resolves to a loopback address."""
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+def serve(app: FastAPI, host: str, port: int, what: str) -> None:
+    """Serve ``app`` on ``host:port`` (0: a free port) until interrupted; print the URL."""
+    import uvicorn
+
+    if not is_loopback(host):
+        print(
+            f"warning: serving on {host}, not loopback: anyone who can reach this machine can "
+            "see these images (there is no login)",
+            file=sys.stderr,
+        )
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)  # connections wait from now on: the URL printed next works at once
+    url = f"http://{host}:{sock.getsockname()[1]}/"
+    print(f"{what} at {url} (Ctrl-C stops it)", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server.run(sockets=[sock])

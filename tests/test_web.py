@@ -1,0 +1,372 @@
+"""``autolabel view`` and ``autolabel tune`` in a real browser: Debian's Chromium, headless,
+driven by Playwright, against the real servers on loopback (started as the CLI starts them).
+
+Without Chromium these tests skip and say so, unless ``AUTOLABEL_REQUIRE_BROWSER`` is set
+(``.ci/run`` sets it after installing the browser), where a missing browser fails them.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.core.config import load_config
+from pipeline.core.imageio import load_image
+from pipeline.core.storage import Location
+from pipeline.model.factory import make_generator
+from pipeline.model.registry import build_model, resolve_model
+from pipeline.results.dataset import open_run
+from pipeline.results.filters import MaskFilter, kept_scores
+from tests.conftest import ROOT, autolabel
+
+MODEL = "sam2-tiny-synthetic"
+SCENES = ROOT / "samples" / "scenes" / "images"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def chromium_path() -> str:
+    """Debian's Chromium, or skip (fail under CI) with the reason."""
+    path = os.environ.get("AUTOLABEL_CHROMIUM") or shutil.which("chromium")
+    if path:
+        return path
+    reason = "no chromium on this machine (apt-get install chromium, or make browser)"
+    if os.environ.get("AUTOLABEL_REQUIRE_BROWSER"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    path = chromium_path()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=path, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture()
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert not errors, errors
+
+
+def start_server(*args: str) -> tuple[subprocess.Popen, str]:
+    """Start ``autolabel ARGS`` (view or tune) and read the URL it prints."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = server.stdout.readline()
+    match = re.search(r"http://\S+/", line)
+    if not match:
+        server.kill()
+        raise AssertionError(f"no URL printed: {line!r} {server.stderr.read()[-2000:]}")
+    return server, match.group(0)
+
+
+@pytest.fixture()
+def serving() -> Iterator:
+    """Start servers; stop them all after the test."""
+    started: list[subprocess.Popen] = []
+
+    def start(*args: str) -> str:
+        server, url = start_server(*args)
+        started.append(server)
+        return url
+
+    yield start
+    for server in started:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    """The demo's run: the shipped scenes labelled by the shipped model, as ``make demo`` does."""
+    out = tmp_path_factory.mktemp("web") / "demo-output"
+    args = ["run", "--input", str(SCENES), "--output", str(out), "--no-progress"]
+    result = autolabel(*args, f"model.name={MODEL}", "runtime.shard_size=4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def kept_count(run: Path | str, **bounds) -> int:
+    """Masks ``autolabel filter`` keeps, read back from the Parquet files."""
+    return kept_scores(open_run(str(run)), MaskFilter(**bounds)).num_rows
+
+
+def wait_ready(page, params: str) -> None:
+    page.wait_for_selector(f'body[data-ready="{params}"]', timeout=30_000)
+
+
+def move_slider(page, selector: str, steps: int) -> None:
+    """Move a range input as a user does with the keyboard: focus, then arrow keys."""
+    page.focus(selector)
+    for _ in range(steps):
+        page.keyboard.press("ArrowRight")
+
+
+def thumbnails(page) -> dict[str, tuple[str, int]]:
+    """image id → (thumbnail URL, kept masks shown in its caption)."""
+    result = {}
+    for tile in page.query_selector_all(".tile"):
+        kept = int(tile.query_selector(".kept").inner_text().split("/")[0])
+        result[tile.get_attribute("data-image-id")] = (
+            tile.query_selector("img").get_attribute("src"),
+            kept,
+        )
+    return result
+
+
+def test_view_iou_slider_counts_what_the_filter_command_keeps(demo_run, page, serving, tmp_path):
+    url = serving("view", str(demo_run))
+    page.goto(url)
+    wait_ready(page, "all")
+    total = kept_count(demo_run)
+    assert int(page.get_attribute("#run-count", "data-kept")) == total > 0
+    before = thumbnails(page)
+
+    move_slider(page, "#min_predicted_iou", 95)
+    wait_ready(page, "min_predicted_iou=0.95")
+    shown = int(page.get_attribute("#run-count", "data-kept"))
+    assert shown == kept_count(demo_run, min_predicted_iou=0.95)
+    assert 0 < shown < total, "the demo run has masks on both sides of 0.95"
+    assert page.query_selector("#hist-predicted_iou line.cut"), "the threshold line is drawn"
+
+    # The copied command, run as it is, keeps exactly the masks the page counted.
+    page.click("#copy-command")
+    command = page.evaluate("navigator.clipboard.readText()")
+    argv = shlex.split(command)
+    assert argv[:3] == ["autolabel", "filter", str(demo_run)] and "0.95" in argv
+    argv[3] = str(tmp_path / "filtered")
+    result = autolabel(*argv[1:])
+    assert result.returncode == 0, result.stderr
+    assert re.search(rf"kept {shown} of {total} masks", result.stdout), result.stdout
+    assert open_run(str(tmp_path / "filtered")).masks.count_rows() == shown
+
+    # The overlays follow the slider: an image that lost a mask gets a different picture.
+    after = thumbnails(page)
+    changed = [i for i in before if after[i][1] < before[i][1]]
+    assert changed
+    old, new = (page.request.get(url + side[changed[0]][0].lstrip("/")) for side in (before, after))
+    assert old.ok and new.ok and old.body() != new.body()
+    assert Image.open(io.BytesIO(new.body())).size == (256, 256)
+    assert sum(kept for _, kept in after.values()) == int(
+        page.get_attribute("#page-count", "data-kept")
+    )
+    page.screenshot(path=str(tmp_path / "view.png"))
+
+
+def test_view_sorts_pages_and_shows_one_image_with_its_scores(demo_run, page, serving):
+    url = serving("view", str(demo_run))
+    page.goto(url)
+    wait_ready(page, "all")
+    page.select_option("#sort", "masks-desc")
+    page.wait_for_function("document.querySelector('#page-label').textContent.includes('1 of')")
+    page.wait_for_timeout(300)
+    counts = [int(t.inner_text().split("/")[0]) for t in page.query_selector_all(".tile .kept")]
+    assert counts == sorted(counts, reverse=True) and len(counts) == 8
+
+    page.click(".tile >> nth=0")
+    page.wait_for_selector("#detail.open")
+    paths = page.query_selector_all("#detail-svg path")
+    assert len(paths) == counts[0]
+    rows = page.query_selector_all("#detail-masks tr")
+    assert len(rows) == counts[0]
+    pointed = 0
+    for path in paths:  # a mask not hidden under smaller ones shows its own scores
+        point = path.evaluate(POINT_INSIDE)
+        if point is None:
+            continue
+        pointed += 1
+        page.mouse.move(*point)
+        index = path.get_attribute("data-mask-index")
+        tooltip = page.inner_text("#tooltip")
+        assert tooltip.startswith(f"mask {index}: "), tooltip
+        assert re.search(r"predicted IoU 0\.\d{3}, stability 0\.\d{3}, area \d+ px", tooltip)
+        assert "active" in (path.get_attribute("class") or "")
+    assert pointed >= max(2, len(paths) // 2)
+    rows[0].hover()  # the table shows every mask, hidden or not, and highlights its outline
+    index = rows[0].query_selector("td").inner_text()
+    first = page.query_selector(f'#detail-svg path[data-mask-index="{index}"]')
+    assert "active" in (first.get_attribute("class") or "")
+
+
+# A point of the page where this SVG path is the topmost element and covers the pixel.
+POINT_INSIDE = """(path) => {
+  const box = path.getBBox(), matrix = path.getScreenCTM();
+  for (let i = 1; i < 40; i++) for (let j = 1; j < 40; j++) {
+    const point = new DOMPoint(box.x + (box.width * i) / 40, box.y + (box.height * j) / 40);
+    if (!path.isPointInFill(point)) continue;
+    const screen = point.matrixTransform(matrix);
+    if (document.elementFromPoint(screen.x, screen.y) === path) return [screen.x, screen.y];
+  }
+  return null;
+}"""
+
+
+def raw_get(url: str, path: str) -> tuple[int, bytes]:
+    """GET ``path`` exactly as written (no client-side normalisation of ``..``)."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    connection.request("GET", path)
+    response = connection.getresponse()
+    return response.status, response.read()
+
+
+def test_view_serves_nothing_outside_the_run(demo_run, serving):
+    url = serving("view", str(demo_run))
+    secret = (ROOT / "pyproject.toml").read_bytes()
+    for path in (
+        "/assets/../../../pyproject.toml",
+        "/assets/..%2F..%2F..%2Fpyproject.toml",
+        "/assets/%2e%2e/%2e%2e/%2e%2e/pyproject.toml",
+        "/../pyproject.toml",
+        "/etc/passwd",
+        "/static/view.js",
+        "/api/images/..%2F..%2Fpyproject.toml/image.png",
+        "/api/images/123/image.png",
+        f"/api/images/{demo_run}/image.png",
+    ):
+        status, body = raw_get(url, path)
+        assert status in (400, 404, 422), (path, status)
+        assert secret[:200] not in body and b"root:" not in body
+    status, body = raw_get(url, "/api/summary?min_predicted_iou=2")
+    assert status == 422
+    status, body = raw_get(url, "/api/images?sort=../../x")
+    assert status == 400 and b"sort must be one of" in body
+
+
+def test_tune_runs_two_settings_and_copies_them_as_args_and_preset(page, serving, tmp_path):
+    base = [f"model.name={MODEL}", "amg.points_per_side=8", "model.dtype=float32"]
+    url = serving("tune", "--input", str(SCENES), "--sample", "2", *base)
+    page.goto(url)
+    page.wait_for_selector("body[data-ready]")
+    assert page.input_value("#amg\\.points_per_side") == "8"
+
+    page.click("#run")
+    page.wait_for_selector('.try[data-try="1"]', timeout=120_000)
+    page.fill("#amg\\.points_per_side", "16")
+    page.fill("#amg\\.pred_iou_thresh", "0.9")
+    page.click("#run")
+    page.wait_for_selector('.try[data-try="2"]', timeout=120_000)
+    latest, previous = page.query_selector_all(".try")
+    assert latest.get_attribute("data-try") == "2" and previous.get_attribute("data-try") == "1"
+    counts = {
+        try_.get_attribute("data-try"): int(try_.query_selector(".masks").inner_text())
+        for try_ in (latest, previous)
+    }
+    assert len(latest.query_selector_all("figure img")) == 2
+    page.screenshot(path=str(tmp_path / "tune.png"))
+
+    # The copied arguments and preset are the settings the page ran with: the job's own
+    # generator with them finds the counts the page showed.
+    page.click("#copy-args")
+    args = shlex.split(page.evaluate("navigator.clipboard.readText()"))
+    assert "amg.points_per_side=16" in args and "amg.pred_iou_thresh=0.9" in args
+    preset = tmp_path / "tuned.yaml"
+    page.click("#copy-preset")
+    preset.write_text(page.evaluate("navigator.clipboard.readText()"))
+    from_args = autolabel("config", *args)
+    from_preset = autolabel("config", "--config", str(preset))
+    assert from_args.returncode == 0 and from_args.stdout == from_preset.stdout
+    assert counts["2"] == masks_with(load_config(str(preset)), 2)
+    assert counts["1"] == masks_with(load_config(None, base), 2)
+
+
+def masks_with(job, count: int) -> int:
+    """Masks the job's generator finds on the first ``count`` scenes (as the tune page does)."""
+    spec = resolve_model(job.model.name, job.model.config, job.model.checkpoint)
+    generator = make_generator(build_model(spec, "cpu"), job.amg, job.generator, "float32", "cpu")
+    total = 0
+    for path in sorted(SCENES.iterdir())[:count]:
+        pixels = load_image(Location(str(path)), job.image.max_short_side).pixels
+        total += len(generator.generate(pixels))
+    return total
+
+
+def get_json(url: str) -> dict:
+    status, body = raw_get(url, urlsplit(url).path + "?" + urlsplit(url).query)
+    assert status == 200, body[:500]
+    return json.loads(body)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_view_and_tune_over_object_storage(s3, serving):
+    """A run made in a bucket from images in the bucket: both pages read them over S3."""
+    import urllib.request
+
+    from pipeline.job.runner import execute, plan_run
+
+    fs, bucket = s3
+    for path in sorted(SCENES.iterdir())[:3]:
+        fs.put_file(str(path), f"{bucket}/scenes/{path.name}")
+    job = load_config(None, [f"model.name={MODEL}", "runtime.shard_size=2"])
+    source, output = Location(f"s3://{bucket}/scenes"), Location(f"s3://{bucket}/run")
+    assert execute(plan_run(job, source, output, overwrite=False), show_progress=False).succeeded
+
+    url = serving("view", f"s3://{bucket}/run")
+    summary = get_json(url + "api/summary?min_stability_score=0.97")
+    assert summary["kept_masks"] == kept_count(f"s3://{bucket}/run", min_stability_score=0.97)
+    assert summary["masks"] == kept_count(f"s3://{bucket}/run") > summary["kept_masks"] > 0
+    assert summary["command"].startswith(f"autolabel filter s3://{bucket}/run ")
+    first = get_json(url + "api/images?sort=masks-desc")["images"][0]
+    status, body = raw_get(url, f"/api/images/{first['image_id']}/thumb.png")
+    assert status == 200 and Image.open(io.BytesIO(body)).size == (256, 256)
+    detail = get_json(url + f"api/images/{first['image_id']}/masks")
+    assert len(detail["masks"]) == first["kept"] > 0
+
+    url = serving(
+        "tune",
+        "--input",
+        f"s3://{bucket}/scenes",
+        "--sample",
+        "2",
+        f"model.name={MODEL}",
+        "amg.points_per_side=8",
+    )
+    request = urllib.request.Request(
+        url + "api/tries",
+        data=json.dumps({"settings": {"amg.pred_iou_thresh": 0.85}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    attempt = json.loads(urllib.request.urlopen(request, timeout=300).read())
+    assert [image["name"] for image in attempt["images"]] == [
+        "scene_90210_00000.png",
+        "scene_90210_00001.png",
+    ]
+    assert attempt["args"].endswith("amg.pred_iou_thresh=0.85")
+    status, body = raw_get(url, "/api/tries/1/0.png")
+    assert status == 200 and np.asarray(Image.open(io.BytesIO(body))).shape == (256, 256, 3)
