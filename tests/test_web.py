@@ -370,3 +370,46 @@ def test_view_and_tune_over_object_storage(s3, serving):
     assert attempt["args"].endswith("amg.pred_iou_thresh=0.85")
     status, body = raw_get(url, "/api/tries/1/0.png")
     assert status == 200 and np.asarray(Image.open(io.BytesIO(body))).shape == (256, 256, 3)
+
+
+@pytest.fixture(scope="module")
+def prompted_run(tmp_path_factory) -> Path:
+    """The shipped scenes labelled from their ground-truth boxes, one category per shape."""
+    folder = tmp_path_factory.mktemp("prompted")
+    coco = json.loads((SCENES.parent / "annotations.json").read_text())
+    shapes = sorted({annotation["shape"] for annotation in coco["annotations"]})
+    coco["categories"] = [{"id": i + 1, "name": shape} for i, shape in enumerate(shapes)]
+    for annotation in coco["annotations"]:
+        annotation["category_id"] = shapes.index(annotation["shape"]) + 1
+    (folder / "boxes.json").write_text(json.dumps(coco))
+    out = folder / "run"
+    args = ["run", "--input", str(SCENES), "--output", str(out), "--no-progress"]
+    result = autolabel(*args, "--prompts", str(folder / "boxes.json"), f"model.name={MODEL}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_view_filters_a_prompted_run_by_category_and_box_iou(prompted_run, page, serving, tmp_path):
+    page.goto(serving("view", str(prompted_run)))
+    wait_ready(page, "all")
+    assert page.is_visible("#box-iou-control") and page.is_visible("#category-control")
+    boxes = page.query_selector_all("#categories input")
+    assert len(boxes) == 6  # ellipse, polygon, rectangle, bar, ring, star
+
+    boxes[0].uncheck()  # "bar"
+    wait_ready(page, "categories=2%2C3%2C4%2C5%2C6")
+    move_slider(page, "#min_box_iou", 30)
+    wait_ready(page, "min_box_iou=0.30&categories=2%2C3%2C4%2C5%2C6")
+    shown = int(page.get_attribute("#run-count", "data-kept"))
+    where = "box_iou >= 0.3 and category_id in [2, 3, 4, 5, 6]"
+    assert shown == kept_count(prompted_run, where=where)
+    assert 0 < shown < kept_count(prompted_run, where="category_id in (2, 3, 4, 5, 6)")
+    assert page.query_selector("#hist-box_iou line.cut")
+
+    argv = shlex.split(page.inner_text("#command"))
+    assert argv[argv.index("--where") + 1] == where
+    argv[3] = str(tmp_path / "filtered")
+    result = autolabel(*argv[1:])
+    assert result.returncode == 0 and f"kept {shown} of " in result.stdout, result.stderr
+    kept = open_run(str(tmp_path / "filtered")).masks.to_table(columns=["category_name"])
+    assert "bar" not in kept.column("category_name").to_pylist()

@@ -69,7 +69,7 @@ class Sliders:
         if self.min_box_iou is not None:
             clauses.append(f"box_iou >= {self.min_box_iou:g}")
         if self.categories:
-            clauses.append(f"category_id in ({', '.join(str(c) for c in self.categories)},)")
+            clauses.append(f"category_id in [{', '.join(str(c) for c in self.categories)}]")
         where = " and ".join(clauses) or None
         if where:
             parse_where(where)
@@ -132,6 +132,7 @@ class RunBrowser:
         self.row_of = {int(i): n for n, i in enumerate(self.image_ids)}
         self.kept_cache = OrderedDict()
         self.prompted = bool(self.run.manifest.get("prompts"))
+        self.category_list = self.categories() if self.prompted else []
         return self.run
 
     def categories(self) -> list[dict[str, Any]]:
@@ -192,11 +193,17 @@ class RunBrowser:
             "masks": everything["scores"].num_rows,
             "kept_masks": kept["scores"].num_rows,
             "kept_images": int((kept["counts"] > 0).sum()),
-            "histograms": histograms(everything["scores"], kept["scores"], self.prompted),
+            "histograms": self.histograms(everything, kept),
             "command": self.command(kept["filter"]),
             "prompted": self.prompted,
-            "categories": self.categories() if self.prompted else [],
+            "categories": self.category_list,
         }
+
+    def histograms(self, everything: dict[str, Any], kept: dict[str, Any]) -> dict[str, Any]:
+        """The score histograms of all and of kept masks, kept with the filter's entry."""
+        if "histograms" not in kept:
+            kept["histograms"] = histograms(everything["scores"], kept["scores"], self.prompted)
+        return kept["histograms"]
 
     def command(self, mask_filter: MaskFilter) -> str:
         """The ``autolabel filter`` command that writes the kept masks as a new run."""
