@@ -54,12 +54,12 @@ browser:
 	else echo "no chromium, and no root to install it: the page tests will skip"; fi
 
 test: $(VENV)/.installed
-	$(BIN)/ruff check pipeline tests training benchmarks
+	$(BIN)/ruff check pipeline tests training benchmarks docs
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check pipeline tests training benchmarks
-	$(BIN)/ruff format --check pipeline tests training benchmarks
+	$(BIN)/ruff check pipeline tests training benchmarks docs
+	$(BIN)/ruff format --check pipeline tests training benchmarks docs
 
 clean:
 	rm -rf $(VENV) .cache $(DEMO_OUT)

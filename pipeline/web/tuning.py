@@ -99,7 +99,8 @@ class Tuner:
         Raises:
             ConfigError: an unknown key or a value out of range (one line).
         """
-        overrides = list(self.base_overrides)
+        # One override per key: the starting ones, those the page changed replaced in place.
+        overrides = {item.partition("=")[0]: item for item in self.base_overrides}
         start = self.settings()
         for key, value in settings.items():
             if key not in TUNABLE:
@@ -108,9 +109,9 @@ class Tuner:
                 value = TUNABLE[key][1](value)
             except (TypeError, ValueError) as error:
                 raise ConfigError(f"{key}: {value!r} is not a number") from error
-            if str(value) != str(start[key]):
-                overrides.append(f"{key}={value}")
-        return load_config(self.preset, overrides), overrides
+            if str(value) != str(start[key]) or key in overrides:
+                overrides[key] = f"{key}={value}"
+        return load_config(self.preset, list(overrides.values())), list(overrides.values())
 
     def run(self, settings: dict[str, Any]) -> Try:
         """Label the sample images with ``settings`` (one try at a time) and keep the try."""

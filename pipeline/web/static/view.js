@@ -29,6 +29,9 @@ function showSliderValues() {
 
 function drawHistogram(svg, histogram, threshold) {
   svg.replaceChildren();
+  const first = histogram.edges[0], last = histogram.edges[histogram.edges.length - 1];
+  const label = svg.previousElementSibling;
+  if (label) label.dataset.range = `${first} … ${last}`;
   const width = 300, height = 70, bins = histogram.all.length;
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   const top = Math.max(1, ...histogram.all);
