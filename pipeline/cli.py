@@ -34,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", help="preset name (default, sa1b) or yaml path")
     run.add_argument("--overwrite", action="store_true", help="replace a run with other settings")
+    run.add_argument(
+        "--append",
+        action="store_true",
+        help="the input has grown: label the images no shard holds into new shards",
+    )
     run.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
@@ -251,12 +256,21 @@ def run_command(args: argparse.Namespace) -> int:
     job = load_config(args.config, args.overrides)
     source, output = (open_location(uri, job.storage.options) for uri in (args.input, args.output))
     prompts = open_location(args.prompts, job.storage.options) if args.prompts else None
-    plan = plan_run(job, source, output, overwrite=args.overwrite, prompts=prompts)
+    plan = plan_run(
+        job, source, output, overwrite=args.overwrite, prompts=prompts, append=args.append
+    )
     print(
         f"{plan.num_images} images in {len(plan.shards)} shards "
         f"({len(plan.shards) - len(plan.todo)} already committed); model {plan.model.config}",
         file=sys.stderr,
     )
+    removed = plan.manifest["listing"]["removed"]
+    if removed["count"]:
+        print(
+            f"note: {removed['count']} image(s) of the run are no longer in the input "
+            f"(e.g. {removed['examples'][0]}); their rows stay in the run",
+            file=sys.stderr,
+        )
     summary = execute(plan, show_progress=not args.no_progress)
     Console().print(summary_table(summary))
     # A plain line (never wrapped by the table) that users can copy.

@@ -5,7 +5,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.core.storage import Location
-from pipeline.job.sources import InputError, image_id_for, list_images, plan_shards
+from pipeline.core.writer import RunLayout
+from pipeline.job.listing import listing_shards, new_listing, read_shard_uris
+from pipeline.job.sources import InputError, image_id_for, list_images, list_input
 
 
 def test_folder_is_listed_recursively_and_sorted(image_folder):
@@ -59,10 +61,23 @@ def test_missing_and_empty_inputs(tmp_path):
         list_images(Location(str(tmp_path / "empty")))
 
 
-def test_shard_plan_is_deterministic(image_folder):
+def test_shard_plan_is_deterministic_and_lives_in_the_run(image_folder, tmp_path):
     refs = list_images(Location(str(image_folder)))
-    shards = plan_shards(refs, 3)
-    assert [len(s.images) for s in shards] == [3, 3, 2]
+    layouts = [RunLayout(Location(str(tmp_path / name))) for name in ("a", "b")]
+    infos = [new_listing(layout, list_input(Location(str(image_folder))), 3) for layout in layouts]
+    shards = listing_shards(infos[0], 3)
+    assert [s.size for s in shards] == [3, 3, 2]
     assert [s.name for s in shards] == ["shard-00000", "shard-00001", "shard-00002"]
-    assert [img for s in shards for img in s.images] == refs
-    assert plan_shards(list_images(Location(str(image_folder))), 3) == shards
+    assert [u for s in shards for u in read_shard_uris(layouts[0], s)] == [r.uri for r in refs]
+    assert listing_shards(infos[1], 3) == shards
+    assert infos[0]["input_digest"] == infos[1]["input_digest"]
+    files = [sorted(p.read_bytes() for p in (tmp_path / n / "_listing").iterdir()) for n in "ab"]
+    assert files[0] == files[1] and len(files[0]) == 1
+
+
+def test_duplicates_are_listed_once(tmp_path, image_folder):
+    uris = [str(image_folder / f"img_{i}.png") for i in (3, 1, 3, 2, 1)]
+    manifest = tmp_path / "list.txt"
+    manifest.write_text("\n".join(uris))
+    listing = list_input(Location(str(manifest)))
+    assert [r.uri for r in listing.refs()] == sorted(set(uris)) and len(listing) == 3

@@ -57,6 +57,13 @@ class RunLayout:
     def marker(self, shard: str) -> Location:
         return self.markers_dir.join(f"{shard}.json")
 
+    @property
+    def listing_dir(self) -> Location:
+        return self.root.join("_listing")
+
+    def listing_file(self, name: str) -> Location:
+        return self.listing_dir.join(name)
+
 
 def committed_shards(layout: RunLayout) -> set[str]:
     """Names of the shards whose commit marker exists."""
@@ -119,7 +126,7 @@ def read_markers(layout: RunLayout) -> dict[str, dict[str, Any]]:
 def remove_partials(layout: RunLayout) -> int:
     """Delete files a killed writer left under temporary names; returns how many."""
     removed = 0
-    for folder in (layout.masks_dir, layout.images_dir, layout.markers_dir):
+    for folder in (layout.masks_dir, layout.images_dir, layout.markers_dir, layout.listing_dir):
         for entry in folder.listdir():
             if entry.name.endswith(".partial"):
                 entry.remove()
@@ -129,6 +136,6 @@ def remove_partials(layout: RunLayout) -> int:
 
 def remove_run(layout: RunLayout) -> None:
     """Delete a previous run's files (``--overwrite``)."""
-    for folder in (layout.markers_dir, layout.masks_dir, layout.images_dir):
+    for folder in (layout.markers_dir, layout.masks_dir, layout.images_dir, layout.listing_dir):
         folder.remove(recursive=True)
     layout.manifest.remove()

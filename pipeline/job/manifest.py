@@ -67,7 +67,7 @@ def new_manifest(
         prompts: a prompted run's prompts: source, hash, matched and unmatched counts.
     """
     return {
-        "format": "autolabel-run/1",
+        "format": "autolabel-run/2",
         "fingerprint": fingerprint(job, model, prompts["hash"] if prompts else None),
         "prompts": prompts,
         "config": to_dict(job),
@@ -110,25 +110,3 @@ def check_compatible(existing: dict[str, Any] | None, manifest: dict[str, Any]) 
         f"the output holds a run with different settings ({what}); "
         "use another --output, or --overwrite to replace it"
     )
-
-
-def check_same_listing(markers: dict[str, dict[str, Any]], planned: dict[str, str]) -> None:
-    """Refuse to resume when a committed shard now stands for other images.
-
-    Args:
-        markers: committed shards' markers by shard name.
-        planned: the new plan's listing hash by shard name.
-
-    Raises:
-        RunConflictError: the input listing changed since those shards were committed.
-    """
-    changed = sorted(
-        name
-        for name, marker in markers.items()
-        if name not in planned or marker.get("listing_hash") != planned[name]
-    )
-    if changed:
-        raise RunConflictError(
-            f"the input listing changed since {changed[0]} was committed "
-            f"({len(changed)} shard(s) differ); use another --output, or --overwrite"
-        )

@@ -19,10 +19,16 @@ from pipeline.core.config import JobConfig
 from pipeline.core.errors import one_line
 from pipeline.core.storage import Location
 from pipeline.core.writer import RunLayout, read_markers, remove_partials, remove_run
-from pipeline.job.manifest import check_compatible, check_same_listing, new_manifest
+from pipeline.job.listing import (
+    continued_listing,
+    listing_shards,
+    new_listing,
+    read_shard_uris,
+)
+from pipeline.job.manifest import RunConflictError, check_compatible, new_manifest
 from pipeline.job.progress import ProgressTracker, ProgressView
 from pipeline.job.prompts import MatchedPrompts, read_prompts
-from pipeline.job.sources import Shard, list_images, plan_shards
+from pipeline.job.sources import InputListing, Shard, list_input
 from pipeline.model.registry import (
     ModelSpec,
     check_checkpoint,
@@ -48,7 +54,7 @@ class RunPlan:
 
     @property
     def num_images(self) -> int:
-        return sum(len(s.images) for s in self.shards)
+        return sum(s.size for s in self.shards)
 
 
 @dataclass
@@ -82,8 +88,10 @@ def plan_run(
     output: Location,
     overwrite: bool = False,
     prompts: Location | None = None,
+    append: bool = False,
 ) -> RunPlan:
-    """Validate model, input, prompts and output, and plan the shards, before any model loads.
+    """Validate model, input, prompts and output, write the run's listing and plan the shards,
+    before any model loads.
 
     Args:
         job: the resolved config.
@@ -91,6 +99,8 @@ def plan_run(
         output: the ``--output`` folder.
         overwrite: replace an output that holds a run with other settings.
         prompts: label from these prompts (``--prompts``) instead of the automatic grid.
+        append: the output's run may have been planned over fewer images: label the new ones
+            into new shards (``--append``).
 
     Raises:
         ModelError, InputError, PromptsError, RunConflictError: with a one-line message.
@@ -101,36 +111,50 @@ def plan_run(
     checkpoint = checkpoint_location(model.checkpoint, source) if model.checkpoint else None
     if checkpoint is not None:
         check_checkpoint(checkpoint)
-    images = list_images(source)
-    shards = plan_shards(images, job.runtime.shard_size)
-    prompts_info = None
-    if prompts is not None:
-        shards, prompts_info = attach_prompts(shards, read_prompts(prompts, images), prompts)
+    if append and prompts is not None:
+        raise RunConflictError(
+            "--append extends automatic runs; label new prompts into another --output"
+        )
+    listing = list_input(source)
+    found, prompts_info = read_run_prompts(prompts, listing) if prompts else (None, None)
     layout = RunLayout(output)
-    manifest = new_manifest(job, model, source.uri, len(images), len(shards), prompts_info)
+    manifest = new_manifest(job, model, source.uri, len(listing), 0, prompts_info)
     existing = layout.manifest.read_json()
     if overwrite and existing is not None:
         remove_run(layout)
         existing = None
     check_compatible(existing, manifest)
+    if existing is None:
+        info = new_listing(layout, listing, job.runtime.shard_size)
+    elif "listing" not in existing:
+        raise RunConflictError(
+            f"{output} holds a run of an older autolabel (no stored listing); "
+            "use another --output, or --overwrite"
+        )
+    else:
+        info = continued_listing(
+            layout, existing["listing"], listing, job.runtime.shard_size, append
+        )
+    shards = listing_shards(info, job.runtime.shard_size)
+    if found is not None:
+        shards = [replace(s, prompts=shard_prompts(layout, s, found)) for s in shards]
+    manifest["listing"] = info
+    manifest["planned"] = {"images": info["images"], "shards": info["shards"]}
     markers = read_markers(layout) if existing else {}
-    check_same_listing(markers, {s.name: s.listing_hash for s in shards})
     todo = [s for s in shards if s.name not in markers]
     return RunPlan(job, model, source, output, checkpoint, shards, todo, manifest)
 
 
-def attach_prompts(
-    shards: list[Shard], found: MatchedPrompts, source: Location
-) -> tuple[list[Shard], dict[str, Any]]:
-    """Give each shard its images' prompts; describe them for the manifest (with a hash that
-    makes a rerun with other prompts a different run)."""
+def read_run_prompts(
+    source: Location, listing: InputListing
+) -> tuple[MatchedPrompts, dict[str, Any]]:
+    """Read a prompted run's prompts and describe them for the manifest, with a hash (over
+    the sorted images and their prompts) that makes a rerun with other prompts a new run."""
+    found = read_prompts(source, listing.refs())
     digest = hashlib.sha256()
-    with_prompts = []
-    for shard in shards:
-        prompts = tuple(tuple(found.by_uri.get(ref.uri, ())) for ref in shard.images)
-        for ref, own in zip(shard.images, prompts, strict=True):
-            digest.update(f"{ref.uri}\n{own!r}\n".encode())
-        with_prompts.append(replace(shard, prompts=prompts))
+    for chunk in listing.chunks():
+        for uri in chunk.to_pylist():
+            digest.update(f"{uri}\n{tuple(found.by_uri.get(uri, ()))!r}\n".encode())
     info = {
         "source": str(source),
         "hash": digest.hexdigest()[:16],
@@ -138,7 +162,12 @@ def attach_prompts(
         "unmatched": found.unmatched,
         "unmatched_examples": found.unmatched_examples,
     }
-    return with_prompts, info
+    return found, info
+
+
+def shard_prompts(layout: RunLayout, shard: Shard, found: MatchedPrompts) -> tuple:
+    """One shard's prompts, in the order of its images in the listing."""
+    return tuple(tuple(found.by_uri.get(uri, ())) for uri in read_shard_uris(layout, shard))
 
 
 def connect_ray(address: str | None) -> None:
@@ -189,7 +218,7 @@ def execute(plan: RunPlan, show_progress: bool = True) -> RunSummary:
             args = (plan.job, plan.model, plan.source, plan.output, plan.checkpoint, tracker)
             return remote_worker.remote(*args, prompted=plan.manifest.get("prompts") is not None)
 
-        view = ProgressView(sum(len(s.images) for s in plan.todo), enabled=show_progress)
+        view = ProgressView(sum(s.size for s in plan.todo), enabled=show_progress)
         dispatcher = ShardDispatcher(plan.todo, launch, tracker, view, summary)
         try:
             with view:

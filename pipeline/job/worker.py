@@ -24,7 +24,8 @@ from pipeline.core.imageio import DecodedImage, ImageReadError, load_image
 from pipeline.core.schema import IMAGE_SCHEMA, MASK_SCHEMA, image_row, image_table, mask_rows
 from pipeline.core.storage import Location
 from pipeline.core.writer import RunLayout, commit_shard
-from pipeline.job.sources import ImageRef, Shard
+from pipeline.job.listing import read_shard_uris
+from pipeline.job.sources import ImageRef, Shard, image_id_for, listing_hash
 from pipeline.model.registry import ModelSpec
 
 
@@ -146,7 +147,12 @@ class ShardWorker:
         tables: list[pa.Table] = []
         rows: list[dict[str, Any]] = []
         masks_done = 0
-        labelled = self.labelled(shard.images) if shard.prompts is None else self.prompted(shard)
+        uris = read_shard_uris(self.layout, shard)
+        images = tuple(ImageRef(image_id_for(uri), uri) for uri in uris)
+        if shard.prompts is None:
+            labelled = self.labelled(images)
+        else:
+            labelled = self.prompted(images, shard.prompts)
         for index, (ref, image, outcome, seconds) in enumerate(labelled):
             prompts = len(shard.prompts[index]) if shard.prompts is not None else None
             row, table = self.image_result(ref, image, outcome, seconds, shard.name, prompts)
@@ -163,7 +169,7 @@ class ShardWorker:
             "errors": errors,
             "masks": masks.num_rows,
             "seconds": time.perf_counter() - start,
-            "listing_hash": shard.listing_hash,
+            "listing_hash": listing_hash(uris),
             "node": self.node,
         }
         commit_shard(
@@ -214,11 +220,12 @@ class ShardWorker:
             yield ref, image, outcome, now - last
             last = now
 
-    def prompted(self, shard: Shard) -> Iterator[tuple[Any, ...]]:
+    def prompted(
+        self, images: tuple[ImageRef, ...], prompts: tuple[tuple, ...]
+    ) -> Iterator[tuple[Any, ...]]:
         """``labelled`` for a prompted shard: each image's prompts → ``PromptedOutcome``."""
         last = time.perf_counter()
-        prompts = shard.prompts or ()
-        for (ref, loaded), own in zip(self.decoded(shard.images), prompts, strict=True):
+        for (ref, loaded), own in zip(self.decoded(images), prompts, strict=True):
             image = read_result(loaded)
             if isinstance(image, ImageReadError):
                 outcome, image = image, None

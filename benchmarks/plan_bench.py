@@ -1,0 +1,112 @@
+"""How planning scales: time and peak driver memory of ``plan_run`` over manifests of 100 k to
+10 M URIs (the listing written into the output, no model loaded, no image read).
+
+    python -m benchmarks.plan_bench --uris 100000 1000000 10000000 --out benchmarks/results/plan.md
+
+Each size runs in a fresh process (peak RSS is the process's own): a first plan, then a rerun
+over the same input (resume: relist and compare), then an append of 1 % more URIs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def write_manifest(path: Path, count: int, start: int = 0, seed: int = 0) -> None:
+    """``count`` URIs in shuffled order, one a line (as a crawler's dump would be)."""
+    numbers = list(range(start, start + count))
+    random.Random(seed).shuffle(numbers)
+    with path.open("w") as f:
+        for chunk in range(0, count, 100_000):
+            f.write(
+                "".join(
+                    f"s3://bucket/images/{n:010d}.jpg\n" for n in numbers[chunk : chunk + 100_000]
+                )
+            )
+
+
+def plan_once(manifest: str, output: str, append: bool) -> dict:
+    """One ``plan_run`` in this process: seconds, and what it planned."""
+    from pipeline.core.config import load_config
+    from pipeline.core.storage import Location
+    from pipeline.job.runner import plan_run
+
+    job = load_config(None, ["model.name=sam2-tiny-synthetic", "runtime.shard_size=1000"])
+    start = time.perf_counter()
+    plan = plan_run(job, Location(manifest), Location(output), append=append)
+    seconds = time.perf_counter() - start
+    if not append:  # stand in for execute(): the manifest is what a rerun compares with
+        from pipeline.core.writer import RunLayout
+
+        RunLayout(Location(output)).manifest.write_json_atomic(plan.manifest)
+    return {"seconds": seconds, "images": plan.num_images, "todo": len(plan.todo)}
+
+
+def child(args: argparse.Namespace) -> int:
+    """The measured process: imports, then one plan; prints JSON."""
+    import pipeline.job.runner  # noqa: F401 (imports are not the plan's memory)
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = plan_once(args.child[0], args.child[1], args.append)
+    result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["after_imports_mb"] = before
+    print(json.dumps(result))
+    return 0
+
+
+def measure(manifest: Path, output: Path, append: bool = False) -> dict:
+    command = [sys.executable, "-m", "benchmarks.plan_bench", "--child", str(manifest), str(output)]
+    result = subprocess.run(
+        command + (["--append"] if append else []), capture_output=True, text=True
+    )
+    if result.returncode:
+        raise RuntimeError(result.stderr[-2000:])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--uris", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--out", help="write the markdown table here too")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--append", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return child(args)
+    lines = [
+        "| URIs | first plan (s) | peak driver memory (MB) | rerun (s) | rerun peak (MB) "
+        "| append 1 % (s) | append peak (MB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for count in args.uris:
+        with tempfile.TemporaryDirectory() as folder:
+            manifest, output = Path(folder) / "images.txt", Path(folder) / "run"
+            write_manifest(manifest, count)
+            first = measure(manifest, output)
+            rerun = measure(manifest, output)
+            with manifest.open("a") as f:
+                f.writelines(f"s3://bucket/new/{n:010d}.jpg\n" for n in range(count // 100))
+            grown = measure(manifest, output, append=True)
+        lines.append(
+            f"| {count:,} | {first['seconds']:.1f} | {first['peak_mb']:,.0f} "
+            f"| {rerun['seconds']:.1f} | {rerun['peak_mb']:,.0f} "
+            f"| {grown['seconds']:.1f} | {grown['peak_mb']:,.0f} |"
+        )
+        print(lines[-1], f"(after imports: {first['after_imports_mb']:,.0f} MB)", flush=True)
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,187 @@
+"""The run's listing: which images each shard holds, written once into the output as Parquet.
+
+``_listing/block-NNNNN.parquet`` files hold the sorted URIs (columns ``shard``, ``uri``; one
+row group per shard; ``SHARDS_PER_BLOCK`` shards a file). The driver writes them while it plans,
+a slice at a time, and keeps only a few numbers per shard; the actor that labels a shard reads
+its URIs from its block. The manifest's ``listing`` section says what the files hold:
+
+- ``input_digest``: the identity of the input as last listed (a rerun with the same input
+  resumes; another input is refused, or appended with ``--append``);
+- ``batches``: the first plan and each append (when, first shard, shards, images, the input's
+  digest and size then); shards of a batch are full but for its last;
+- ``removed``: images of the run that the input no longer lists (reported, never deleted).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from pipeline.core.writer import RunLayout
+from pipeline.job.manifest import RunConflictError
+from pipeline.job.sources import InputListing, Shard
+
+SHARDS_PER_BLOCK = 64
+LISTING_SCHEMA = pa.schema([("shard", pa.int32()), ("uri", pa.string())])
+
+
+def block_name(first_shard: int) -> str:
+    """The listing file that starts with shard ``first_shard``."""
+    return f"block-{first_shard:05d}.parquet"
+
+
+def write_batch(
+    layout: RunLayout,
+    listing: InputListing,
+    first_shard: int,
+    shard_size: int,
+    skip: pa.Array | None = None,
+) -> dict[str, Any]:
+    """Write the sorted URIs of ``listing`` (less those in ``skip``) as shards ``first_shard``
+    onwards, into block files; returns the batch's description for the manifest."""
+    rows_per_block = SHARDS_PER_BLOCK * shard_size
+    pending: list[pa.Array] = []
+    state = {"images": 0, "next_shard": first_shard}
+
+    def write_block(uris: pa.Array) -> None:
+        shards = state["next_shard"] + np.arange(len(uris), dtype=np.int32) // shard_size
+        table = pa.table({"shard": shards, "uri": uris}, LISTING_SCHEMA)
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, row_group_size=shard_size, compression="zstd")
+        layout.listing_file(block_name(state["next_shard"])).write_atomic(
+            lambda f: f.write(buffer.getvalue())
+        )
+        state["images"] += len(uris)
+        state["next_shard"] += -(-len(uris) // shard_size)
+
+    for chunk in listing.chunks():
+        if skip is not None and len(skip):
+            chunk = chunk.filter(pc.invert(pc.is_in(chunk, value_set=skip)))
+        pending.append(chunk)
+        while sum(len(a) for a in pending) >= rows_per_block:
+            joined = pa.concat_arrays(pending)
+            write_block(joined.slice(0, rows_per_block))
+            pending = [joined.slice(rows_per_block)]
+    rest = pa.concat_arrays(pending) if pending else pa.array([], pa.string())
+    if len(rest):
+        write_block(rest)
+    return {
+        "at": time.time(),
+        "first_shard": first_shard,
+        "shards": state["next_shard"] - first_shard,
+        "images": state["images"],
+        "input_digest": listing.digest,
+        "input_images": len(listing),
+    }
+
+
+def batch_shards(batch: dict[str, Any], shard_size: int) -> list[Shard]:
+    """The shards of one batch (no images: those are in the listing files)."""
+    first = batch["first_shard"]
+    return [
+        Shard(
+            index=first + k,
+            size=min(shard_size, batch["images"] - k * shard_size),
+            block=block_name(first + (k // SHARDS_PER_BLOCK) * SHARDS_PER_BLOCK),
+        )
+        for k in range(batch["shards"])
+    ]
+
+
+def listing_shards(info: dict[str, Any], shard_size: int) -> list[Shard]:
+    """Every shard of a run's listing, in order."""
+    return [shard for batch in info["batches"] for shard in batch_shards(batch, shard_size)]
+
+
+def read_shard_uris(layout: RunLayout, shard: Shard) -> list[str]:
+    """The URIs of one shard, from its block (only its row group is read)."""
+    file = layout.listing_file(shard.block)
+    dataset = ds.dataset(file.path, schema=LISTING_SCHEMA, format="parquet", filesystem=file.fs)
+    table = dataset.to_table(columns=["uri"], filter=ds.field("shard") == shard.index)
+    return table.column("uri").to_pylist()
+
+
+def batch_blocks(batch: dict[str, Any]) -> list[str]:
+    """The listing files of one batch."""
+    first, count = batch["first_shard"], batch["shards"]
+    return [block_name(first + k) for k in range(0, count, SHARDS_PER_BLOCK)]
+
+
+def run_uris(layout: RunLayout, info: dict[str, Any]) -> pa.Array:
+    """Every URI the run's listing holds (the files its manifest names; a block an
+    interrupted plan left behind is not part of the run)."""
+    files = [layout.listing_file(name) for batch in info["batches"] for name in batch_blocks(batch)]
+    dataset = ds.dataset(
+        [f.path for f in files], schema=LISTING_SCHEMA, format="parquet", filesystem=layout.root.fs
+    )
+    return dataset.to_table(columns=["uri"]).column("uri").combine_chunks()
+
+
+def new_listing(layout: RunLayout, listing: InputListing, shard_size: int) -> dict[str, Any]:
+    """A fresh run's listing: every image, written as shards 0 onwards."""
+    batch = write_batch(layout, listing, 0, shard_size)
+    return {
+        "input_digest": listing.digest,
+        "images": batch["images"],
+        "shards": batch["shards"],
+        "shards_per_block": SHARDS_PER_BLOCK,
+        "batches": [batch],
+        "removed": {"count": 0, "examples": []},
+    }
+
+
+def continued_listing(
+    layout: RunLayout,
+    stored: dict[str, Any],
+    listing: InputListing,
+    shard_size: int,
+    append: bool,
+) -> dict[str, Any]:
+    """The listing of a rerun over the same output.
+
+    The same input resumes the run as it stands. Another input is refused unless ``append``:
+    then images no shard holds become new shards after the last, and images the input no
+    longer lists are reported in ``removed`` (their rows stay).
+
+    Raises:
+        RunConflictError: the input changed and ``append`` is off (the message names it).
+    """
+    if stored["input_digest"] == listing.digest:
+        return stored
+    held = run_uris(layout, stored)
+    added = sum(
+        len(chunk) - (pc.sum(pc.is_in(chunk, value_set=held)).as_py() or 0)
+        for chunk in listing.chunks()
+    )
+    gone = pc.invert(pc.is_in(held, value_set=listing.uris))
+    removed = {"count": pc.sum(gone).as_py() or 0, "examples": held.filter(gone)[:5].to_pylist()}
+    if not append:
+        raise RunConflictError(change_message(added, removed["count"]))
+    info = {**stored, "input_digest": listing.digest, "removed": removed}
+    if added:
+        batch = write_batch(layout, listing, stored["shards"], shard_size, skip=held)
+        info["batches"] = [*stored["batches"], batch]
+        info["images"] = stored["images"] + batch["images"]
+        info["shards"] = stored["shards"] + batch["shards"]
+    return info
+
+
+def change_message(added: int, removed: int) -> str:
+    """Why a changed input is refused without ``--append``, and what to do."""
+    parts = []
+    if added:
+        parts.append(f"{added} new image(s)")
+    if removed:
+        parts.append(f"{removed} image(s) of the run no longer listed")
+    return (
+        f"the input changed since this run was planned ({', '.join(parts)}); use --append to "
+        "label the new images into new shards (nothing committed is touched), another "
+        "--output, or --overwrite"
+    )
