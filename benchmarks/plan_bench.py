@@ -11,26 +11,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 
 def write_manifest(path: Path, count: int, start: int = 0, seed: int = 0) -> None:
     """``count`` URIs in shuffled order, one a line (as a crawler's dump would be)."""
-    numbers = list(range(start, start + count))
-    random.Random(seed).shuffle(numbers)
+    numbers = np.random.default_rng(seed).permutation(count) + start
     with path.open("w") as f:
         for chunk in range(0, count, 100_000):
-            f.write(
-                "".join(
-                    f"s3://bucket/images/{n:010d}.jpg\n" for n in numbers[chunk : chunk + 100_000]
-                )
-            )
+            part = numbers[chunk : chunk + 100_000].tolist()
+            f.write("".join(f"s3://bucket/images/{n:010d}.jpg\n" for n in part))
 
 
 def plan_once(manifest: str, output: str, append: bool) -> dict:
@@ -50,13 +46,22 @@ def plan_once(manifest: str, output: str, append: bool) -> dict:
     return {"seconds": seconds, "images": plan.num_images, "todo": len(plan.todo)}
 
 
+def peak_mb() -> float:
+    """This process's peak resident memory (``VmHWM``: its own, not the parent's before exec,
+    which ``ru_maxrss`` keeps)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def child(args: argparse.Namespace) -> int:
     """The measured process: imports, then one plan; prints JSON."""
     import pipeline.job.runner  # noqa: F401 (imports are not the plan's memory)
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = peak_mb()
     result = plan_once(args.child[0], args.child[1], args.append)
-    result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_mb"] = peak_mb()
     result["after_imports_mb"] = before
     print(json.dumps(result))
     return 0

@@ -56,11 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     filter_.add_argument("--overwrite", action="store_true", help="replace a run at OUT")
     add_filter_flags(filter_)
     add_storage_flag(filter_)
+    add_cluster_flags(filter_)
 
     stats = commands.add_parser("stats", help="summary table, JSON and plots of a run")
     stats.add_argument("run", help="the run (path or URI)")
     stats.add_argument("--out", help="folder for stats.json and the PNG plots")
     add_storage_flag(stats)
+    add_cluster_flags(stats)
 
     export = commands.add_parser("export", help="export a run as COCO or SA-1B JSON")
     export.add_argument("run", help="the run (path or URI)")
@@ -70,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_filter_flags(export)
     add_storage_flag(export)
+    add_cluster_flags(export)
 
     show = commands.add_parser("show", help="draw masks over images into PNGs")
     show.add_argument("run", help="the run (path or URI)")
@@ -139,6 +142,25 @@ def add_storage_flag(parser: argparse.ArgumentParser) -> None:
         help="fsspec option for object storage, e.g. endpoint_url=http://… (repeatable; "
         "dotted keys nest: client_kwargs.region_name=eu-west-1; default: the AWS_* variables)",
     )
+
+
+def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
+    """``--ray`` / ``--ray-address``: work shard by shard as Ray tasks on a cluster."""
+    group = parser.add_argument_group("on a cluster (default: one process on this machine)")
+    group.add_argument(
+        "--ray",
+        action="store_true",
+        help="one Ray task per shard: joins RAY_ADDRESS or a running cluster, else starts one",
+    )
+    group.add_argument("--ray-address", metavar="ADDRESS", help="the Ray cluster to use")
+    group.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+
+
+def shard_pool(args: argparse.Namespace):
+    """Where the command's shards run: this process, or Ray tasks (``--ray``)."""
+    from pipeline.results.shards import ShardPool
+
+    return ShardPool(args.ray, args.ray_address, show_progress=not args.no_progress)
 
 
 def add_server_flags(parser: argparse.ArgumentParser) -> None:
@@ -302,7 +324,9 @@ def filter_command(args: argparse.Namespace) -> int:
     from pipeline.results.filters import filter_run
 
     source, out = locations(args, args.run, args.out)
-    counts = filter_run(source, out, mask_filter_from(args), overwrite=args.overwrite)
+    counts = filter_run(
+        source, out, mask_filter_from(args), overwrite=args.overwrite, pool=shard_pool(args)
+    )
     print(
         f"kept {counts['masks']} of {counts['masks_before']} masks on {counts['ok']} images; "
         f"output: {args.out}"
@@ -316,7 +340,7 @@ def stats_command(args: argparse.Namespace) -> int:
 
     from pipeline.results.stats import run_stats, stats_table
 
-    stats = run_stats(*locations(args, args.run), args.out)
+    stats = run_stats(*locations(args, args.run), args.out, pool=shard_pool(args))
     Console().print(stats_table(stats, f"autolabel stats: {args.run}"))
     if args.out:
         print(f"wrote {args.out}/stats.json, distributions.png, survival.png")
@@ -328,7 +352,9 @@ def export_command(args: argparse.Namespace) -> int:
     from pipeline.results.export import export_coco, export_sa1b
 
     exporter = export_coco if args.format == "coco" else export_sa1b
-    counts = exporter(*locations(args, args.run, args.out), mask_filter_from(args))
+    counts = exporter(
+        *locations(args, args.run, args.out), mask_filter_from(args), pool=shard_pool(args)
+    )
     print(", ".join(f"{value} {key}" for key, value in counts.items()) + f"; output: {args.out}")
     return 0
 

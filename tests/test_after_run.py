@@ -265,3 +265,38 @@ def test_after_run_commands_take_storage_options_instead_of_the_environment(
     autolabel_without_env("export", run, "--format", "coco", "--out", out)
     coco = json.loads(fs.cat(out[len("s3://") :]))
     assert len(coco["annotations"]) == open_run(str(finished_run)).masks.count_rows()
+
+
+def test_filter_stats_and_exports_as_ray_tasks_equal_one_process(finished_run, tmp_path):
+    """``--ray``: one task per shard on the cluster, the same outputs as one process."""
+    from pipeline.results.shards import ShardPool
+
+    cluster, here = ShardPool(use_ray=True), ShardPool()
+    source = Location(str(finished_run))
+    mask_filter = MaskFilter(min_predicted_iou=0.05, max_area_fraction=0.8, top_k=4)
+    counts = {
+        name: filter_run(source, Location(str(tmp_path / name)), mask_filter, pool=pool)
+        for name, pool in (("here", here), ("cluster", cluster))
+    }
+    assert counts["here"] == counts["cluster"] and counts["here"]["masks"] > 0
+    for part in ("masks", "images"):
+        tables = [
+            ds.dataset(tmp_path / name / part).to_table().sort_by("image_id").to_pylist()
+            for name in ("here", "cluster")
+        ]
+        assert tables[0] == tables[1]
+
+    one, many = run_stats(source, pool=here), run_stats(source, pool=cluster)
+    assert one.summary() == many.summary() and one.masks > 0
+    assert (one.joint == many.joint).all() and (one.per_image == many.per_image).all()
+
+    for name, pool in (("here", here), ("cluster", cluster)):
+        export_coco(source, Location(str(tmp_path / f"{name}.json")), mask_filter, pool=pool)
+        export_sa1b(source, Location(str(tmp_path / f"{name}-sa1b")), mask_filter, pool=pool)
+    here_coco, cluster_coco = ((tmp_path / f"{n}.json").read_bytes() for n in ("here", "cluster"))
+    assert here_coco == cluster_coco and len(json.loads(here_coco)["annotations"]) > 0
+    files = {
+        name: {p.name: p.read_bytes() for p in (tmp_path / f"{name}-sa1b").iterdir()}
+        for name in ("here", "cluster")
+    }
+    assert files["here"] == files["cluster"] and len(files["here"]) == 6

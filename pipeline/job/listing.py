@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.writer import RunLayout
 from pipeline.job.manifest import RunConflictError
-from pipeline.job.sources import InputListing, Shard
+from pipeline.job.sources import InputListing, Shard, as_array
 
 SHARDS_PER_BLOCK = 64
 LISTING_SCHEMA = pa.schema([("shard", pa.int32()), ("uri", pa.string())])
@@ -42,10 +42,11 @@ def write_batch(
     listing: InputListing,
     first_shard: int,
     shard_size: int,
-    skip: pa.Array | None = None,
+    only: pa.Array | None = None,
 ) -> dict[str, Any]:
-    """Write the sorted URIs of ``listing`` (less those in ``skip``) as shards ``first_shard``
-    onwards, into block files; returns the batch's description for the manifest."""
+    """Write the sorted URIs of ``listing`` (with ``only``, a boolean per listed URI, those it
+    marks) as shards ``first_shard`` onwards, into block files; returns the batch's
+    description for the manifest."""
     rows_per_block = SHARDS_PER_BLOCK * shard_size
     pending: list[pa.Array] = []
     state = {"images": 0, "next_shard": first_shard}
@@ -61,9 +62,7 @@ def write_batch(
         state["images"] += len(uris)
         state["next_shard"] += -(-len(uris) // shard_size)
 
-    for chunk in listing.chunks():
-        if skip is not None and len(skip):
-            chunk = chunk.filter(pc.invert(pc.is_in(chunk, value_set=skip)))
+    for chunk in listing.chunks(only=only):
         pending.append(chunk)
         while sum(len(a) for a in pending) >= rows_per_block:
             joined = pa.concat_arrays(pending)
@@ -156,17 +155,16 @@ def continued_listing(
     if stored["input_digest"] == listing.digest:
         return stored
     held = run_uris(layout, stored)
-    added = sum(
-        len(chunk) - (pc.sum(pc.is_in(chunk, value_set=held)).as_py() or 0)
-        for chunk in listing.chunks()
-    )
+    # A boolean per listed URI (repeats too): not in the run yet.
+    new = as_array(pc.invert(pc.is_in(listing.uris, value_set=held)))
+    added = sum(len(chunk) for chunk in listing.chunks(only=new))
     gone = pc.invert(pc.is_in(held, value_set=listing.uris))
     removed = {"count": pc.sum(gone).as_py() or 0, "examples": held.filter(gone)[:5].to_pylist()}
     if not append:
         raise RunConflictError(change_message(added, removed["count"]))
     info = {**stored, "input_digest": listing.digest, "removed": removed}
     if added:
-        batch = write_batch(layout, listing, stored["shards"], shard_size, skip=held)
+        batch = write_batch(layout, listing, stored["shards"], shard_size, only=new)
         info["batches"] = [*stored["batches"], batch]
         info["images"] = stored["images"] + batch["images"]
         info["shards"] = stored["shards"] + batch["shards"]

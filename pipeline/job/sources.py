@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -74,17 +75,21 @@ class InputListing:
         digest: the identity of the sorted listing (same images → same digest).
     """
 
-    uris: pa.Array
+    uris: pa.ChunkedArray
     order: pa.Array
     digest: str
 
     def __len__(self) -> int:
         return len(self.order)
 
-    def chunks(self, size: int = 65_536) -> Iterator[pa.Array]:
-        """The sorted URIs, ``size`` at a time."""
+    def chunks(self, size: int = 65_536, only: pa.Array | None = None) -> Iterator[pa.Array]:
+        """The sorted URIs, ``size`` at a time (with ``only``, a boolean per listed URI, just
+        those it marks)."""
         for start in range(0, len(self.order), size):
-            yield self.uris.take(self.order.slice(start, size))
+            indices = self.order.slice(start, size)
+            if only is not None:
+                indices = indices.filter(only.take(indices))
+            yield take(self.uris, indices)
 
     def refs(self) -> list[ImageRef]:
         """Every image with its id (for small inputs: prompts, tune, tests)."""
@@ -125,15 +130,41 @@ def list_input(source: Location) -> InputListing:
     return sorted_listing(uris)
 
 
-def sorted_listing(uris: pa.Array, chunk: int = 65_536) -> InputListing:
+def as_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One contiguous array (a small slice's chunks joined)."""
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def take(values: pa.ChunkedArray, indices: pa.Array) -> pa.Array:
+    """``values.take(indices)`` chunk by chunk: Arrow's own take on a chunked array joins
+    every chunk first, a copy of the whole listing per call."""
+    if values.num_chunks == 1:
+        return values.chunk(0).take(indices)
+    starts = np.cumsum([0] + [len(chunk) for chunk in values.chunks])
+    wanted = indices.to_numpy().astype(np.int64)
+    chunk_of = np.searchsorted(starts, wanted, side="right") - 1
+    parts, positions = [], []
+    for k in np.unique(chunk_of):
+        where = np.flatnonzero(chunk_of == k)
+        parts.append(values.chunk(int(k)).take(pa.array(wanted[where] - starts[k])))
+        positions.append(where)
+    if not parts:
+        return pa.array([], values.type)
+    joined = pa.concat_arrays(parts)
+    return joined.take(pa.array(np.argsort(np.concatenate(positions), kind="stable")))
+
+
+def sorted_listing(uris: pa.ChunkedArray | pa.Array, chunk: int = 65_536) -> InputListing:
     """Sort ``uris`` and drop repeats, a chunk at a time, hashing the result as it goes."""
+    if isinstance(uris, pa.Array):
+        uris = pa.chunked_array([uris])
     by_value = pc.sort_indices(uris)
     kept: list[pa.Array] = []
     digest = hashlib.blake2b(digest_size=16)
     previous = None
     for start in range(0, len(by_value), chunk):
         indices = by_value.slice(start, chunk)
-        values = uris.take(indices)
+        values = take(uris, indices)
         repeat = pc.equal(values.slice(1), values.slice(0, len(values) - 1))
         first = pa.array([previous is not None and values[0].as_py() == previous])
         keep = pc.invert(pa.concat_arrays([first, repeat.fill_null(False)]))
@@ -146,12 +177,13 @@ def sorted_listing(uris: pa.Array, chunk: int = 65_536) -> InputListing:
     return InputListing(uris=uris, order=order, digest=digest.hexdigest())
 
 
-def list_uris(source: Location) -> pa.Array:
-    """The image URIs of ``source`` as an Arrow string array, unsorted, maybe with repeats."""
+def list_uris(source: Location) -> pa.ChunkedArray:
+    """The image URIs of ``source`` as Arrow strings (in chunks, never copied whole),
+    unsorted, maybe with repeats."""
     fs, path = source.fs, source.path
     if any(ch in path for ch in "*?["):
         paths = [p for p in fs.glob(path) if is_image(p) and fs.isfile(p)]
-        return pa.array([as_uri(fs, p) for p in paths], pa.string())
+        return pa.chunked_array([pa.array([as_uri(fs, p) for p in paths], pa.string())])
     if not fs.exists(path):
         raise InputError(f"input not found: {source}")
     if fs.isdir(path):
@@ -159,11 +191,11 @@ def list_uris(source: Location) -> pa.Array:
     if path.lower().endswith(MANIFEST_EXTENSIONS):
         return read_manifest(source)
     if is_image(path):
-        return pa.array([as_uri(fs, path)], pa.string())
+        return pa.chunked_array([pa.array([as_uri(fs, path)], pa.string())])
     raise InputError(f"input {source} is neither a folder, an image nor a manifest")
 
 
-def walk_images(source: Location) -> pa.Array:
+def walk_images(source: Location) -> pa.ChunkedArray:
     """Every image under a folder, one directory's names in Python at a time."""
     fs = source.fs
     chunks = []
@@ -171,7 +203,7 @@ def walk_images(source: Location) -> pa.Array:
         names = [as_uri(fs, f"{root.rstrip('/')}/{name}") for name in files if is_image(name)]
         if names:
             chunks.append(pa.array(names, pa.string()))
-    return pa.concat_arrays(chunks) if chunks else pa.array([], pa.string())
+    return pa.chunked_array(chunks, pa.string())
 
 
 def is_image(path: str) -> bool:
@@ -179,39 +211,48 @@ def is_image(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def read_manifest(source: Location) -> pa.Array:
+def read_manifest(source: Location) -> pa.ChunkedArray:
     """The URIs listed in a manifest file (text, CSV or Parquet with a ``uri`` column), read
-    by Arrow's streaming readers straight into an Arrow array."""
+    by Arrow's streaming readers batch by batch, each batch cleaned as it comes."""
     lower = source.path.lower()
     try:
         with source.open("rb") as f:
             if lower.endswith(".parquet"):
-                if "uri" not in pq.ParquetFile(f).schema_arrow.names:
-                    raise InputError(f"manifest {source} has no 'uri' column")
-                column = pq.read_table(f, columns=["uri"]).column("uri")
+                batches = parquet_uri_batches(f, source)
             else:
-                column = read_text_manifest(f, csv=lower.endswith(".csv"), source=source)
+                batches = text_uri_batches(f, csv=lower.endswith(".csv"), source=source)
+            return pa.chunked_array([usable_uris(batch) for batch in batches], pa.string())
     except InputError:
         raise
     except Exception as error:
         raise InputError(f"cannot read manifest {source}: {one_line(error)}") from error
-    column = pc.utf8_trim_whitespace(column.cast(pa.string()))
-    usable = pc.and_(pc.invert(pc.equal(column, "")), pc.invert(pc.starts_with(column, "#")))
-    return column.filter(usable.fill_null(False)).combine_chunks()
 
 
-def read_text_manifest(f, csv: bool, source: Location) -> pa.ChunkedArray:
-    """The ``uri`` column of a CSV manifest, or every line of a text one (``#`` comments)."""
-    if csv:
-        read = pacsv.ReadOptions(block_size=1 << 24)
-        convert = pacsv.ConvertOptions(column_types={"uri": pa.string()})
-    else:
-        read = pacsv.ReadOptions(column_names=["uri"], block_size=1 << 24)
-        convert = pacsv.ConvertOptions(column_types={"uri": pa.string()})
+def usable_uris(chunk: pa.Array) -> pa.Array:
+    """A manifest chunk's URIs: whitespace trimmed, empty lines and ``#`` comments dropped."""
+    chunk = pc.utf8_trim_whitespace(chunk.cast(pa.string()))
+    usable = pc.and_(pc.invert(pc.equal(chunk, "")), pc.invert(pc.starts_with(chunk, "#")))
+    return chunk.filter(usable.fill_null(False))
+
+
+def parquet_uri_batches(f, source: Location) -> Iterator[pa.Array]:
+    """The ``uri`` column of a Parquet manifest, a batch at a time."""
+    file = pq.ParquetFile(f)
+    if "uri" not in file.schema_arrow.names:
+        raise InputError(f"manifest {source} has no 'uri' column")
+    for batch in file.iter_batches(columns=["uri"], batch_size=1 << 18):
+        yield batch.column("uri")
+
+
+def text_uri_batches(f, csv: bool, source: Location) -> Iterator[pa.Array]:
+    """The ``uri`` column of a CSV manifest, or every line of a text one, a block at a time."""
+    names = None if csv else ["uri"]
+    read = pacsv.ReadOptions(column_names=names, block_size=1 << 24)
+    convert = pacsv.ConvertOptions(column_types={"uri": pa.string()})
     # A text manifest is one field per line: no delimiter, no quoting.
     parse = pacsv.ParseOptions(delimiter="," if csv else "\x1f", quote_char='"' if csv else False)
     reader = pacsv.open_csv(f, read_options=read, parse_options=parse, convert_options=convert)
     if "uri" not in reader.schema.names:
         raise InputError(f"manifest {source} has no 'uri' column")
-    chunks = [batch.column("uri") for batch in reader]
-    return pa.chunked_array(chunks, pa.string())
+    for batch in reader:
+        yield batch.column("uri")

@@ -67,13 +67,11 @@ class Run:
 
     def shard_masks(self, shard: str, columns: list[str] | None = None, filter=None) -> pa.Table:
         """One shard's mask rows (optionally only some columns, and filtered)."""
-        return shard_dataset(self, self.layout.masks_file(shard), MASK_SCHEMA).to_table(
-            columns=columns, filter=filter
-        )
+        return shard_masks(self.location, shard, columns, filter)
 
     def shard_images(self, shard: str) -> pa.Table:
         """One shard's image rows."""
-        return shard_dataset(self, self.layout.images_file(shard), IMAGE_SCHEMA).to_table()
+        return shard_images(self.location, shard)
 
     def image_masks(self, image_id: int) -> Iterator[dict[str, Any]]:
         """The mask rows of one image as dicts, in generator order (``mask_index``)."""
@@ -83,9 +81,30 @@ class Run:
         yield from rows
 
 
-def shard_dataset(run: Run, file: Location, schema: pa.Schema) -> ds.Dataset:
+def shard_dataset(file: Location, schema: pa.Schema) -> ds.Dataset:
     """A dataset over one shard file."""
     return ds.dataset(file.path, schema=schema, format="parquet", filesystem=file.fs)
+
+
+def shard_masks(
+    location: Location, shard: str, columns: Any = None, filter: ds.Expression | None = None
+) -> pa.Table:
+    """One committed shard's mask rows, read without opening the whole run (what a task on
+    a cluster does).
+
+    Args:
+        location: the run.
+        shard: the shard's name.
+        columns: the columns (or a projection) to read; None: all.
+        filter: rows to keep, pushed down to Parquet.
+    """
+    file = RunLayout(location).masks_file(shard)
+    return shard_dataset(file, MASK_SCHEMA).to_table(columns=columns, filter=filter)
+
+
+def shard_images(location: Location, shard: str) -> pa.Table:
+    """One committed shard's image rows."""
+    return shard_dataset(RunLayout(location).images_file(shard), IMAGE_SCHEMA).to_table()
 
 
 def open_run(root: str | Location, storage_options: dict[str, Any] | None = None) -> Run:

@@ -14,7 +14,8 @@ from typing import IO, Any
 
 from pipeline.core.storage import Location
 from pipeline.results.dataset import Run, open_run
-from pipeline.results.filters import MaskFilter, filtered_shard
+from pipeline.results.filters import MaskFilter, filtered_shard, shard_kept_count
+from pipeline.results.shards import ShardPool
 
 CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
 EXTRA_FIELDS = ("predicted_iou", "stability_score", "point_coords", "crop_box")
@@ -39,20 +40,68 @@ def ok_images(run: Run) -> list[dict[str, Any]]:
     return sorted(table.to_pylist(), key=lambda row: row["image_uri"])
 
 
-def masks_by_image(run: Run, mask_filter: MaskFilter) -> Iterator[tuple[int, list[dict]]]:
-    """Each image's kept masks (sorted by ``mask_index``), shard by shard."""
-    for shard in run.shards:
-        masks, _ = filtered_shard(run, shard, mask_filter)
-        grouped: dict[int, list[dict]] = {}
-        for row in masks.to_pylist():
-            grouped.setdefault(row["image_id"], []).append(row)
-        for image_id, rows in grouped.items():
-            rows.sort(key=lambda row: row["mask_index"])
-            yield image_id, rows
+def image_masks_of_shard(
+    source: Location, shard: str, mask_filter: MaskFilter
+) -> list[tuple[int, list[dict]]]:
+    """Each image's kept masks in one shard (sorted by ``mask_index``)."""
+    masks, _ = filtered_shard(source, shard, mask_filter)
+    grouped: dict[int, list[dict]] = {}
+    for row in masks.to_pylist():
+        grouped.setdefault(row["image_id"], []).append(row)
+    for rows in grouped.values():
+        rows.sort(key=lambda row: row["mask_index"])
+    return list(grouped.items())
+
+
+def first_ids(run: Run, mask_filter: MaskFilter, pool: ShardPool) -> list[int] | None:
+    """On a cluster, each shard's first annotation id (a counting pass over score columns, so
+    the shards can be written at once); None in this process, where ids simply run on."""
+    if not pool.use_ray:
+        return None
+    tasks = ((run.location, shard, mask_filter) for shard in run.shards)
+    counts = list(pool.map(shard_kept_count, tasks, len(run.shards), "count"))
+    return [1 + sum(counts[:i]) for i in range(len(counts))] if counts else []
+
+
+def shard_tasks(run: Run, starts: list[int] | None, state: dict[str, int], *args: Any):
+    """``(source, shard, *args, first_id)`` per shard; without ``starts`` the first id is
+    read from ``state`` when the task is taken, after the shard before it was written."""
+    for index, shard in enumerate(run.shards):
+        yield (run.location, shard, *args, starts[index] if starts else state["next_id"])
+
+
+def coco_shard(
+    source: Location,
+    shard: str,
+    mask_filter: MaskFilter,
+    coco_ids: dict[int, int],
+    keep_ids: bool,
+    first_id: int,
+) -> tuple[str, int]:
+    """One shard's COCO annotations as JSON text (comma-separated objects) and their count."""
+    parts, count = [], 0
+    for image_id, rows in image_masks_of_shard(source, shard, mask_filter):
+        parts.append(
+            ", ".join(
+                json.dumps(
+                    coco_annotation(
+                        row,
+                        int(row["source_id"]) if keep_ids else first_id + count + i,
+                        coco_ids[image_id],
+                    )
+                )
+                for i, row in enumerate(rows)
+            )
+        )
+        count += len(rows)
+    return ", ".join(parts), count
 
 
 def export_coco(
-    source: Location, out: Location, mask_filter: MaskFilter | None = None
+    source: Location,
+    out: Location,
+    mask_filter: MaskFilter | None = None,
+    pool: ShardPool | None = None,
 ) -> dict[str, int]:
     """Write one class-agnostic COCO instances JSON.
 
@@ -65,12 +114,15 @@ def export_coco(
         source: the run.
         out: the JSON file to write.
         mask_filter: which masks to export (default: all).
+        pool: where the shards are turned into JSON (default: this process; the file is
+            byte for byte the same either way).
 
     Returns:
         Counts of images and annotations written.
     """
     run = open_run(source)
     mask_filter = mask_filter or MaskFilter()
+    pool = pool or ShardPool()
     images = ok_images(run)
     root = common_root([row["image_uri"] for row in images])
     coco_ids = {row["image_id"]: index for index, row in enumerate(images, start=1)}
@@ -78,6 +130,9 @@ def export_coco(
     parent = posixpath.dirname(out.path)
     if parent:
         out.fs.makedirs(parent, exist_ok=True)
+    starts = first_ids(run, mask_filter, pool)
+    state = {"next_id": 1}
+    tasks = shard_tasks(run, starts, state, mask_filter, pool.share(coco_ids), keep_ids)
     annotations = 0
     with out.open("w") as f:
         f.write('{"info": ' + json.dumps(coco_info(run, mask_filter)))
@@ -85,19 +140,11 @@ def export_coco(
         f.write(', "images": [')
         write_list(f, (coco_image(row, coco_ids[row["image_id"]], root) for row in images))
         f.write('], "annotations": [')
-        for image_id, rows in masks_by_image(run, mask_filter):
-            items = (
-                coco_annotation(
-                    row,
-                    int(row["source_id"]) if keep_ids else annotations + i + 1,
-                    coco_ids[image_id],
-                )
-                for i, row in enumerate(rows)
-            )
-            if annotations:
-                f.write(", ")
-            write_list(f, items)
-            annotations += len(rows)
+        for text, count in pool.map(coco_shard, tasks, len(run.shards), "export"):
+            if text:
+                f.write((", " if annotations else "") + text)
+            annotations += count
+            state["next_id"] = annotations + 1
         f.write("]}\n")
     return {"images": len(images), "annotations": annotations}
 
@@ -172,8 +219,31 @@ def coco_annotation(row: dict[str, Any], ann_id: int, image_id: int) -> dict[str
     }
 
 
+def sa1b_shard(
+    source: Location,
+    shard: str,
+    mask_filter: MaskFilter,
+    out: Location,
+    images: dict[int, dict],
+    root: str,
+    first_id: int,
+) -> tuple[list[int], int]:
+    """Write the SA-1B files of one shard's images that have kept masks; returns their ids
+    and the annotations written."""
+    written, count = [], 0
+    for image_id, rows in image_masks_of_shard(source, shard, mask_filter):
+        if image_id in images:
+            write_sa1b_file(out, images[image_id], rows, root, first_id=first_id + count)
+            written.append(image_id)
+            count += len(rows)
+    return written, count
+
+
 def export_sa1b(
-    source: Location, out: Location, mask_filter: MaskFilter | None = None
+    source: Location,
+    out: Location,
+    mask_filter: MaskFilter | None = None,
+    pool: ShardPool | None = None,
 ) -> dict[str, int]:
     """Write one SA-1B style JSON per ok image into the folder ``out``.
 
@@ -185,22 +255,26 @@ def export_sa1b(
         source: the run.
         out: the folder to write into.
         mask_filter: which masks to export (default: all).
+        pool: where the shards are written (default: this process; same files either way).
 
     Returns:
         Counts of files and annotations written.
     """
     run = open_run(source)
     mask_filter = mask_filter or MaskFilter()
+    pool = pool or ShardPool()
     images = {row["image_id"]: row for row in ok_images(run)}
     root = common_root([row["image_uri"] for row in images.values()])
     out.fs.makedirs(out.path, exist_ok=True)
+    starts = first_ids(run, mask_filter, pool)
+    state = {"next_id": 1}
+    tasks = shard_tasks(run, starts, state, mask_filter, out, pool.share(images), root)
     written: set[int] = set()
     annotations = 0
-    for image_id, rows in masks_by_image(run, mask_filter):
-        if image_id in images:
-            write_sa1b_file(out, images[image_id], rows, root, first_id=annotations + 1)
-            written.add(image_id)
-            annotations += len(rows)
+    for ids, count in pool.map(sa1b_shard, tasks, len(run.shards), "export"):
+        written.update(ids)
+        annotations += count
+        state["next_id"] = annotations + 1
     for image_id, row in images.items():
         if image_id not in written:
             write_sa1b_file(out, row, [], root, first_id=annotations + 1)

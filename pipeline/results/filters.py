@@ -21,7 +21,8 @@ import pyarrow.dataset as ds
 from pipeline.core.schema import MASK_SCHEMA
 from pipeline.core.storage import Location
 from pipeline.core.writer import RunLayout, commit_shard, remove_partials, remove_run
-from pipeline.results.dataset import Run, open_run
+from pipeline.results.dataset import Run, open_run, shard_images, shard_masks
+from pipeline.results.shards import ShardPool
 
 # Columns ``--where`` may use: the scalar ones of a mask row.
 WHERE_COLUMNS = (
@@ -229,10 +230,19 @@ def kept_scores(run: Run, mask_filter: MaskFilter) -> pa.Table:
     return mask_filter.apply_in_memory(table)
 
 
-def filtered_shard(run: Run, shard: str, mask_filter: MaskFilter) -> tuple[pa.Table, pa.Table]:
+def shard_kept_count(source: Location, shard: str, mask_filter: MaskFilter) -> int:
+    """How many masks of one shard pass ``mask_filter`` (score columns only)."""
+    table = shard_masks(source, shard, score_projection(), mask_filter.expression())
+    return mask_filter.apply_in_memory(table).num_rows
+
+
+def filtered_shard(
+    source: Location, shard: str, mask_filter: MaskFilter
+) -> tuple[pa.Table, pa.Table]:
     """One shard's kept mask rows and its image rows with ``num_masks`` recounted."""
-    masks = mask_filter.apply_in_memory(run.shard_masks(shard, filter=mask_filter.expression()))
-    images = run.shard_images(shard)
+    masks = shard_masks(source, shard, filter=mask_filter.expression())
+    masks = mask_filter.apply_in_memory(masks)
+    images = shard_images(source, shard)
     kept = pc.value_counts(masks.column("image_id")) if masks.num_rows else None
     counts: dict[int, int] = {}
     if kept is not None:
@@ -246,8 +256,29 @@ def filtered_shard(run: Run, shard: str, mask_filter: MaskFilter) -> tuple[pa.Ta
     return masks.cast(MASK_SCHEMA), images
 
 
+def filter_shard(
+    source: Location, output: Location, shard: str, mask_filter: MaskFilter
+) -> dict[str, int]:
+    """Filter one shard of ``source`` into the same shard of ``output`` (a task of its own on
+    a cluster); returns its counts."""
+    masks, images = filtered_shard(source, shard, mask_filter)
+    errors = sum(status == "error" for status in images.column("status").to_pylist())
+    stats = {
+        "images": images.num_rows,
+        "ok": images.num_rows - errors,
+        "errors": errors,
+        "masks": masks.num_rows,
+    }
+    commit_shard(RunLayout(output), shard, masks, images, stats)
+    return stats
+
+
 def filter_run(
-    source: Location, output: Location, mask_filter: MaskFilter, overwrite: bool = False
+    source: Location,
+    output: Location,
+    mask_filter: MaskFilter,
+    overwrite: bool = False,
+    pool: ShardPool | None = None,
 ) -> dict[str, Any]:
     """Write a new run holding only the masks that pass ``mask_filter``.
 
@@ -259,6 +290,8 @@ def filter_run(
         output: where to write the filtered run; must not hold a run unless ``overwrite``.
         mask_filter: what to keep.
         overwrite: replace a run already at ``output``.
+        pool: where the shards are filtered (default: this process; ``ShardPool(use_ray=True)``
+            for the cluster).
 
     Returns:
         The new run's counts.
@@ -272,16 +305,9 @@ def filter_run(
     remove_partials(layout)
     counts = {"images": 0, "ok": 0, "errors": 0, "masks": 0, "masks_before": 0}
     start = time.time()
-    for shard in run.shards:
-        masks, images = filtered_shard(run, shard, mask_filter)
-        errors = sum(status == "error" for status in images.column("status").to_pylist())
-        stats = {
-            "images": images.num_rows,
-            "ok": images.num_rows - errors,
-            "errors": errors,
-            "masks": masks.num_rows,
-        }
-        commit_shard(layout, shard, masks, images, stats)
+    pool = pool or ShardPool()
+    tasks = ((source, output, shard, mask_filter) for shard in run.shards)
+    for stats in pool.map(filter_shard, tasks, len(run.shards), "filter"):
         for key, value in stats.items():
             counts[key] += value
     counts["masks_before"] = run.manifest.get("counts", {}).get("masks")

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.storage import Location
-from pipeline.results.dataset import Run, open_run
+from pipeline.results.dataset import Run, open_run, shard_images, shard_masks
+from pipeline.results.shards import ShardPool
 
 SCORE_BINS = np.linspace(0.0, 1.0, 1001)
 LOG_AREA_BINS = np.linspace(0.0, 8.0, 801)  # log10(area) from 1 px to 100 Mpx
@@ -61,6 +62,14 @@ class RunStats:
         counts = np.minimum(num_masks[ok], MAX_MASKS_PER_IMAGE)
         self.per_image += np.bincount(counts, minlength=MAX_MASKS_PER_IMAGE + 1)
 
+    def merge(self, other: RunStats) -> None:
+        """Add another part's counts (histograms add exactly)."""
+        self.images_ok += other.images_ok
+        self.images_error += other.images_error
+        self.masks += other.masks
+        for name in ("iou", "stability", "log_area", "joint", "per_image"):
+            getattr(self, name).__iadd__(getattr(other, name))
+
     def survival(self) -> np.ndarray:
         """``[i, j]`` = masks with IoU ≥ THRESHOLD_BINS[i] and stability ≥ THRESHOLD_BINS[j]."""
         return self.joint[::-1, ::-1].cumsum(0).cumsum(1)[::-1, ::-1]
@@ -96,31 +105,47 @@ def quantiles(histogram: np.ndarray, edges: np.ndarray, exact: bool = False) -> 
     return result
 
 
-def collect(run: Run, batch_size: int = 65_536) -> RunStats:
-    """Stream the run's score, area and image columns into a ``RunStats``."""
+def shard_stats(source: Location, shard: str) -> RunStats:
+    """One shard's statistics (a task of its own on a cluster)."""
     stats = RunStats()
-    columns = ["predicted_iou", "stability_score", "area"]
-    for batch in run.masks.to_batches(columns=columns, batch_size=batch_size):
-        stats.add_masks(
-            batch.column("predicted_iou").to_numpy(zero_copy_only=False),
-            batch.column("stability_score").to_numpy(zero_copy_only=False),
-            batch.column("area").to_numpy(zero_copy_only=False),
-        )
-    for batch in run.images.to_batches(columns=["status", "num_masks"], batch_size=batch_size):
-        num_masks = batch.column("num_masks").fill_null(0).to_numpy(zero_copy_only=False)
-        stats.add_images(batch.column("status").to_pylist(), num_masks.astype(np.int64))
+    masks = shard_masks(source, shard, columns=["predicted_iou", "stability_score", "area"])
+    stats.add_masks(
+        masks.column("predicted_iou").to_numpy(),
+        masks.column("stability_score").to_numpy(),
+        masks.column("area").to_numpy(),
+    )
+    images = shard_images(source, shard)
+    num_masks = images.column("num_masks").fill_null(0).to_numpy().astype(np.int64)
+    stats.add_images(images.column("status").to_pylist(), num_masks)
     return stats
 
 
-def run_stats(source: Location, out: str | None = None) -> RunStats:
+def collect(run: Run, pool: ShardPool | None = None) -> RunStats:
+    """Count the run's score, area and image columns into a ``RunStats``, shard by shard.
+
+    Args:
+        run: the run.
+        pool: where the shards are counted (default: this process).
+    """
+    pool = pool or ShardPool()
+    total = RunStats()
+    tasks = ((run.location, shard) for shard in run.shards)
+    for stats in pool.map(shard_stats, tasks, len(run.shards), "stats"):
+        total.merge(stats)
+    return total
+
+
+def run_stats(source: Location, out: str | None = None, pool: ShardPool | None = None) -> RunStats:
     """Collect a run's statistics; with ``out``, write ``stats.json`` and the PNG plots there.
 
     Args:
         source: the run.
         out: a local folder for ``stats.json`` and the plots, or None.
+        pool: where the shards are counted (default: this process; ``ShardPool(use_ray=True)``
+            for the cluster).
     """
     run = open_run(source)
-    stats = collect(run)
+    stats = collect(run, pool)
     if out:
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)

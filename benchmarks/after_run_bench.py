@@ -1,0 +1,82 @@
+"""After-the-run throughput, one process vs Ray tasks on the same machine: ``stats``, a score
+``filter`` and ``export --format coco`` over a synthetic run (built here, not committed).
+
+    python -m benchmarks.after_run_bench --images 500000 --out benchmarks/results/after_run.md
+
+The run has ~10 masks per image (``benchmarks.synthetic_run``); masks/s counts the run's masks
+read per second of the command (the export's file is written to a temporary folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmarks.synthetic_run import write_synthetic_run
+from pipeline.core.storage import Location
+from pipeline.results.export import export_coco
+from pipeline.results.filters import MaskFilter, filter_run
+from pipeline.results.shards import ShardPool
+from pipeline.results.stats import run_stats
+
+
+def commands(run: Location, scratch: Path) -> dict[str, Callable[[ShardPool, str], object]]:
+    """Each measured command, writing into ``scratch`` under a name per pool."""
+    strict = MaskFilter(min_predicted_iou=0.9)
+    return {
+        "stats": lambda pool, name: run_stats(run, pool=pool),
+        "filter --min-predicted-iou 0.9": lambda pool, name: filter_run(
+            run, Location(str(scratch / f"filtered-{name}")), strict, pool=pool
+        ),
+        "export --format coco": lambda pool, name: export_coco(
+            run, Location(str(scratch / f"coco-{name}.json")), pool=pool
+        ),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=500_000)
+    parser.add_argument("--out", help="write the markdown table here too")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as folder:
+        scratch = Path(folder)
+        start = time.perf_counter()
+        counts = write_synthetic_run(str(scratch / "run"), args.images)
+        print(f"built {counts} in {time.perf_counter() - start:.0f} s", flush=True)
+        pools = {"one process": ShardPool(), "Ray tasks": ShardPool(use_ray=True)}
+        rows = []
+        for command, call in commands(Location(str(scratch / "run")), scratch).items():
+            seconds = {}
+            for name, pool in pools.items():
+                start = time.perf_counter()
+                call(pool, name.replace(" ", "-"))
+                seconds[name] = time.perf_counter() - start
+                print(f"{command}, {name}: {seconds[name]:.1f} s", flush=True)
+            rows.append((command, seconds))
+    masks = counts["masks"]
+    lines = [
+        f"{counts['images']:,} images, {masks:,} masks, {counts['shards']} shards; "
+        f"{os.cpu_count()} CPUs (Ray: one task per shard, 1 CPU each)",
+        "",
+        "| command | one process (s) | masks/s | Ray tasks (s) | masks/s |",
+        "|---|---|---|---|---|",
+    ]
+    for command, seconds in rows:
+        one, ray_ = seconds["one process"], seconds["Ray tasks"]
+        lines.append(
+            f"| `{command}` | {one:.1f} | {masks / one:,.0f} | {ray_:.1f} | {masks / ray_:,.0f} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
