@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors whose message is meant for the user as it is (one line, exit code 2)."""
-    from pipeline.core.storage import LocationError
+    from pipeline.core.storage import LocationError, StorageUnavailableError
     from pipeline.job.manifest import RunConflictError
     from pipeline.job.prompts import PromptsError
     from pipeline.job.sources import InputError
@@ -265,6 +265,7 @@ def user_errors() -> tuple[type[Exception], ...]:
         EvalError,
         LocationError,
         PromptsError,
+        StorageUnavailableError,
     )
 
 

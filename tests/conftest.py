@@ -112,6 +112,89 @@ def free_port_pair() -> int:
     raise RuntimeError("no free ports")
 
 
+class SeaweedFS:
+    """A SeaweedFS server (master, volume, filer, S3) on loopback that can be stopped and
+    started again on the same ports and data."""
+
+    KEYS = {"key": "autolabel-test", "secret": "autolabel-test-secret"}
+
+    def __init__(self, data: Path) -> None:
+        import shutil
+        import sys
+
+        self.weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+        self.data = data
+        self.ports = {name: free_port_pair() for name in ("s3", "master", "volume", "filer")}
+        self.endpoint = f"http://127.0.0.1:{self.ports['s3']}"
+        self.server = None
+
+    def start(self, bucket: str = TEST_BUCKET) -> None:
+        """Start the server and wait until ``bucket`` takes writes."""
+        import subprocess
+        import time
+
+        import s3fs
+
+        self.log = open(self.data / "weed.log", "ab")  # noqa: SIM115 (open while it runs)
+        ports = self.ports
+        self.server = subprocess.Popen(
+            [
+                self.weed,
+                "server",
+                f"-dir={self.data}",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-s3",
+                f"-s3.port={ports['s3']}",
+                f"-master.port={ports['master']}",
+                f"-volume.port={ports['volume']}",
+                f"-filer.port={ports['filer']}",
+                "-master.volumeSizeLimitMB=100",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 90
+        while True:
+            try:
+                fs = s3fs.S3FileSystem(
+                    endpoint_url=self.endpoint, skip_instance_cache=True, **self.KEYS
+                )
+                if not fs.exists(bucket):
+                    fs.mkdir(bucket)
+                fs.pipe(f"{bucket}/ready", b"1")
+                return
+            except Exception:
+                if time.time() > deadline or self.server.poll() is not None:
+                    self.stop()
+                    raise RuntimeError((self.data / "weed.log").read_text()[-2000:]) from None
+                time.sleep(1)
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL)."""
+        import subprocess
+
+        if self.server is None:
+            return
+        self.server.terminate()
+        try:
+            self.server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.server.kill()
+            self.server.wait()
+        self.server = None
+        self.log.close()
+
+    def environment(self) -> dict[str, str]:
+        """The standard AWS_* variables pointing at this server."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.KEYS["key"],
+            "AWS_SECRET_ACCESS_KEY": self.KEYS["secret"],
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3 server on loopback (SeaweedFS), with the standard AWS_* variables pointing at it.
@@ -119,62 +202,13 @@ def s3_server(tmp_path_factory):
     Yields the endpoint URL. The variables are set for this process and everything it starts
     afterwards (the Ray cluster of these tests included).
     """
-    import shutil
-    import subprocess
-    import sys
-    import time
-
-    import s3fs
-
-    weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
-    data = tmp_path_factory.mktemp("seaweedfs")
-    ports = {name: free_port_pair() for name in ("s3", "master", "volume", "filer")}
-    log = open(data / "weed.log", "wb")  # noqa: SIM115 (open while the server runs)
-    server = subprocess.Popen(
-        [
-            weed,
-            "server",
-            f"-dir={data}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            "-s3",
-            f"-s3.port={ports['s3']}",
-            f"-master.port={ports['master']}",
-            f"-volume.port={ports['volume']}",
-            f"-filer.port={ports['filer']}",
-            "-master.volumeSizeLimitMB=100",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    endpoint = f"http://127.0.0.1:{ports['s3']}"
-    env = {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "autolabel-test",
-        "AWS_SECRET_ACCESS_KEY": "autolabel-test-secret",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    env = server.environment()
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
-    deadline = time.time() + 90
-    while True:
-        try:
-            fs = s3fs.S3FileSystem(skip_instance_cache=True)
-            fs.mkdir(TEST_BUCKET)
-            fs.pipe(f"{TEST_BUCKET}/ready", b"1")
-            break
-        except Exception:
-            if time.time() > deadline or server.poll() is not None:
-                server.kill()
-                raise RuntimeError((data / "weed.log").read_text()[-2000:]) from None
-            time.sleep(1)
-    yield endpoint
-    server.terminate()
-    try:
-        server.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.kill()
-    log.close()
+    server.start()
+    yield server.endpoint
+    server.stop()
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

@@ -105,6 +105,9 @@ class RuntimeConfig:
     device: str = "auto"
     # Ray address; None joins a running cluster or starts a local one.
     address: str | None = None
+    # A worker not placed on any node after this long is given up (its shards go to the
+    # others); with no worker left, the run fails with a message instead of waiting forever.
+    placement_timeout_s: float = 300.0
 
 
 @dataclass
@@ -209,6 +212,7 @@ def validate(job: JobConfig) -> None:
         (rt.cpus_per_actor > 0, "runtime.cpus_per_actor must be > 0"),
         (rt.read_threads >= 1, "runtime.read_threads must be >= 1"),
         (rt.prefetch >= 1, "runtime.prefetch must be >= 1"),
+        (rt.placement_timeout_s > 0, "runtime.placement_timeout_s must be > 0"),
         (rt.device in ("auto", "cpu", "cuda"), "runtime.device must be auto, cpu or cuda"),
         (job.model.dtype in (None, *DTYPES), f"model.dtype must be one of {', '.join(DTYPES)}"),
         (

@@ -14,7 +14,12 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from pipeline.core.errors import one_line
-from pipeline.core.storage import Location
+from pipeline.core.storage import (
+    PERMANENT_ERRORS,
+    TRANSIENT_ERRORS,
+    Location,
+    StorageUnavailableError,
+)
 
 
 class ImageReadError(ValueError):
@@ -108,6 +113,9 @@ def downscale(image: Image.Image, max_short_side: int) -> Image.Image:
 def load_image(image: Location, max_short_side: int = 0, max_pixels: int = 0) -> DecodedImage:
     """Read and decode one image; every failure is an ``ImageReadError``.
 
+    A store that cannot be reached is not the image's fault: that raises
+    ``StorageUnavailableError`` instead.
+
     Args:
         image: where the image file is.
         max_short_side: see ``decode_image``.
@@ -115,6 +123,10 @@ def load_image(image: Location, max_short_side: int = 0, max_pixels: int = 0) ->
     """
     try:
         data = image.read_bytes()
+    except PERMANENT_ERRORS as error:
+        raise ImageReadError(f"cannot read file: {one_line(error)}") from error
+    except TRANSIENT_ERRORS as error:  # the store, after the retries
+        raise StorageUnavailableError(f"cannot reach {image}: {one_line(error)}") from error
     except Exception as error:
         raise ImageReadError(f"cannot read file: {one_line(error)}") from error
     return decode_image(data, max_short_side=max_short_side, max_pixels=max_pixels)

@@ -31,6 +31,28 @@ PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """Errors worth a retry: the OS's and, when botocore is there, its connection errors
+    (a refused or dropped connection to S3 is not an ``OSError``)."""
+    errors: list[type[BaseException]] = [OSError, TimeoutError, ConnectionError]
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError
+
+        errors += [BotoConnectionError, HTTPClientError]
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+TRANSIENT_ERRORS = transient_errors()
+
+
+class StorageUnavailableError(OSError):
+    """The storage could not be reached after the retries: a fault of the store, not of the
+    file (a shard that meets it fails and is retried; the image gets no error row)."""
+
+
 def with_retries(
     action: Callable[[], T], attempts: int = 5, first_delay: float = 0.5, what: str = "storage"
 ) -> T:
@@ -48,7 +70,7 @@ def with_retries(
             return action()
         except PERMANENT_ERRORS:
             raise
-        except (OSError, TimeoutError, ConnectionError) as error:
+        except TRANSIENT_ERRORS as error:
             if attempt == attempts:
                 raise
             import logging

@@ -17,7 +17,12 @@ import ray
 
 from pipeline.core.config import JobConfig
 from pipeline.core.errors import one_line
-from pipeline.core.storage import Location
+from pipeline.core.storage import (
+    TRANSIENT_ERRORS,
+    Location,
+    StorageUnavailableError,
+    with_retries,
+)
 from pipeline.core.writer import RunLayout, read_markers, remove_partials, remove_run
 from pipeline.job.listing import (
     continued_listing,
@@ -37,6 +42,8 @@ from pipeline.model.registry import (
 )
 
 MAX_SHARD_ATTEMPTS = 3
+# How long the driver waits for the store to come back before it gives up on the manifest.
+PATIENT = {"attempts": 7, "first_delay": 1.0, "what": "manifest"}
 
 
 @dataclass
@@ -75,6 +82,7 @@ class RunSummary:
     fatal: str | None = None
     nodes: int = 0
     retries: int = 0
+    attempts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # failed tries
     prompts: dict[str, Any] | None = None  # a prompted run's matched/unmatched counts
 
     @property
@@ -209,7 +217,7 @@ def execute(plan: RunPlan, show_progress: bool = True) -> RunSummary:
     )
     if plan.todo:
         connect_ray(plan.job.runtime.address)
-        tracker = ProgressTracker.remote()
+        tracker = ProgressTracker.options(scheduling_strategy=on_this_node()).remote()
         count, resources = actor_resources(plan.job)
         count = min(count, len(plan.todo))
         remote_worker = ray.remote(max_restarts=0)(ShardWorker).options(**resources)
@@ -220,10 +228,11 @@ def execute(plan: RunPlan, show_progress: bool = True) -> RunSummary:
 
         view = ProgressView(sum(s.size for s in plan.todo), enabled=show_progress)
         dispatcher = ShardDispatcher(plan.todo, launch, tracker, view, summary)
+        dispatcher.placement_timeout = plan.job.runtime.placement_timeout_s
         try:
             with view:
                 dispatcher.run(count)
-        except WorkerStartError as error:
+        except (WorkerStartError, NoWorkerError) as error:
             summary.fatal = str(error)
             for shard in plan.todo:
                 if shard.name not in dispatcher.done:
@@ -236,8 +245,20 @@ def execute(plan: RunPlan, show_progress: bool = True) -> RunSummary:
     return summary
 
 
+def on_this_node():
+    """A scheduling strategy that keeps an actor on the driver's node (which outlives the
+    others as far as this run is concerned)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+
+
 class WorkerStartError(RuntimeError):
     """An actor could not load the model: every shard would fail the same way."""
+
+
+class NoWorkerError(RuntimeError):
+    """No node can hold a worker any more (nodes lost, resources gone)."""
 
 
 class ShardDispatcher:
@@ -258,24 +279,77 @@ class ShardDispatcher:
         self.queue = deque((shard, 1) for shard in todo)
         self.in_flight: dict[Any, tuple[Shard, int, Any]] = {}
         self.replaced: dict[int, Any] = {}  # id(dead worker) → its replacement
+        self.retired: list[Any] = []  # dead workers, kept so that their ids stay unique
+        self.workers: dict[int, Any] = {}  # id → every worker alive or being placed
+        self.placing: dict[int, tuple[Any, float]] = {}  # id → (ready ref, since)
+        self.placement_timeout = 300.0
         self.done: set[str] = set()
         self.launch, self.tracker, self.view, self.summary = launch, tracker, view, summary
 
     def run(self, num_workers: int) -> None:
         """Start ``num_workers`` actors and work until no shard is queued or in flight."""
         for _ in range(num_workers):
-            worker = self.launch()
-            self.submit(worker)
-            self.submit(worker)
-        while self.in_flight:
-            ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=0.5)
+            self.start_worker()
+        self.fill()
+        while self.in_flight or self.queue:
+            ready = []
+            if self.in_flight:
+                ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=0.5)
+            else:  # every shard queued for a worker still being placed
+                time.sleep(0.5)
             for ref in ready:
                 self.settle(ref)
+            self.check_placement()
             self.show()
+
+    def start_worker(self):
+        """Launch a worker and watch for it to be placed on a node."""
+        worker = self.launch()
+        self.workers[id(worker)] = worker
+        self.placing[id(worker)] = (worker.pid.remote(), time.monotonic())
+        return worker
+
+    def fill(self) -> None:
+        """Give every worker queued shards until it has two in flight."""
+        for worker in list(self.workers.values()):
+            held = sum(1 for _, _, w in self.in_flight.values() if w is worker)
+            for _ in range(2 - held):
+                self.submit(worker)
+
+    def check_placement(self) -> None:
+        """Give up on workers no node took in time: their shards go back to the queue
+        (no attempt spent) for the placed workers; with none left, stop with the reason."""
+        for key, (ready, since) in list(self.placing.items()):
+            if ray.wait([ready], timeout=0)[0]:
+                del self.placing[key]
+            elif time.monotonic() - since > self.placement_timeout:
+                del self.placing[key]
+                self.abandon(self.workers.pop(key))
+        if self.queue and not self.workers:
+            raise NoWorkerError(
+                f"no node can hold a worker any more ({len(self.queue)} shard(s) left; the "
+                f"cluster has {format_resources(ray.cluster_resources())}); rerun the same "
+                "command on a cluster with room to finish them"
+            )
+        self.fill()
+
+    def abandon(self, worker) -> None:
+        """Kill an unplaced worker and put its (never started) shards back in the queue."""
+        logging.getLogger(__name__).warning(
+            "a worker found no node in %.0f s; going on with %d",
+            self.placement_timeout,
+            len(self.workers),
+        )
+        ray.kill(worker, no_restart=True)
+        self.retired.append(worker)
+        for ref, (shard, attempt, owner) in list(self.in_flight.items()):
+            if owner is worker:
+                del self.in_flight[ref]
+                self.queue.appendleft((shard, attempt))
 
     def submit(self, worker) -> None:
         """Give ``worker`` the next queued shard, if any."""
-        if self.queue:
+        if self.queue and id(worker) in self.workers:
             shard, attempt = self.queue.popleft()
             self.in_flight[worker.process.remote(shard)] = (shard, attempt, worker)
 
@@ -304,13 +378,18 @@ class ShardDispatcher:
         """The fresh actor standing in for a failed one (started once per failed actor)."""
         if id(worker) not in self.replaced:
             ray.kill(worker, no_restart=True)
-            self.replaced[id(worker)] = self.launch()
+            self.retired.append(worker)
+            self.workers.pop(id(worker), None)
+            self.placing.pop(id(worker), None)
+            self.replaced[id(worker)] = self.start_worker()
         return self.replaced[id(worker)]
 
     def retry(self, shard: Shard, attempt: int, reason: str) -> None:
         """Queue a failed shard again, or give up on it after ``MAX_SHARD_ATTEMPTS``."""
         log = logging.getLogger(__name__)
         log.warning("%s attempt %d failed: %s", shard.name, attempt, reason)
+        tries = self.summary.attempts.setdefault(shard.name, [])
+        tries.append({"attempt": attempt, "error": reason, "at": time.time()})
         if attempt < MAX_SHARD_ATTEMPTS:
             self.summary.retries += 1
             self.queue.append((shard, attempt + 1))
@@ -325,9 +404,21 @@ class ShardDispatcher:
         self.view.update(s.images_this_run + images, s.masks_this_run + masks)
 
 
+def format_resources(resources: dict[str, float]) -> str:
+    """``{"CPU": 2.0, "GPU": 0.0, "memory": …}`` → ``2 CPU, 0 GPU``."""
+    return ", ".join(f"{resources.get(name, 0):g} {name}" for name in ("CPU", "GPU"))
+
+
 def finish_manifest(plan: RunPlan, summary: RunSummary, layout: RunLayout) -> None:
-    """Total the committed shards and record the outcome in the manifest."""
-    markers = read_markers(layout)
+    """Total the committed shards and record the outcome in the manifest, waiting out a store
+    that is briefly away (a minute or two) before giving up with a one-line error."""
+    try:
+        markers = with_retries(lambda: read_markers(layout), **PATIENT)
+    except TRANSIENT_ERRORS as error:
+        raise StorageUnavailableError(
+            f"the store is unreachable, so the run's manifest was not written "
+            f"({one_line(error)}); committed shards are safe: rerun the same command"
+        ) from error
     summary.nodes = len({marker.get("node") for marker in markers.values()})
     for marker in markers.values():
         summary.images += marker["images"]
@@ -347,7 +438,8 @@ def finish_manifest(plan: RunPlan, summary: RunSummary, layout: RunLayout) -> No
         },
         "failed_shards": summary.failed_shards,
         "shard_retries": summary.retries,
+        "shard_attempts": summary.attempts,
         "fatal": summary.fatal,
         "seconds": summary.seconds,
     }
-    layout.manifest.write_json_atomic(manifest)
+    with_retries(lambda: layout.manifest.write_json_atomic(manifest), **PATIENT)

@@ -22,7 +22,7 @@ from pipeline.core.config import JobConfig
 from pipeline.core.errors import one_line
 from pipeline.core.imageio import DecodedImage, ImageReadError, load_image
 from pipeline.core.schema import IMAGE_SCHEMA, MASK_SCHEMA, image_row, image_table, mask_rows
-from pipeline.core.storage import Location
+from pipeline.core.storage import Location, StorageUnavailableError
 from pipeline.core.writer import RunLayout, commit_shard
 from pipeline.job.listing import read_shard_uris
 from pipeline.job.sources import ImageRef, Shard, image_id_for, listing_hash
@@ -72,6 +72,8 @@ def read_result(loaded: Future) -> DecodedImage | ImageReadError:
         return loaded.result()
     except ImageReadError as error:
         return error
+    except StorageUnavailableError:
+        raise  # the shard fails and is retried: the image itself may be fine
     except Exception as error:  # e.g. MemoryError while decoding
         return ImageReadError(f"cannot read image: {one_line(error)}")
 
