@@ -250,7 +250,7 @@ def on_this_node():
     others as far as this run is concerned)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
 
 
 class WorkerStartError(RuntimeError):
@@ -399,7 +399,10 @@ class ShardDispatcher:
     def show(self) -> None:
         """Update the progress view: finished shards plus the running ones' reports."""
         running = [shard.name for shard, _, _ in self.in_flight.values()]
-        images, masks = ray.get(self.tracker.totals.remote(running))
+        try:
+            images, masks = ray.get(self.tracker.totals.remote(running), timeout=10)
+        except (ray.exceptions.RayError, TimeoutError):  # its node is gone: count whole shards
+            images = masks = 0
         s = self.summary
         self.view.update(s.images_this_run + images, s.masks_this_run + masks)
 
