@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.report import report
 from benchmarks.synthetic_run import write_synthetic_run
 from pipeline.core.storage import Location
 from pipeline.results.export import export_coco
@@ -71,10 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"| `{command}` | {one:.1f} | {masks / one:,.0f} | {ray_:.1f} | {masks / ray_:,.0f} |"
         )
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        Path(args.out).write_text(table + "\n")
+    report(lines, args.out)
     return 0
 
 

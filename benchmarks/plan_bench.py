@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.report import report
+
 
 def write_manifest(path: Path, count: int, start: int = 0, seed: int = 0) -> None:
     """``count`` URIs in shuffled order, one a line (as a crawler's dump would be)."""
@@ -106,10 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {grown['seconds']:.1f} | {grown['peak_mb']:,.0f} |"
         )
         print(lines[-1], f"(after imports: {first['after_imports_mb']:,.0f} MB)", flush=True)
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        Path(args.out).write_text(table + "\n")
+    report(lines, args.out)
     return 0
 
 

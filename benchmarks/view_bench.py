@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.report import report
 from benchmarks.synthetic_run import write_synthetic_run
 from pipeline.core.storage import Location
 from pipeline.web.browse import RunBrowser, Sliders
@@ -80,10 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {step} | " + " | ".join(f"{t[i]:,.0f}" for _, t in columns) + " |")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     lines.append(f"\npeak memory of the process (all runs): {peak:,.0f} MB")
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        Path(args.out).write_text(table + "\n")
+    report(lines, args.out)
     return 0
 
 

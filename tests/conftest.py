@@ -150,6 +150,9 @@ class SeaweedFS:
                 f"-volume.port={ports['volume']}",
                 f"-filer.port={ports['filer']}",
                 "-master.volumeSizeLimitMB=100",
+                # no Iceberg or Lance listeners: their fixed ports clash between servers
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,

@@ -14,7 +14,7 @@ import io
 import shlex
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import cv2
@@ -41,31 +41,21 @@ class ImageNotFoundError(KeyError):
 
 
 @dataclass(frozen=True)
-class Sliders:
-    """The page's filter controls; ``None`` leaves a bound off.
+class Sliders(MaskFilter):
+    """The page's filter controls: a ``MaskFilter`` plus the prompted-run ones.
 
     Args:
-        min_predicted_iou, min_stability_score: score floors.
-        min_area, max_area: area bounds in pixels.
-        min_area_fraction, max_area_fraction: area bounds as a fraction of the image.
-        top_k: masks kept per image, by predicted IoU.
         min_box_iou: prompted runs: floor on the mask box's IoU with its prompt box.
         categories: prompted runs: keep only these category ids.
+        (the rest: see ``MaskFilter``)
     """
 
-    min_predicted_iou: float | None = None
-    min_stability_score: float | None = None
-    min_area: int | None = None
-    max_area: int | None = None
-    min_area_fraction: float | None = None
-    max_area_fraction: float | None = None
-    top_k: int | None = None
     min_box_iou: float | None = None
     categories: tuple[int, ...] | None = None
 
     def mask_filter(self) -> MaskFilter:
         """The ``MaskFilter`` these sliders stand for (box IoU and categories as ``where``)."""
-        clauses = []
+        clauses = [self.where] if self.where else []
         if self.min_box_iou is not None:
             clauses.append(f"box_iou >= {self.min_box_iou:g}")
         if self.categories:
@@ -73,16 +63,8 @@ class Sliders:
         where = " and ".join(clauses) or None
         if where:
             parse_where(where)
-        return MaskFilter(
-            min_predicted_iou=self.min_predicted_iou,
-            min_stability_score=self.min_stability_score,
-            min_area=self.min_area,
-            max_area=self.max_area,
-            min_area_fraction=self.min_area_fraction,
-            max_area_fraction=self.max_area_fraction,
-            top_k=self.top_k,
-            where=where,
-        )
+        shared = {field.name: getattr(self, field.name) for field in fields(MaskFilter)}
+        return MaskFilter(**{**shared, "where": where})
 
 
 def filter_flags(mask_filter: MaskFilter) -> list[str]:
