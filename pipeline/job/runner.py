@@ -266,7 +266,9 @@ class ShardDispatcher:
 
     A worker whose shard failed (its process died, or the shard raised, e.g. a CUDA error) is
     killed and replaced, so a broken CUDA context never sees another shard. A shard is tried
-    ``MAX_SHARD_ATTEMPTS`` times, then recorded as failed.
+    ``MAX_SHARD_ATTEMPTS`` times, then recorded as failed. A worker no node takes within
+    ``placement_timeout`` seconds (its node lost, the cluster full) is given up: its shards go
+    to the others, and with no worker left the run stops with ``NoWorkerError``.
 
     Args:
         todo: shards to process.
@@ -336,7 +338,7 @@ class ShardDispatcher:
     def abandon(self, worker) -> None:
         """Kill an unplaced worker and put its (never started) shards back in the queue."""
         logging.getLogger(__name__).warning(
-            "a worker found no node in %.0f s; going on with %d",
+            "a worker found no node in %.0f s; going on with %d worker(s)",
             self.placement_timeout,
             len(self.workers),
         )
