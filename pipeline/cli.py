@@ -219,20 +219,14 @@ def add_filter_flags(parser: argparse.ArgumentParser) -> None:
 
 def mask_filter_from(args: argparse.Namespace):
     """Build the MaskFilter from the parsed filter flags."""
+    from dataclasses import fields
+
     from pipeline.results.filters import MaskFilter, parse_where
 
     if args.where:
         parse_where(args.where)  # a bad expression fails before any data is read
-    return MaskFilter(
-        min_predicted_iou=args.min_predicted_iou,
-        min_stability_score=args.min_stability_score,
-        min_area=args.min_area,
-        max_area=args.max_area,
-        min_area_fraction=args.min_area_fraction,
-        max_area_fraction=args.max_area_fraction,
-        top_k=args.top_k,
-        where=args.where,
-    )
+    # The flags are the filter's fields, dashed (``--min-area-fraction``).
+    return MaskFilter(**{field.name: getattr(args, field.name) for field in fields(MaskFilter)})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -157,7 +157,7 @@ def continued_listing(
     held = run_uris(layout, stored)
     # A boolean per listed URI (repeats too): not in the run yet.
     new = as_array(pc.invert(pc.is_in(listing.uris, value_set=held)))
-    added = sum(len(chunk) for chunk in listing.chunks(only=new))
+    added = pc.sum(new.take(listing.order)).as_py() or 0  # each listed image once
     gone = pc.invert(pc.is_in(held, value_set=listing.uris))
     removed = {"count": pc.sum(gone).as_py() or 0, "examples": held.filter(gone)[:5].to_pylist()}
     if not append:

@@ -53,17 +53,15 @@ def new_manifest(
     job: JobConfig,
     model: ModelSpec,
     source: str,
-    num_images: int,
-    num_shards: int,
     prompts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The manifest written when a run starts.
+    """The manifest written when a run starts (the plan adds its ``listing`` and ``planned``
+    counts once the listing is written).
 
     Args:
         job: the resolved config.
         model: the resolved model (config + checkpoint).
         source: the ``--input`` as given.
-        num_images: images listed; num_shards: shards planned.
         prompts: a prompted run's prompts: source, hash, matched and unmatched counts.
     """
     return {
@@ -78,7 +76,6 @@ def new_manifest(
         },
         "input": redact(source),
         "versions": package_versions(),
-        "planned": {"images": num_images, "shards": num_shards},
         "started_at": time.time(),
         "status": "running",
     }

@@ -126,7 +126,7 @@ def plan_run(
     listing = list_input(source)
     found, prompts_info = read_run_prompts(prompts, listing) if prompts else (None, None)
     layout = RunLayout(output)
-    manifest = new_manifest(job, model, source.uri, len(listing), 0, prompts_info)
+    manifest = new_manifest(job, model, source.uri, prompts_info)
     existing = layout.manifest.read_json()
     if overwrite and existing is not None:
         remove_run(layout)

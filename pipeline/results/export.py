@@ -10,6 +10,7 @@ import json
 import os
 import posixpath
 from collections.abc import Iterator
+from itertools import accumulate
 from typing import IO, Any
 
 from pipeline.core.storage import Location
@@ -59,8 +60,8 @@ def first_ids(run: Run, mask_filter: MaskFilter, pool: ShardPool) -> list[int] |
     if not pool.use_ray:
         return None
     tasks = ((run.location, shard, mask_filter) for shard in run.shards)
-    counts = list(pool.map(shard_kept_count, tasks, len(run.shards), "count"))
-    return [1 + sum(counts[:i]) for i in range(len(counts))] if counts else []
+    counts = pool.map(shard_kept_count, tasks, len(run.shards), "count")
+    return list(accumulate(counts, initial=1))[:-1]
 
 
 def shard_tasks(run: Run, starts: list[int] | None, state: dict[str, int], *args: Any):

@@ -90,9 +90,8 @@ class RunBrowser:
         self.location = location
         self.storage_flags = list(storage_flags or [])
         self.lock = threading.Lock()
-        self.run = self.reload()
-        self.kept_cache: OrderedDict[MaskFilter, dict[str, Any]] = OrderedDict()
         self.pictures: OrderedDict[tuple, bytes] = OrderedDict()
+        self.reload()
 
     def reload(self) -> Run:
         """Reopen the run: shards committed since the last look join it."""
@@ -112,7 +111,7 @@ class RunBrowser:
         self.images = table.sort_by("image_id")
         self.image_ids = self.images.column("image_id").to_numpy()
         self.row_of = {int(i): n for n, i in enumerate(self.image_ids)}
-        self.kept_cache = OrderedDict()
+        self.kept_cache: OrderedDict[MaskFilter, dict[str, Any]] = OrderedDict()
         self.prompted = bool(self.run.manifest.get("prompts"))
         self.category_list = self.categories() if self.prompted else []
         return self.run

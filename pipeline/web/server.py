@@ -153,11 +153,11 @@ def tune_app(tuner: Tuner) -> FastAPI:
 
     @app.post("/api/tries")
     def run_try(settings: Annotated[dict[str, float | int], Body(embed=True)]) -> dict[str, Any]:
-        return with_config(tuner, tuner.run(settings))
+        return tuner.run(settings).summary()
 
     @app.get("/api/tries")
     def tries() -> list[dict[str, Any]]:
-        return [with_config(tuner, attempt) for attempt in tuner.tries]
+        return [attempt.summary() for attempt in tuner.tries]
 
     @app.get("/api/tries/{number}/{index}.png")
     def overlay(number: int, index: int) -> Response:
@@ -167,15 +167,6 @@ def tune_app(tuner: Tuner) -> FastAPI:
             raise HTTPException(404, "no such try or image") from None
 
     return app
-
-
-def with_config(tuner: Tuner, attempt) -> dict[str, Any]:
-    """A try's summary with its settings as ``key=value`` arguments and as a preset."""
-    return {
-        **attempt.summary(),
-        "args": " ".join(attempt.overrides),
-        "preset_yaml": tuner.preset_yaml(attempt),
-    }
 
 
 def is_loopback(host: str) -> bool:

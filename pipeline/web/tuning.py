@@ -50,12 +50,16 @@ class Try:
     images: list[dict[str, Any]] = field(default_factory=list)
     overlays: list[bytes] = field(default_factory=list)
     seconds_per_image: float = 0.0
+    preset_yaml: str = ""  # the try's whole config as a preset (``Tuner.preset_yaml``)
 
     def summary(self) -> dict[str, Any]:
-        """The try as plain data for the page (overlays by URL)."""
+        """The try as plain data for the page (overlays by URL), with its settings as
+        ``key=value`` arguments and as a preset."""
         return {
             "number": self.number,
             "overrides": self.overrides,
+            "args": " ".join(self.overrides),
+            "preset_yaml": self.preset_yaml,
             "images": self.images,
             "masks": sum(image["masks"] for image in self.images),
             "seconds_per_image": self.seconds_per_image,
@@ -119,6 +123,7 @@ class Tuner:
         with self.lock:
             generator = self.generator(job)
             attempt = Try(number=len(self.tries) + 1, overrides=overrides)
+            attempt.preset_yaml = self.preset_yaml(attempt)
             total = 0.0
             for uri in self.uris:
                 pixels = self.pixels(uri, job)
