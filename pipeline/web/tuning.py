@@ -89,6 +89,7 @@ class Tuner:
         self.base = load_config(preset, self.base_overrides)
         self.uris = [image.uri for image in list_images(source)[:sample]]
         self.tries: list[Try] = []
+        self.numbered = 0
         self.models: dict[Any, Any] = {}
         self.lock = threading.Lock()
 
@@ -122,7 +123,8 @@ class Tuner:
         job, overrides = self.job_for(settings)
         with self.lock:
             generator = self.generator(job)
-            attempt = Try(number=len(self.tries) + 1, overrides=overrides)
+            self.numbered += 1  # not len(tries): only the last MAX_TRIES are kept
+            attempt = Try(number=self.numbered, overrides=overrides)
             attempt.preset_yaml = self.preset_yaml(attempt)
             total = 0.0
             for uri in self.uris:
