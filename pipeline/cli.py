@@ -6,10 +6,8 @@ import argparse
 import sys
 
 from pipeline.core.config import ConfigError, load_config
-from pipeline.core.errors import redact
+from pipeline.core.errors import UserError, redact
 from pipeline.core.storage import open_location
-
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError,)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,33 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except USER_ERRORS + user_errors() as error:
+    except UserError as error:
         print(f"autolabel: error: {redact(str(error))}", file=sys.stderr)
         return 2
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    """Errors whose message is meant for the user as it is (one line, exit code 2)."""
-    from pipeline.core.storage import LocationError, StorageUnavailableError
-    from pipeline.job.manifest import RunConflictError
-    from pipeline.job.prompts import PromptsError
-    from pipeline.job.sources import InputError
-    from pipeline.model.registry import ModelError
-    from pipeline.results.dataset import RunNotFoundError
-    from pipeline.results.evaluate import EvalError
-    from pipeline.results.filters import FilterError
-
-    return (
-        ModelError,
-        InputError,
-        RunConflictError,
-        RunNotFoundError,
-        FilterError,
-        EvalError,
-        LocationError,
-        PromptsError,
-        StorageUnavailableError,
-    )
 
 
 def run_command(args: argparse.Namespace) -> int:

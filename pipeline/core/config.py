@@ -15,10 +15,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pipeline.core.errors import UserError
+
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config the job cannot run with; the message is one line for the user."""
 
 
@@ -108,6 +110,11 @@ class RuntimeConfig:
     # A worker not placed on any node after this long is given up (its shards go to the
     # others); with no worker left, the run fails with a message instead of waiting forever.
     placement_timeout_s: float = 300.0
+    # The run fails (exit 1) when more than this fraction of its images are error rows: a
+    # wrong prefix, a format nobody can decode or a broken setup must not end "complete".
+    # 0.5 tolerates a messy crawl (a few % unreadable is common) and catches those; 1.0 accepts
+    # any number of error rows.
+    max_error_fraction: float = 0.5
 
 
 @dataclass
@@ -213,6 +220,7 @@ def validate(job: JobConfig) -> None:
         (rt.read_threads >= 1, "runtime.read_threads must be >= 1"),
         (rt.prefetch >= 1, "runtime.prefetch must be >= 1"),
         (rt.placement_timeout_s > 0, "runtime.placement_timeout_s must be > 0"),
+        (0 <= rt.max_error_fraction <= 1, "runtime.max_error_fraction must be in [0, 1]"),
         (rt.device in ("auto", "cpu", "cuda"), "runtime.device must be auto, cpu or cuda"),
         (job.model.dtype in (None, *DTYPES), f"model.dtype must be one of {', '.join(DTYPES)}"),
         (

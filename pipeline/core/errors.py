@@ -22,3 +22,11 @@ def redact(text: str) -> str:
     """Hide credentials in URIs: ``user:pass@`` and signed-URL query parameters."""
     text = _USERINFO.sub(r"\g<scheme>***@", text)
     return _SECRET_QUERY.sub(r"\g<key>***", text)
+
+
+class UserError(Exception):
+    """An error whose message is meant for the user as it is: one line, exit code 2.
+
+    Every such error of the package derives from this (``ConfigError``, ``InputError``,
+    ``ModelError`` …), so the CLI needs no hand-kept list of them.
+    """

@@ -48,6 +48,8 @@ IMAGE_SCHEMA = pa.schema(
         # Prompted runs only: prompts of the image, and why each failed one has no mask.
         ("num_prompts", pa.int32()),
         ("prompt_errors", pa.list_(pa.string())),
+        # Error rows: ``read`` (the image could not be used) or ``generation`` (masks failed).
+        ("error_kind", pa.string()),
     ]
 )
 
@@ -81,6 +83,7 @@ def image_row(
     original_height: int | None = None,
     num_masks: int = 0,
     error: str | None = None,
+    error_kind: str | None = None,
     seconds: float = 0.0,
     num_prompts: int | None = None,
     prompt_errors: list[str] | None = None,
@@ -100,6 +103,7 @@ def image_row(
         "seconds": seconds,
         "num_prompts": num_prompts,
         "prompt_errors": prompt_errors,
+        "error_kind": error_kind if error else None,
     }
 
 

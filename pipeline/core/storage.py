@@ -7,6 +7,8 @@ CLI, the public API) and handed down; nothing below takes storage options.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import posixpath
@@ -17,9 +19,13 @@ from typing import Any, TypeVar
 
 from fsspec.core import url_to_fs
 
-from pipeline.core.errors import one_line, redact
+from pipeline.core.errors import UserError, one_line, redact
 
 T = TypeVar("T")
+
+# A file being written is named ``_<random hex>.<name>.partial`` until it is whole.
+PARTIAL_PREFIX = "_"
+PARTIAL_SUFFIX = ".partial"
 
 # Errors that mean "the data is not there" or "not allowed": retrying cannot help.
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -48,7 +54,7 @@ def transient_errors() -> tuple[type[BaseException], ...]:
 TRANSIENT_ERRORS = transient_errors()
 
 
-class StorageUnavailableError(OSError):
+class StorageUnavailableError(OSError, UserError):
     """The storage could not be reached after the retries: a fault of the store, not of the
     file (a shard that meets it fails and is retried; the image gets no error row)."""
 
@@ -124,7 +130,7 @@ def as_uri(fs, path: str) -> str:
     return fs.unstrip_protocol(path)
 
 
-class LocationError(ValueError):
+class LocationError(UserError, ValueError):
     """A URI no filesystem can open; the message is one line for the user."""
 
 
@@ -205,29 +211,67 @@ class Location:
         with self.open("rb") as f:
             return json.loads(f.read())
 
-    def write_atomic(self, write: Callable[[Any], None]) -> None:
-        """Write the file so that readers see it whole or not at all, retrying transient errors.
+    def write_atomic(self, write: Callable[[Any], None], stream: bool = False) -> None:
+        """Write the file so that readers see it whole or not at all, retrying transient errors;
+        a write that fails (or is interrupted) leaves the previous file as it was.
 
-        Locally the bytes go to ``_<random>.<name>.partial`` (a name readers skip) and are
-        renamed; on an object store the object only becomes visible when its upload completes.
+        Locally the bytes go to ``_<random>.<name>.partial`` (a name readers skip), are
+        flushed to disk (``fsync``) and renamed over the file. On an object store the content is
+        made in memory and sent in one upload, so the object changes only when it completes;
+        with ``stream`` (content larger than memory, e.g. an export) it is uploaded under the
+        partial name and moved into place once whole.
 
         Args:
             write: writes the content into the binary file object it is given.
+            stream: on an object store, upload as it is written instead of from memory.
         """
         parent = posixpath.dirname(self.path)
         if parent:
             self.fs.makedirs(parent, exist_ok=True)
-        target = self.path
-        if self.is_local:
-            target = f"{parent}/_{uuid.uuid4().hex}.{posixpath.basename(self.path)}.partial"
+        if self.is_local or stream:
+            self._write_partial(write, parent)
+            return
+        buffer = io.BytesIO()
+        write(buffer)
+        payload = buffer.getvalue()
+        with_retries(lambda: self.fs.pipe_file(self.path, payload), what="write")
+
+    def _write_partial(self, write: Callable[[Any], None], parent: str) -> None:
+        """Write under a partial name beside the file, then move it into place."""
+        partial = f"{parent}/{PARTIAL_PREFIX}{uuid.uuid4().hex}.{self.name}{PARTIAL_SUFFIX}"
 
         def upload() -> None:
-            with self.fs.open(target, "wb") as f:
+            with self.fs.open(partial, "wb") as f:
                 write(f)
+                if self.is_local:
+                    f.flush()
+                    os.fsync(f.fileno())
 
-        with_retries(upload, what="write")
-        if target != self.path:
-            os.replace(target, self.path)
+        try:
+            with_retries(upload, what="write")
+            if self.is_local:
+                os.replace(partial, self.path)
+            else:
+                self.fs.mv(partial, self.path)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.fs.rm(partial)
+            raise
+
+    def contains(self, other: Location) -> bool:
+        """True when ``other`` is this location or lies below it (same store; local paths
+        compared after resolving links)."""
+        mine, theirs = self.identity(), other.identity()
+        if mine[0] != theirs[0]:
+            return False
+        return theirs[1] == mine[1] or theirs[1].startswith(mine[1].rstrip("/") + "/")
+
+    def identity(self) -> tuple[str, str]:
+        """``(store, path)`` that names the same place however the URI was written."""
+        if self.is_local:
+            return "file", os.path.realpath(strip_protocol(self.uri))
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return protocol, self.path.rstrip("/")
 
     def write_json_atomic(self, data: dict) -> None:
         """Write a JSON file so that a reader sees the old one or the new one, never half."""

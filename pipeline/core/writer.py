@@ -5,14 +5,20 @@ OUT/
   masks/shard-00000.parquet    mask rows  (pyarrow.dataset / DuckDB / Ray Data read this folder)
   images/shard-00000.parquet   image rows
   _shards/shard-00000.json     commit marker with the shard's counts, written last
+  _listing/<plan>/block-….parquet  the planned listing (which images each shard holds)
   _run.json                    run manifest: config, model, versions, counts
+  _lease.json                  the lease of the command writing the output (core/lease)
 ```
 Readers skip names starting with ``_`` or ``.``. A shard counts as done only when its marker
 exists; a rerun redoes (and overwrites) any shard without one.
+
+Nothing here deletes a file it did not write: ``remove_run`` removes the run's own files one by
+one (the names its manifest and markers give), never a folder with what else is in it.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,9 +27,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.core.storage import Location
+from pipeline.core.storage import PARTIAL_PREFIX, PARTIAL_SUFFIX, Location
 
 MANIFEST_NAME = "_run.json"
+SHARD_FILE = re.compile(r"^shard-\d{5,}\.(parquet|json)$")
+PARTIAL_FILE = re.compile(
+    "^" + re.escape(PARTIAL_PREFIX) + r"[0-9a-f]{32}\..+" + re.escape(PARTIAL_SUFFIX) + "$"
+)
+BLOCK_FILE = re.compile(r"^block-\d{5,}\.parquet$")
 
 
 @dataclass(frozen=True)
@@ -126,16 +137,89 @@ def read_markers(layout: RunLayout) -> dict[str, dict[str, Any]]:
 def remove_partials(layout: RunLayout) -> int:
     """Delete files a killed writer left under temporary names; returns how many."""
     removed = 0
-    for folder in (layout.masks_dir, layout.images_dir, layout.markers_dir, layout.listing_dir):
+    for folder in (layout.masks_dir, layout.images_dir, layout.markers_dir, layout.root):
         for entry in folder.listdir():
-            if entry.name.endswith(".partial"):
+            if PARTIAL_FILE.match(entry.name):
                 entry.remove()
                 removed += 1
     return removed
 
 
-def remove_run(layout: RunLayout) -> None:
-    """Delete a previous run's files (``--overwrite``)."""
-    for folder in (layout.markers_dir, layout.masks_dir, layout.images_dir, layout.listing_dir):
-        folder.remove(recursive=True)
-    layout.manifest.remove()
+def foreign_files(layout: RunLayout) -> list[str]:
+    """Entries of ``masks/``, ``images/`` and ``_shards/`` this tool did not write (dot files
+    aside): a run must not be written among them, nor readers read them as shards."""
+    found = []
+    for folder in (layout.masks_dir, layout.images_dir, layout.markers_dir):
+        for entry in folder.listdir():
+            name = entry.name
+            ours = SHARD_FILE.match(name) or PARTIAL_FILE.match(name)
+            if not name.startswith(".") and not ours:
+                found.append(str(entry))
+    return found
+
+
+def run_files(layout: RunLayout, manifest: dict[str, Any] | None) -> list[Location]:
+    """Every file of the run at ``layout`` that exists: its shards' files (the planned ones
+    and any with a marker), markers, listing blocks and manifest, left-over partial files.
+    Nothing else: a file of the user's that sits among them is not listed."""
+    listing = (manifest or {}).get("listing") or {}
+    names = {
+        entry.name[: -len(".json")]
+        for entry in layout.markers_dir.listdir()
+        if SHARD_FILE.match(entry.name)
+    }
+    names |= {f"shard-{index:05d}" for index in range(int(listing.get("shards", 0)))}
+    files = []
+    for folder in (layout.masks_dir, layout.images_dir, layout.markers_dir):
+        for entry in folder.listdir():
+            stem = entry.name.rsplit(".", 1)[0]
+            if (SHARD_FILE.match(entry.name) and stem in names) or PARTIAL_FILE.match(entry.name):
+                files.append(entry)
+    files += listing_files(layout, listing)
+    files += [entry for entry in layout.root.listdir() if PARTIAL_FILE.match(entry.name)]
+    if layout.manifest.exists():
+        files.append(layout.manifest)
+    return files
+
+
+def listing_files(layout: RunLayout, listing: dict[str, Any]) -> list[Location]:
+    """The listing blocks of a run (in its plan's folder, or directly in ``_listing/`` for
+    runs planned before plan folders)."""
+    folder = layout.listing_dir.join(listing["folder"]) if listing.get("folder") else None
+    found = []
+    for entry in (folder or layout.listing_dir).listdir():
+        if BLOCK_FILE.match(entry.name) or PARTIAL_FILE.match(entry.name):
+            found.append(entry)
+    return found
+
+
+def remove_run(layout: RunLayout, manifest: dict[str, Any] | None = None) -> int:
+    """Delete a previous run's files (``--overwrite``), file by file, and the folders they
+    leave empty; a file the run did not write stays, with its folder. Returns how many
+    files were removed.
+
+    Args:
+        layout: the run's layout.
+        manifest: its manifest (default: read from the layout): says which files are its.
+    """
+    if manifest is None:
+        manifest = layout.manifest.read_json()
+    files = run_files(layout, manifest)
+    for entry in files:
+        entry.remove()
+    listing = (manifest or {}).get("listing") or {}
+    folders = [layout.masks_dir, layout.images_dir, layout.markers_dir]
+    if listing.get("folder"):
+        folders.append(layout.listing_dir.join(listing["folder"]))
+    folders.append(layout.listing_dir)
+    for folder in folders:
+        remove_empty_folder(folder)
+    return len(files)
+
+
+def remove_empty_folder(folder: Location) -> None:
+    """Remove a local folder when nothing is left in it (object stores have no folders)."""
+    if folder.is_local and folder.exists() and not folder.listdir():
+        import os
+
+        os.rmdir(folder.path)

@@ -1,10 +1,12 @@
 """The run's listing: which images each shard holds, written once into the output as Parquet.
 
-``_listing/block-NNNNN.parquet`` files hold the sorted URIs (columns ``shard``, ``uri``; one
+``_listing/<plan>/block-NNNNN.parquet`` files hold the sorted URIs (columns ``shard``, ``uri``; one
 row group per shard; ``SHARDS_PER_BLOCK`` shards a file). The driver writes them while it plans,
 a slice at a time, and keeps only a few numbers per shard; the actor that labels a shard reads
 its URIs from its block. The manifest's ``listing`` section says what the files hold:
 
+- ``folder``: the plan's folder under ``_listing/`` (a fresh one per plan, so a run planned
+  with ``--overwrite`` never writes over the listing of the run it replaces);
 - ``input_digest``: the identity of the input as last listed (a rerun with the same input
   resumes; another input is refused, or appended with ``--append``);
 - ``batches``: the first plan and each append (when, first shard, shards, images, the input's
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import io
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -32,9 +35,16 @@ SHARDS_PER_BLOCK = 64
 LISTING_SCHEMA = pa.schema([("shard", pa.int32()), ("uri", pa.string())])
 
 
-def block_name(first_shard: int) -> str:
-    """The listing file that starts with shard ``first_shard``."""
-    return f"block-{first_shard:05d}.parquet"
+def block_name(first_shard: int, folder: str = "") -> str:
+    """The listing file that starts with shard ``first_shard``, relative to ``_listing/``
+    (``folder``: the plan's folder; empty for runs planned before plan folders)."""
+    name = f"block-{first_shard:05d}.parquet"
+    return f"{folder}/{name}" if folder else name
+
+
+def new_folder() -> str:
+    """A fresh plan folder name."""
+    return uuid.uuid4().hex[:12]
 
 
 def write_batch(
@@ -43,6 +53,7 @@ def write_batch(
     first_shard: int,
     shard_size: int,
     only: pa.Array | None = None,
+    folder: str = "",
 ) -> dict[str, Any]:
     """Write the sorted URIs of ``listing`` (with ``only``, a boolean per listed URI, those it
     marks) as shards ``first_shard`` onwards, into block files; returns the batch's
@@ -56,7 +67,7 @@ def write_batch(
         table = pa.table({"shard": shards, "uri": uris}, LISTING_SCHEMA)
         buffer = io.BytesIO()
         pq.write_table(table, buffer, row_group_size=shard_size, compression="zstd")
-        layout.listing_file(block_name(state["next_shard"])).write_atomic(
+        layout.listing_file(block_name(state["next_shard"], folder)).write_atomic(
             lambda f: f.write(buffer.getvalue())
         )
         state["images"] += len(uris)
@@ -81,14 +92,14 @@ def write_batch(
     }
 
 
-def batch_shards(batch: dict[str, Any], shard_size: int) -> list[Shard]:
+def batch_shards(batch: dict[str, Any], shard_size: int, folder: str = "") -> list[Shard]:
     """The shards of one batch (no images: those are in the listing files)."""
     first = batch["first_shard"]
     return [
         Shard(
             index=first + k,
             size=min(shard_size, batch["images"] - k * shard_size),
-            block=block_name(first + (k // SHARDS_PER_BLOCK) * SHARDS_PER_BLOCK),
+            block=block_name(first + (k // SHARDS_PER_BLOCK) * SHARDS_PER_BLOCK, folder),
         )
         for k in range(batch["shards"])
     ]
@@ -96,7 +107,8 @@ def batch_shards(batch: dict[str, Any], shard_size: int) -> list[Shard]:
 
 def listing_shards(info: dict[str, Any], shard_size: int) -> list[Shard]:
     """Every shard of a run's listing, in order."""
-    return [shard for batch in info["batches"] for shard in batch_shards(batch, shard_size)]
+    folder = info.get("folder", "")
+    return [shard for batch in info["batches"] for shard in batch_shards(batch, shard_size, folder)]
 
 
 def read_shard_uris(layout: RunLayout, shard: Shard) -> list[str]:
@@ -107,16 +119,21 @@ def read_shard_uris(layout: RunLayout, shard: Shard) -> list[str]:
     return table.column("uri").to_pylist()
 
 
-def batch_blocks(batch: dict[str, Any]) -> list[str]:
+def batch_blocks(batch: dict[str, Any], folder: str = "") -> list[str]:
     """The listing files of one batch."""
     first, count = batch["first_shard"], batch["shards"]
-    return [block_name(first + k) for k in range(0, count, SHARDS_PER_BLOCK)]
+    return [block_name(first + k, folder) for k in range(0, count, SHARDS_PER_BLOCK)]
 
 
 def run_uris(layout: RunLayout, info: dict[str, Any]) -> pa.Array:
     """Every URI the run's listing holds (the files its manifest names; a block an
     interrupted plan left behind is not part of the run)."""
-    files = [layout.listing_file(name) for batch in info["batches"] for name in batch_blocks(batch)]
+    folder = info.get("folder", "")
+    files = [
+        layout.listing_file(name)
+        for batch in info["batches"]
+        for name in batch_blocks(batch, folder)
+    ]
     dataset = ds.dataset(
         [f.path for f in files], schema=LISTING_SCHEMA, format="parquet", filesystem=layout.root.fs
     )
@@ -124,9 +141,11 @@ def run_uris(layout: RunLayout, info: dict[str, Any]) -> pa.Array:
 
 
 def new_listing(layout: RunLayout, listing: InputListing, shard_size: int) -> dict[str, Any]:
-    """A fresh run's listing: every image, written as shards 0 onwards."""
-    batch = write_batch(layout, listing, 0, shard_size)
+    """A fresh run's listing: every image, written as shards 0 onwards into a new folder."""
+    folder = new_folder()
+    batch = write_batch(layout, listing, 0, shard_size, folder=folder)
     return {
+        "folder": folder,
         "input_digest": listing.digest,
         "images": batch["images"],
         "shards": batch["shards"],
@@ -164,7 +183,9 @@ def continued_listing(
         raise RunConflictError(change_message(added, removed["count"]))
     info = {**stored, "input_digest": listing.digest, "removed": removed}
     if added:
-        batch = write_batch(layout, listing, stored["shards"], shard_size, only=new)
+        batch = write_batch(
+            layout, listing, stored["shards"], shard_size, only=new, folder=stored.get("folder", "")
+        )
         info["batches"] = [*stored["batches"], batch]
         info["images"] = stored["images"] + batch["images"]
         info["shards"] = stored["shards"] + batch["shards"]

@@ -10,7 +10,7 @@ from importlib import metadata
 from typing import Any
 
 from pipeline.core.config import JobConfig, to_dict
-from pipeline.core.errors import redact
+from pipeline.core.errors import UserError, redact
 from pipeline.model.registry import ModelSpec
 
 PACKAGES = ("autolabel", "sam2", "torch", "torchvision", "ray", "pycocotools", "pyarrow", "numpy")
@@ -21,7 +21,7 @@ FINGERPRINT_RUNTIME = ("shard_size",)
 FINGERPRINT_GENERATOR = ("impl",)
 
 
-class RunConflictError(ValueError):
+class RunConflictError(UserError, ValueError):
     """The output already holds a run made with other settings."""
 
 

@@ -95,7 +95,7 @@ def summary_table(summary: Any) -> Table:
     per_image = summary.masks / summary.ok if summary.ok else 0.0
     rows = [
         ("images ok", f"{summary.ok}"),
-        ("images failed", f"{summary.errors}"),
+        ("images failed", images_failed(summary)),
         ("masks", f"{summary.masks} ({per_image:.1f} per image)"),
         ("this run", f"{summary.images_this_run} images in {summary.seconds:.1f} s"),
         ("throughput", f"{rate:.2f} images/s, {mask_rate:.1f} masks/s"),
@@ -119,6 +119,16 @@ def summary_table(summary: Any) -> Table:
         )
         rows.append(("FAILED shards", shown))
         rows.append(("reason", summary.fatal or summary.failed_shards[failed[0]]))
+    elif summary.fatal:
+        rows.append(("FAILED", summary.fatal))
+    if summary.over_budget:
+        rows.append(("FAILED: error rows", summary.over_budget))
     for row in rows:
         table.add_row(*row)
     return table
+
+
+def images_failed(summary: Any) -> str:
+    """``3 (read 2, generation 1)``."""
+    kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(summary.error_kinds.items()))
+    return f"{summary.errors} ({kinds})" if kinds else f"{summary.errors}"

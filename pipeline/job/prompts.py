@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.core.errors import one_line
+from pipeline.core.errors import UserError, one_line
 from pipeline.core.prompt import Prompt
 from pipeline.core.storage import Location
 from pipeline.job.sources import ImageRef
@@ -36,7 +36,7 @@ TABLE_EXTENSIONS = (".parquet", ".csv")
 YOLO_NAME_FILES = ("classes.txt", "obj.names", "data.yaml")
 
 
-class PromptsError(ValueError):
+class PromptsError(UserError, ValueError):
     """A prompts file that cannot be used; the message is one line for the user."""
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -17,13 +18,23 @@ import ray
 
 from pipeline.core.config import JobConfig
 from pipeline.core.errors import one_line
+from pipeline.core.faults import commonest
+from pipeline.core.guard import check_apart, refuse_foreign_files
+from pipeline.core.lease import Lease, LeaseLostError
 from pipeline.core.storage import (
     TRANSIENT_ERRORS,
     Location,
     StorageUnavailableError,
     with_retries,
 )
-from pipeline.core.writer import RunLayout, read_markers, remove_partials, remove_run
+from pipeline.core.writer import (
+    RunLayout,
+    listing_files,
+    read_markers,
+    remove_empty_folder,
+    remove_partials,
+    remove_run,
+)
 from pipeline.job.listing import (
     continued_listing,
     listing_shards,
@@ -37,6 +48,7 @@ from pipeline.job.sources import InputListing, Shard, list_input
 from pipeline.model.registry import (
     ModelSpec,
     check_checkpoint,
+    check_weights,
     checkpoint_location,
     resolve_model,
 )
@@ -48,7 +60,12 @@ PATIENT = {"attempts": 7, "first_delay": 1.0, "what": "manifest"}
 
 @dataclass
 class RunPlan:
-    """Everything checked before any model loads."""
+    """Everything checked before the output is touched, and the lease that holds it.
+
+    ``replaces``: the manifest of the run that ``--overwrite`` replaces; its files are removed
+    only once a worker has loaded the model (``execute``), so a run that cannot start leaves
+    it whole.
+    """
 
     job: JobConfig
     model: ModelSpec
@@ -58,6 +75,8 @@ class RunPlan:
     shards: list[Shard]
     todo: list[Shard]
     manifest: dict[str, Any]
+    lease: Lease | None = None
+    replaces: dict[str, Any] | None = None
 
     @property
     def num_images(self) -> int:
@@ -84,10 +103,12 @@ class RunSummary:
     retries: int = 0
     attempts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # failed tries
     prompts: dict[str, Any] | None = None  # a prompted run's matched/unmatched counts
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    over_budget: str | None = None  # why the error rows failed the run
 
     @property
     def succeeded(self) -> bool:
-        return not self.failed_shards
+        return not self.failed_shards and not self.fatal and not self.over_budget
 
 
 def plan_run(
@@ -98,20 +119,23 @@ def plan_run(
     prompts: Location | None = None,
     append: bool = False,
 ) -> RunPlan:
-    """Validate model, input, prompts and output, write the run's listing and plan the shards,
-    before any model loads.
+    """Check model, input, prompts and output, take the output's lease, write the run's
+    listing and plan the shards: everything that can fail does so here, before any worker
+    starts and before a run that ``overwrite`` replaces is touched.
 
     Args:
         job: the resolved config.
         source: the ``--input`` (folder, glob, image or manifest).
         output: the ``--output`` folder.
-        overwrite: replace an output that holds a run with other settings.
+        overwrite: replace an output that holds a run with other settings (its files are
+            removed once the new run's workers have started; only its own files).
         prompts: label from these prompts (``--prompts``) instead of the automatic grid.
         append: the output's run may have been planned over fewer images: label the new ones
             into new shards (``--append``).
 
     Raises:
-        ModelError, InputError, PromptsError, RunConflictError: with a one-line message.
+        UserError: ModelError, InputError, PromptsError, RunConflictError, OutputBusyError,
+            with a one-line message.
     """
     model = resolve_model(
         job.model.name, job.model.config, job.model.checkpoint, job.model.image_size
@@ -119,18 +143,46 @@ def plan_run(
     checkpoint = checkpoint_location(model.checkpoint, source) if model.checkpoint else None
     if checkpoint is not None:
         check_checkpoint(checkpoint)
+        check_weights(model, checkpoint)
     if append and prompts is not None:
         raise RunConflictError(
             "--append extends automatic runs; label new prompts into another --output"
         )
-    listing = list_input(source)
-    found, prompts_info = read_run_prompts(prompts, listing) if prompts else (None, None)
+    check_apart(output, {"input": source, "prompts": prompts}, inside_ok=True)
     layout = RunLayout(output)
+    refuse_foreign_files(layout)
+    listing = list_input(source, exclude=output)
+    found, prompts_info = read_run_prompts(prompts, listing) if prompts else (None, None)
     manifest = new_manifest(job, model, source.uri, prompts_info)
+    lease = Lease(output, "autolabel run").acquire()
+    try:
+        return planned(
+            job,
+            model,
+            source,
+            output,
+            checkpoint,
+            manifest,
+            listing,
+            found,
+            lease,
+            overwrite,
+            append,
+        )
+    except BaseException:
+        lease.release()
+        raise
+
+
+def planned(
+    job, model, source, output, checkpoint, manifest, listing, found, lease, overwrite, append
+) -> RunPlan:
+    """The rest of ``plan_run``, under the lease: the listing and the shards to do."""
+    layout = RunLayout(output)
     existing = layout.manifest.read_json()
+    replaces = None
     if overwrite and existing is not None:
-        remove_run(layout)
-        existing = None
+        replaces, existing = existing, None
     check_compatible(existing, manifest)
     if existing is None:
         info = new_listing(layout, listing, job.runtime.shard_size)
@@ -150,7 +202,7 @@ def plan_run(
     manifest["planned"] = {"images": info["images"], "shards": info["shards"]}
     markers = read_markers(layout) if existing else {}
     todo = [s for s in shards if s.name not in markers]
-    return RunPlan(job, model, source, output, checkpoint, shards, todo, manifest)
+    return RunPlan(job, model, source, output, checkpoint, shards, todo, manifest, lease, replaces)
 
 
 def read_run_prompts(
@@ -198,17 +250,30 @@ def actor_resources(job: JobConfig) -> tuple[int, dict[str, float]]:
 
 
 def execute(plan: RunPlan, show_progress: bool = True) -> RunSummary:
-    """Run the planned shards on Ray actors and return the run's summary.
+    """Run the planned shards on Ray actors and return the run's summary; releases the
+    plan's lease at the end, whatever happens.
+
+    With ``plan.replaces`` (``--overwrite`` of a run), the old run's files are removed once a
+    worker has loaded the model; a run whose workers cannot start leaves the old run whole.
 
     Args:
         plan: from ``plan_run``.
         show_progress: draw the live progress bar.
     """
+    try:
+        return execute_plan(plan, show_progress)
+    finally:
+        if plan.lease is not None:
+            plan.lease.release()
+
+
+def execute_plan(plan: RunPlan, show_progress: bool) -> RunSummary:
+    """``execute`` under the lease."""
     from pipeline.job.worker import ShardWorker
 
     layout = RunLayout(plan.output)
-    layout.manifest.write_json_atomic(plan.manifest)
-    remove_partials(layout)
+    if plan.replaces is None:
+        start_output(plan, layout)
     start = time.time()
     summary = RunSummary(
         output=str(plan.output),
@@ -229,20 +294,44 @@ def execute(plan: RunPlan, show_progress: bool = True) -> RunSummary:
         view = ProgressView(sum(s.size for s in plan.todo), enabled=show_progress)
         dispatcher = ShardDispatcher(plan.todo, launch, tracker, view, summary)
         dispatcher.placement_timeout = plan.job.runtime.placement_timeout_s
+        dispatcher.lease = plan.lease
         try:
+            dispatcher.start(count)
+            if plan.replaces is not None:
+                dispatcher.wait_ready()
+                remove_run(layout, plan.replaces)
+                plan.replaces = None
+                start_output(plan, layout)
             with view:
-                dispatcher.run(count)
-        except (WorkerStartError, NoWorkerError) as error:
+                dispatcher.work()
+        except (WorkerStartError, NoWorkerError, LeaseLostError) as error:
             summary.fatal = str(error)
             for shard in plan.todo:
                 if shard.name not in dispatcher.done:
                     summary.failed_shards.setdefault(shard.name, summary.fatal)
-            for _shard, _, worker in dispatcher.in_flight.values():
+            for worker in dispatcher.workers.values():
                 ray.kill(worker, no_restart=True)
         ray.kill(tracker)
     summary.seconds = time.time() - start
+    if plan.replaces is not None:  # never started: the old run stays as it was
+        abandon_plan(plan, layout, summary)
+        return summary
     finish_manifest(plan, summary, layout)
     return summary
+
+
+def start_output(plan: RunPlan, layout: RunLayout) -> None:
+    """Write the run's manifest (status ``running``) and clear a killed writer's partials."""
+    layout.manifest.write_json_atomic(plan.manifest)
+    remove_partials(layout)
+
+
+def abandon_plan(plan: RunPlan, layout: RunLayout, summary: RunSummary) -> None:
+    """Remove the listing of a plan that never started, and say the old run was kept."""
+    for entry in listing_files(layout, plan.manifest["listing"]):
+        entry.remove()
+    remove_empty_folder(layout.listing_dir.join(plan.manifest["listing"]["folder"]))
+    summary.fatal = f"{summary.fatal}; the run at {plan.output} was left as it was"
 
 
 def on_this_node():
@@ -286,14 +375,49 @@ class ShardDispatcher:
         self.placing: dict[int, tuple[Any, float]] = {}  # id → (ready ref, since)
         self.placement_timeout = 300.0
         self.done: set[str] = set()
+        self.lease: Lease | None = None
         self.launch, self.tracker, self.view, self.summary = launch, tracker, view, summary
 
     def run(self, num_workers: int) -> None:
         """Start ``num_workers`` actors and work until no shard is queued or in flight."""
+        self.start(num_workers)
+        self.work()
+
+    def start(self, num_workers: int) -> None:
+        """Launch ``num_workers`` actors (they load the model while placed)."""
         for _ in range(num_workers):
             self.start_worker()
+
+    def wait_ready(self) -> None:
+        """Wait until one worker has loaded the model.
+
+        Raises:
+            WorkerStartError: a worker failed to start (the cause in one line).
+            NoWorkerError: no worker was placed within the placement timeout.
+        """
+        refs = {ready: key for key, (ready, _) in self.placing.items()}
+        deadline = time.monotonic() + self.placement_timeout
+        while refs:
+            done, _ = ray.wait(list(refs), num_returns=1, timeout=1.0)
+            for ref in done:
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayActorError as error:
+                    raise WorkerStartError(worker_failure(error)) from error
+                self.placing.pop(refs[ref], None)
+                return
+            if time.monotonic() > deadline:
+                raise NoWorkerError(
+                    f"no worker started within {self.placement_timeout:.0f} s (the cluster "
+                    f"has {format_resources(ray.cluster_resources())})"
+                )
+
+    def work(self) -> None:
+        """Hand out shards until none is queued or in flight."""
         self.fill()
         while self.in_flight or self.queue:
+            if self.lease is not None:
+                self.lease.check()
             ready = []
             if self.in_flight:
                 ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=0.5)
@@ -363,17 +487,21 @@ class ShardDispatcher:
             result = ray.get(ref)
         except ray.exceptions.RayActorError as error:
             if error.actor_init_failed:
-                raise WorkerStartError(f"a worker could not start: {one_line(error)}") from error
+                raise WorkerStartError(worker_failure(error)) from error
             self.retry(shard, attempt, f"worker died: {one_line(error)}")
             worker = self.replacement(worker)
         except ray.exceptions.RayTaskError as error:
-            self.retry(shard, attempt, one_line(error.cause or error))
+            cause = error.cause or error
+            self.retry(shard, attempt, f"{type(cause).__name__}: {one_line(cause)}")
             worker = self.replacement(worker)
         else:
             self.done.add(shard.name)
-            self.summary.shards_done += 1
-            self.summary.images_this_run += result["images"]
-            self.summary.masks_this_run += result["masks"]
+            if result.get("already_committed"):
+                self.summary.shards_skipped += 1
+            else:
+                self.summary.shards_done += 1
+                self.summary.images_this_run += result["images"]
+                self.summary.masks_this_run += result["masks"]
         self.submit(worker)
 
     def replacement(self, worker):
@@ -381,6 +509,11 @@ class ShardDispatcher:
         if id(worker) not in self.replaced:
             ray.kill(worker, no_restart=True)
             self.retired.append(worker)
+            for ref, (shard, attempt, owner) in list(self.in_flight.items()):
+                if owner is worker:  # killed here, not failed: no attempt spent
+                    del self.in_flight[ref]
+                    self.tracker.forget.remote(shard.name)
+                    self.queue.appendleft((shard, attempt))
             self.workers.pop(id(worker), None)
             self.placing.pop(id(worker), None)
             self.replaced[id(worker)] = self.start_worker()
@@ -409,6 +542,18 @@ class ShardDispatcher:
         self.view.update(s.images_this_run + images, s.masks_this_run + masks)
 
 
+_ERROR_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)): (.+)$")
+
+
+def worker_failure(error: BaseException) -> str:
+    """Why a worker could not start, in one line: the innermost ``SomeError: message`` of
+    Ray's wrapped text (the traceback of the actor's constructor), not the wrapping."""
+    text = str(error)
+    causes = [m for m in map(_ERROR_LINE.match, text.splitlines()) if m]
+    reason = f"{causes[-1].group(1)}: {causes[-1].group(2)}" if causes else one_line(error)
+    return f"a worker could not start: {' '.join(reason.split())[:300]}"
+
+
 def format_resources(resources: dict[str, float]) -> str:
     """``{"CPU": 2.0, "GPU": 0.0, "memory": …}`` → ``2 CPU, 0 GPU``."""
     return ", ".join(f"{resources.get(name, 0):g} {name}" for name in ("CPU", "GPU"))
@@ -425,15 +570,21 @@ def finish_manifest(plan: RunPlan, summary: RunSummary, layout: RunLayout) -> No
             f"({one_line(error)}); committed shards are safe: rerun the same command"
         ) from error
     summary.nodes = len({marker.get("node") for marker in markers.values()})
+    reasons: Counter = Counter()
     for marker in markers.values():
         summary.images += marker["images"]
         summary.ok += marker["ok"]
         summary.errors += marker["errors"]
         summary.masks += marker["masks"]
+        reasons.update(marker.get("error_reasons") or {})
+        for kind, count in (marker.get("error_kinds") or {}).items():
+            summary.error_kinds[kind] = summary.error_kinds.get(kind, 0) + count
+    summary.over_budget = error_budget(summary, reasons, plan.job.runtime.max_error_fraction)
     manifest = {
         **plan.manifest,
         "finished_at": time.time(),
         "status": "complete" if summary.succeeded else "failed",
+        "reason": summary.fatal or summary.over_budget or first_failure(summary),
         "counts": {
             "images": summary.images,
             "ok": summary.ok,
@@ -442,9 +593,32 @@ def finish_manifest(plan: RunPlan, summary: RunSummary, layout: RunLayout) -> No
             "shards_committed": summary.shards_done + summary.shards_skipped,
         },
         "failed_shards": summary.failed_shards,
+        "error_kinds": summary.error_kinds,
+        "error_reasons": dict(reasons.most_common(10)),
+        "over_budget": summary.over_budget,
         "shard_retries": summary.retries,
         "shard_attempts": summary.attempts,
         "fatal": summary.fatal,
         "seconds": summary.seconds,
     }
     with_retries(lambda: layout.manifest.write_json_atomic(manifest), **PATIENT)
+
+
+def error_budget(summary: RunSummary, reasons: Counter, max_fraction: float) -> str | None:
+    """Why the run's error rows fail it (None: within ``runtime.max_error_fraction``)."""
+    if not summary.images or summary.errors <= max_fraction * summary.images:
+        return None
+    kinds = summary.error_kinds
+    what = "failed to read" if kinds.get("read", 0) == summary.errors else "failed"
+    if kinds.get("generation", 0) == summary.errors:
+        what = "failed mask generation"
+    return (
+        f"{summary.errors} of {summary.images} images {what}: {commonest(reasons)} "
+        f"(more than runtime.max_error_fraction={max_fraction:g} of the run)"
+    )
+
+
+def first_failure(summary: RunSummary) -> str | None:
+    """The reason of the first failed shard, if any."""
+    failed = sorted(summary.failed_shards)
+    return f"{failed[0]}: {summary.failed_shards[failed[0]]}" if failed else None

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from pipeline.core.errors import one_line
+from pipeline.core.errors import UserError, one_line
 from pipeline.core.prompt import Prompt
 from pipeline.core.storage import Location, as_uri, with_retries
 
@@ -25,7 +25,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", "
 MANIFEST_EXTENSIONS = (".txt", ".lst", ".csv", ".parquet")
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """An input that cannot be listed; the message is one line for the user."""
 
 
@@ -113,8 +113,13 @@ def list_images(source: Location) -> list[ImageRef]:
     return list_input(source).refs()
 
 
-def list_input(source: Location) -> InputListing:
+def list_input(source: Location, exclude: Location | None = None) -> InputListing:
     """List ``source`` (folder, glob, image or manifest; see the module docstring) as Arrow.
+
+    Args:
+        source: the input.
+        exclude: a folder whose files are never input (the run's own output, when it lies
+            inside the input: what the tool writes there is not labelled by the next run).
 
     Raises:
         InputError: the source does not exist, cannot be read, or lists no image.
@@ -125,9 +130,17 @@ def list_input(source: Location) -> InputListing:
         raise
     except Exception as error:
         raise InputError(f"cannot list input {source}: {one_line(error)}") from error
+    if exclude is not None:
+        uris = outside(uris, as_uri(exclude.fs, exclude.path.rstrip("/")) + "/")
     if len(uris) == 0:
         raise InputError(f"no images found in {source}")
     return sorted_listing(uris)
+
+
+def outside(uris: pa.ChunkedArray, prefix: str) -> pa.ChunkedArray:
+    """The URIs that do not start with ``prefix``, chunk by chunk."""
+    chunks = [chunk.filter(pc.invert(pc.starts_with(chunk, prefix))) for chunk in uris.chunks]
+    return pa.chunked_array(chunks, pa.string())
 
 
 def as_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:

@@ -10,7 +10,7 @@ import logging
 import os
 import time
 import warnings
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,9 +20,17 @@ import pyarrow as pa
 
 from pipeline.core.config import JobConfig
 from pipeline.core.errors import one_line
+from pipeline.core.faults import (
+    GENERATION,
+    READ,
+    SHARD,
+    GenerationWatch,
+    classify,
+    reason_key,
+)
 from pipeline.core.imageio import DecodedImage, ImageReadError, load_image
 from pipeline.core.schema import IMAGE_SCHEMA, MASK_SCHEMA, image_row, image_table, mask_rows
-from pipeline.core.storage import Location, StorageUnavailableError
+from pipeline.core.storage import Location
 from pipeline.core.writer import RunLayout, commit_shard
 from pipeline.job.listing import read_shard_uris
 from pipeline.job.sources import ImageRef, Shard, image_id_for, listing_hash
@@ -47,14 +55,22 @@ def current_node() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
-def is_device_failure(error: BaseException) -> bool:
-    """CUDA errors and out-of-memory: the device, not the image, is at fault."""
-    import torch
+# Tests set this variable to ``generation`` to make every generation raise, as a broken setup
+# (a bad model/setting pair, a broken CUDA install) would; never set in production.
+FAULT_HOOK = "AUTOLABEL_TEST_FAULT"
 
-    if isinstance(error, torch.cuda.OutOfMemoryError | MemoryError):
-        return True
-    text = str(error)
-    return any(marker in text for marker in ("CUDA error", "CUBLAS_STATUS", "cuDNN error"))
+
+class FailingGenerator:
+    """A generator that raises on every image (the ``FAULT_HOOK`` test double of a broken
+    setup; it stands in for the generator, not for the pipeline around it)."""
+
+    def generate_many(self, items):
+        for key, image in items:
+            failure = RuntimeError("injected generation fault (AUTOLABEL_TEST_FAULT)")
+            yield key, image if isinstance(image, BaseException) else failure
+
+    def generate(self, image, prompts=None):
+        raise RuntimeError("injected generation fault (AUTOLABEL_TEST_FAULT)")
 
 
 @dataclass
@@ -67,14 +83,15 @@ class PromptedOutcome:
 
 
 def read_result(loaded: Future) -> DecodedImage | ImageReadError:
-    """A decode future's image, or its failure as an ``ImageReadError``."""
+    """A decode future's image, or its failure as an ``ImageReadError`` (a fault of the store
+    or of memory is raised: the shard fails and is retried, the image itself may be fine)."""
     try:
         return loaded.result()
     except ImageReadError as error:
         return error
-    except StorageUnavailableError:
-        raise  # the shard fails and is retried: the image itself may be fine
-    except Exception as error:  # e.g. MemoryError while decoding
+    except Exception as error:
+        if classify(error, READ) == SHARD:
+            raise
         return ImageReadError(f"cannot read image: {one_line(error)}")
 
 
@@ -132,6 +149,8 @@ class ShardWorker:
             self.generator = PromptedGenerator(sam, job.amg, dtype=dtype)
         else:
             self.generator = make_generator(sam, job.amg, job.generator, dtype, self.device)
+        if os.environ.get(FAULT_HOOK) == "generation":
+            self.generator = FailingGenerator()
         self.readers = ThreadPoolExecutor(job.runtime.read_threads, thread_name_prefix="read")
         self.node = current_node()
 
@@ -142,15 +161,24 @@ class ShardWorker:
     def process(self, shard: Shard) -> dict[str, Any]:
         """Generate masks for every image of ``shard`` and commit its files.
 
+        A shard whose marker is already written (a retry or another driver got there
+        first) is not written again: its marker's counts are returned.
+
         Returns:
             The shard's counts: images, ok, errors, masks, seconds.
+
+        Raises:
+            SystematicFaultError: generation failed on every image tried (the setup's fault).
         """
+        done = self.layout.marker(shard.name).read_json()
+        if done is not None:
+            return {**done, "shard": shard.name, "already_committed": True}
         start = time.perf_counter()
         tables: list[pa.Table] = []
         rows: list[dict[str, Any]] = []
-        masks_done = 0
         uris = read_shard_uris(self.layout, shard)
         images = tuple(ImageRef(image_id_for(uri), uri) for uri in uris)
+        watch = GenerationWatch(len(images))
         if shard.prompts is None:
             labelled = self.labelled(images)
         else:
@@ -158,22 +186,23 @@ class ShardWorker:
         for index, (ref, image, outcome, seconds) in enumerate(labelled):
             prompts = len(shard.prompts[index]) if shard.prompts is not None else None
             row, table = self.image_result(ref, image, outcome, seconds, shard.name, prompts)
+            if image is not None:
+                watch.record(outcome if isinstance(outcome, BaseException) else None)
             rows.append(row)
             if table is not None:
                 tables.append(table)
-                masks_done += table.num_rows
-            self.report(shard.name, len(rows), masks_done)
+            self.report(shard.name, len(rows), sum(t.num_rows for t in tables))
+        watch.finish()
         masks = pa.concat_tables(tables) if tables else MASK_SCHEMA.empty_table()
-        errors = sum(row["status"] == "error" for row in rows)
         stats = {
-            "images": len(rows),
-            "ok": len(rows) - errors,
-            "errors": errors,
+            **shard_counts(rows),
             "masks": masks.num_rows,
             "seconds": time.perf_counter() - start,
             "listing_hash": listing_hash(uris),
             "node": self.node,
         }
+        if self.layout.marker(shard.name).exists():  # committed meanwhile: keep that one
+            return {**stats, "shard": shard.name, "already_committed": True}
         commit_shard(
             self.layout,
             shard.name,
@@ -274,13 +303,28 @@ class ShardWorker:
         every prompt is accounted for).
         """
         if isinstance(outcome, ImageReadError) or image is None:
-            error = str(outcome)
-            return image_row(ref.image_id, ref.uri, shard, error=error, num_prompts=prompts), None
+            row = image_row(
+                ref.image_id,
+                ref.uri,
+                shard,
+                error=str(outcome),
+                error_kind=READ,
+                num_prompts=prompts,
+            )
+            return row, None
         if isinstance(outcome, BaseException):
-            if is_device_failure(outcome):
+            if classify(outcome, GENERATION) == SHARD:
                 raise outcome  # the shard is retried on a fresh actor with a fresh CUDA context
-            reason = f"mask generation failed: {one_line(outcome)}"
-            return image_row(ref.image_id, ref.uri, shard, error=reason, num_prompts=prompts), None
+            reason = f"mask generation failed: {type(outcome).__name__}: {one_line(outcome)}"
+            row = image_row(
+                ref.image_id,
+                ref.uri,
+                shard,
+                error=reason,
+                error_kind=GENERATION,
+                num_prompts=prompts,
+            )
+            return row, None
         prompted = outcome if isinstance(outcome, PromptedOutcome) else None
         records = prompted.records if prompted else outcome
         row = image_row(
@@ -302,3 +346,17 @@ class ShardWorker:
         """Tell the driver's progress tracker how far this shard is (fire and forget)."""
         if self.progress is not None:
             self.progress.report.remote(shard, images, masks)
+
+
+def shard_counts(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A shard's image counts for its marker: ok and error rows, errors by kind, and the
+    commonest reasons (like reasons counted together)."""
+    errors = [row for row in rows if row["status"] == "error"]
+    reasons = Counter(reason_key(row["error"]) for row in errors)
+    return {
+        "images": len(rows),
+        "ok": len(rows) - len(errors),
+        "errors": len(errors),
+        "error_kinds": dict(Counter(row["error_kind"] for row in errors)),
+        "error_reasons": dict(reasons.most_common(5)),
+    }

@@ -14,7 +14,7 @@ from typing import Any
 
 import fsspec
 
-from pipeline.core.errors import one_line, redact
+from pipeline.core.errors import UserError, one_line, redact
 from pipeline.core.storage import Location, strip_protocol
 
 CHECKPOINT_BASE = "https://dl.fbaipublicfiles.com/segment_anything_2"
@@ -59,7 +59,7 @@ POSTPROCESSING_OVERRIDES = {
 }
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """A model that cannot be resolved or loaded; the message is one line for the user."""
 
 
@@ -135,6 +135,76 @@ def check_checkpoint(checkpoint: Location) -> None:
         raise ModelError(f"cannot read checkpoint {checkpoint}: {one_line(error)}") from error
     if not found:
         raise ModelError(f"checkpoint not found: {checkpoint}")
+
+
+def check_weights(spec: ModelSpec, checkpoint: Location) -> None:
+    """Fail fast (before any output is touched) when the checkpoint cannot be loaded or does
+    not fit the model config: the same test sam2's strict ``load_state_dict`` makes, on a model
+    built without weights (no memory for them). A remote checkpoint is fetched into this
+    node's cache, where a worker on this node finds it.
+
+    Args:
+        spec: the resolved config (and input size).
+        checkpoint: where ``spec.checkpoint`` is.
+
+    Raises:
+        ModelError: unreadable (corrupt, truncated, not a torch file), not in the official
+            layout, or with missing, unexpected or misshapen weights; one line.
+    """
+    import torch
+
+    try:
+        path = local_checkpoint(checkpoint)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # an old-format file cannot be memory-mapped; a bad one says why
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ModelError(f"cannot load checkpoint {checkpoint}: {load_failure(error)}") from error
+    weights = state.get("model") if isinstance(state, dict) else None
+    if not isinstance(weights, dict):
+        raise ModelError(f"{checkpoint} is not a SAM 2 checkpoint (no 'model' state dict)")
+    expected = {name: tuple(t.shape) for name, t in empty_model(spec).state_dict().items()}
+    problems = [f"missing {name}" for name in expected if name not in weights]
+    problems += [f"unexpected {name}" for name in weights if name not in expected]
+    problems += [
+        f"{name} is {tuple(weights[name].shape)}, not {shape}"
+        for name, shape in expected.items()
+        if name in weights and tuple(weights[name].shape) != shape
+    ]
+    if problems:
+        shown = "; ".join(problems[:3]) + (f" … ({len(problems)} in all)" if problems[3:] else "")
+        raise ModelError(f"{checkpoint} does not fit model config {spec.config}: {shown}")
+
+
+def load_failure(error: BaseException) -> str:
+    """A ``torch.load`` failure in one line: torch's weights-only message wraps the cause
+    (``invalid load key``) in advice meant for code that trusts the file; keep the cause."""
+    text = " ".join(str(error).split())
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text[text.index(marker) + len(marker) :].split(" Check the documentation")[0]
+    return f"{type(error).__name__}: {text.strip()[:200] or 'unreadable'}"
+
+
+def empty_model(spec: ModelSpec):
+    """The model of ``spec`` with its parameters on the meta device (shapes, no memory)."""
+    import torch
+    from hydra.utils import instantiate
+
+    original = torch.nn.Module.register_parameter
+
+    def register(module, name, param):
+        original(module, name, param)
+        if param is not None:
+            kind = type(module._parameters[name])
+            module._parameters[name] = kind(param.to("meta"), requires_grad=param.requires_grad)
+
+    torch.nn.Module.register_parameter = register
+    try:
+        return instantiate(load_model_config(spec.config, spec.image_size).model, _recursive_=True)
+    finally:
+        torch.nn.Module.register_parameter = original
 
 
 def cache_dir() -> Path:

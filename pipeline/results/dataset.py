@@ -23,13 +23,13 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from pipeline.core import rle
-from pipeline.core.errors import one_line
+from pipeline.core.errors import UserError, one_line
 from pipeline.core.schema import IMAGE_SCHEMA, MASK_SCHEMA
 from pipeline.core.storage import Location
 from pipeline.core.writer import RunLayout, read_markers
 
 
-class RunNotFoundError(ValueError):
+class RunNotFoundError(UserError, ValueError):
     """The path holds no autolabel run."""
 
 

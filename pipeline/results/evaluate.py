@@ -21,6 +21,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from pipeline.core import rle
+from pipeline.core.errors import UserError
 from pipeline.core.storage import Location
 from pipeline.results.dataset import open_run
 
@@ -41,7 +42,7 @@ METRIC_NAMES = (
 THRESHOLDS = np.round(np.linspace(0.0, 1.0, 41), 3)
 
 
-class EvalError(ValueError):
+class EvalError(UserError, ValueError):
     """Ground truth and run that cannot be compared; one line for the user."""
 
 

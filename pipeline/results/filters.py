@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from pipeline.core.errors import UserError
 from pipeline.core.schema import MASK_SCHEMA
 from pipeline.core.storage import Location
 from pipeline.core.writer import RunLayout, commit_shard, remove_partials, remove_run
@@ -38,7 +39,7 @@ WHERE_COLUMNS = (
 )
 
 
-class FilterError(ValueError):
+class FilterError(UserError, ValueError):
     """A filter that cannot be applied; the message is one line for the user."""
 
 
