@@ -85,6 +85,7 @@ def shard_tables(
             "seconds": np.zeros(images, np.float32),
             "num_prompts": [None] * images,
             "prompt_errors": [None] * images,
+            "error_kind": [None] * images,
         },
         schema=IMAGE_SCHEMA,
     )

@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--out", required=True, help="coco: the JSON file; sa1b: a folder of per-image JSONs"
     )
+    export.add_argument(
+        "--partial",
+        action="store_true",
+        help="export an unfinished run (fewer committed shards than planned) as it stands",
+    )
     add_filter_flags(export)
     add_storage_flag(export)
     add_cluster_flags(export)
@@ -269,6 +274,12 @@ def run_command(args: argparse.Namespace) -> int:
     return 0 if summary.succeeded else 1
 
 
+def say_state(note: str | None) -> None:
+    """Tell the user, on stderr, that the run is unfinished (``interrupted: 3 of 6 …``)."""
+    if note:
+        print(f"note: the run is {note}", file=sys.stderr)
+
+
 def config_command(args: argparse.Namespace) -> int:
     """``autolabel config``: print the resolved config."""
     from omegaconf import OmegaConf
@@ -310,6 +321,7 @@ def stats_command(args: argparse.Namespace) -> int:
     from pipeline.results.stats import run_stats, stats_table
 
     stats = run_stats(*locations(args, args.run), args.out, pool=shard_pool(args))
+    say_state(stats.state_note)
     Console().print(stats_table(stats, f"autolabel stats: {args.run}"))
     if args.out:
         print(f"wrote {args.out}/stats.json, distributions.png, survival.png")
@@ -322,7 +334,10 @@ def export_command(args: argparse.Namespace) -> int:
 
     exporter = export_coco if args.format == "coco" else export_sa1b
     counts = exporter(
-        *locations(args, args.run, args.out), mask_filter_from(args), pool=shard_pool(args)
+        *locations(args, args.run, args.out),
+        mask_filter_from(args),
+        pool=shard_pool(args),
+        partial=args.partial,
     )
     print(", ".join(f"{value} {key}" for key, value in counts.items()) + f"; output: {args.out}")
     return 0
@@ -330,9 +345,11 @@ def export_command(args: argparse.Namespace) -> int:
 
 def show_command(args: argparse.Namespace) -> int:
     """``autolabel show``: overlay PNGs."""
+    from pipeline.results.dataset import open_run
     from pipeline.results.overlays import show
 
     [run] = locations(args, args.run)
+    say_state(open_run(run).state_note())
     paths = show(run, args.out, args.image_id, args.sample, args.seed, mask_filter_from(args))
     print(f"wrote {len(paths)} overlays to {args.out}")
     return 0
@@ -359,6 +376,7 @@ def view_command(args: argparse.Namespace) -> int:
 
     [run] = locations(args, args.run)
     browser = RunBrowser(run, storage_flags=args.storage_option)
+    say_state(browser.run.state_note())
     serve(view_app(browser), args.host, args.port, f"autolabel view of {run}")
     return 0
 

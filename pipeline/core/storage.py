@@ -130,6 +130,16 @@ def as_uri(fs, path: str) -> str:
     return fs.unstrip_protocol(path)
 
 
+def write_file_atomic(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
+    """Write a local file (or URI) whole or not at all: ``Location.write_atomic``.
+
+    Args:
+        path: the file to write.
+        write: writes the content into the binary file object it is given.
+    """
+    Location(os.fspath(path)).write_atomic(write)
+
+
 class LocationError(UserError, ValueError):
     """A URI no filesystem can open; the message is one line for the user."""
 
@@ -181,8 +191,15 @@ class Location:
         return posixpath.basename(self.path.rstrip("/"))
 
     def exists(self) -> bool:
-        """Whether something is there."""
+        """Whether something is there now (not in a listing cached earlier: other processes
+        write here too)."""
+        self.forget_cached()
         return self.fs.exists(self.path)
+
+    def forget_cached(self) -> None:
+        """Drop the filesystem's cached listings of this path and its folder."""
+        self.fs.invalidate_cache(self.path)
+        self.fs.invalidate_cache(posixpath.dirname(self.path.rstrip("/")))
 
     def open(self, mode: str = "rb"):
         """``fs.open`` of this location."""
@@ -229,14 +246,15 @@ class Location:
         if parent:
             self.fs.makedirs(parent, exist_ok=True)
         if self.is_local or stream:
-            self._write_partial(write, parent)
+            # A streamed write cannot be replayed (its content may come from a generator).
+            self._write_partial(write, parent, attempts=1 if stream else 5)
             return
         buffer = io.BytesIO()
         write(buffer)
         payload = buffer.getvalue()
         with_retries(lambda: self.fs.pipe_file(self.path, payload), what="write")
 
-    def _write_partial(self, write: Callable[[Any], None], parent: str) -> None:
+    def _write_partial(self, write: Callable[[Any], None], parent: str, attempts: int) -> None:
         """Write under a partial name beside the file, then move it into place."""
         partial = f"{parent}/{PARTIAL_PREFIX}{uuid.uuid4().hex}.{self.name}{PARTIAL_SUFFIX}"
 
@@ -248,7 +266,7 @@ class Location:
                     os.fsync(f.fileno())
 
         try:
-            with_retries(upload, what="write")
+            with_retries(upload, attempts=attempts, what="write")
             if self.is_local:
                 os.replace(partial, self.path)
             else:

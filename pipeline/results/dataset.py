@@ -24,6 +24,7 @@ import pyarrow.dataset as ds
 
 from pipeline.core import rle
 from pipeline.core.errors import UserError, one_line
+from pipeline.core.lease import read_lease
 from pipeline.core.schema import IMAGE_SCHEMA, MASK_SCHEMA
 from pipeline.core.storage import Location
 from pipeline.core.writer import RunLayout, read_markers
@@ -50,6 +51,39 @@ class Run:
     shards: list[str]
     masks: ds.Dataset
     images: ds.Dataset
+
+    @property
+    def planned_shards(self) -> int:
+        """Shards the run was planned with (the committed ones for runs that do not say)."""
+        planned = (self.manifest.get("planned") or {}).get("shards")
+        return int(planned) if planned is not None else len(self.shards)
+
+    @property
+    def state(self) -> str:
+        """``complete``, ``failed`` (it ended with failed shards or too many error rows),
+        ``running`` (its writer holds the lease) or ``interrupted`` (its writer died, or it
+        ended before every planned shard was committed)."""
+        status = self.manifest.get("status")
+        if status == "running":
+            holder = read_lease(self.location)
+            return "running" if holder is not None and holder.is_live() else "interrupted"
+        if status == "failed":
+            return "failed"
+        return "complete" if len(self.shards) >= self.planned_shards else "interrupted"
+
+    @property
+    def is_whole(self) -> bool:
+        """Every planned shard is committed and no writer is at work."""
+        return self.state in ("complete", "failed") and len(self.shards) >= self.planned_shards
+
+    def state_note(self) -> str | None:
+        """``interrupted: 3 of 6 shards committed`` (plus the reason of a failed run), or None
+        for a complete run."""
+        if self.state == "complete":
+            return None
+        note = f"{self.state}: {len(self.shards)} of {self.planned_shards} shards committed"
+        reason = self.manifest.get("reason")
+        return f"{note} ({reason})" if self.state == "failed" and reason else note
 
     @property
     def root(self) -> str:

@@ -22,7 +22,7 @@ from pycocotools.cocoeval import COCOeval
 
 from pipeline.core import rle
 from pipeline.core.errors import UserError
-from pipeline.core.storage import Location
+from pipeline.core.storage import Location, write_file_atomic
 from pipeline.results.dataset import open_run
 
 METRIC_NAMES = (
@@ -208,7 +208,8 @@ def evaluate_run(source: Location, gt_path: str, out: str | None = None) -> dict
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
         report["threshold_curves"] = threshold_curves(gt, results, image_ids)
-        (folder / "eval.json").write_text(json.dumps(report, indent=2))
+        payload = json.dumps(report, indent=2).encode()
+        write_file_atomic(folder / "eval.json", lambda f: f.write(payload))
         plot_curves(report["threshold_curves"], folder / "thresholds.png")
     return report
 
@@ -230,7 +231,7 @@ def plot_curves(curves: dict, path: Path) -> None:
     axes[0].set_ylabel("fraction")
     figure.suptitle("choose filter thresholds: precision vs recall")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    write_file_atomic(path, lambda f: figure.savefig(f, format="png", dpi=100))
     plt.close(figure)
 
 

@@ -6,17 +6,24 @@ image at a time, so a run larger than memory exports fine.
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import posixpath
 from collections.abc import Iterator
 from itertools import accumulate
 from typing import IO, Any
 
+from pipeline.core.errors import UserError
+from pipeline.core.guard import check_apart
 from pipeline.core.storage import Location
 from pipeline.results.dataset import Run, open_run
 from pipeline.results.filters import MaskFilter, filtered_shard, shard_kept_count
 from pipeline.results.shards import ShardPool
+
+
+class ExportError(UserError, ValueError):
+    """An export that cannot be made; the message is one line for the user."""
+
 
 CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
 EXTRA_FIELDS = ("predicted_iou", "stability_score", "point_coords", "crop_box")
@@ -103,8 +110,10 @@ def export_coco(
     out: Location,
     mask_filter: MaskFilter | None = None,
     pool: ShardPool | None = None,
+    partial: bool = False,
 ) -> dict[str, int]:
-    """Write one class-agnostic COCO instances JSON.
+    """Write one class-agnostic COCO instances JSON, whole or not at all (a failed or
+    interrupted export leaves the previous file as it was).
 
     Images get ids 1..N (JSON tools lose precision on 63-bit ids; the run's ``image_id`` is
     kept as ``autolabel_image_id``, as a string). Annotations carry RLE segmentation, bbox,
@@ -117,25 +126,24 @@ def export_coco(
         mask_filter: which masks to export (default: all).
         pool: where the shards are turned into JSON (default: this process; the file is
             byte for byte the same either way).
+        partial: export an unfinished run's committed shards (default: refuse it).
 
     Returns:
         Counts of images and annotations written.
     """
-    run = open_run(source)
+    run = open_export_source(source, out, partial)
     mask_filter = mask_filter or MaskFilter()
     pool = pool or ShardPool()
     images = ok_images(run)
     root = common_root([row["image_uri"] for row in images])
     coco_ids = {row["image_id"]: index for index, row in enumerate(images, start=1)}
     categories, keep_ids = source_categories(run)
-    parent = posixpath.dirname(out.path)
-    if parent:
-        out.fs.makedirs(parent, exist_ok=True)
     starts = first_ids(run, mask_filter, pool)
-    state = {"next_id": 1}
+    state = {"next_id": 1, "annotations": 0}
     tasks = shard_tasks(run, starts, state, mask_filter, pool.share(coco_ids), keep_ids)
-    annotations = 0
-    with out.open("w") as f:
+
+    def write(binary: IO[bytes]) -> None:
+        f = io.TextIOWrapper(binary, encoding="utf-8")
         f.write('{"info": ' + json.dumps(coco_info(run, mask_filter)))
         f.write(', "licenses": [], "categories": ' + json.dumps(categories))
         f.write(', "images": [')
@@ -143,11 +151,28 @@ def export_coco(
         f.write('], "annotations": [')
         for text, count in pool.map(coco_shard, tasks, len(run.shards), "export"):
             if text:
-                f.write((", " if annotations else "") + text)
-            annotations += count
-            state["next_id"] = annotations + 1
+                f.write((", " if state["annotations"] else "") + text)
+            state["annotations"] += count
+            state["next_id"] = state["annotations"] + 1
         f.write("]}\n")
-    return {"images": len(images), "annotations": annotations}
+        f.flush()
+        f.detach()
+
+    out.write_atomic(write, stream=True)
+    return {"images": len(images), "annotations": state["annotations"]}
+
+
+def open_export_source(source: Location, out: Location, partial: bool) -> Run:
+    """The run to export, refused when ``out`` overlaps it, or when it is unfinished
+    (fewer committed shards than planned) unless ``partial``."""
+    check_apart(out, {"run": source}, inside_ok=False, flag="--out")
+    run = open_run(source)
+    if not partial and not run.is_whole:
+        raise ExportError(
+            f"{source} is {run.state_note()}; export it once it is finished, or pass "
+            "--partial to export the committed shards"
+        )
+    return run
 
 
 def write_list(f: IO[str], items: Iterator[dict]) -> None:
@@ -245,8 +270,10 @@ def export_sa1b(
     out: Location,
     mask_filter: MaskFilter | None = None,
     pool: ShardPool | None = None,
+    partial: bool = False,
 ) -> dict[str, int]:
-    """Write one SA-1B style JSON per ok image into the folder ``out``.
+    """Write one SA-1B style JSON per ok image into the folder ``out`` (each file whole or
+    not at all).
 
     Each file is ``sa_<image_id>.json``: ``{"image": {image_id, width, height, file_name},
     "annotations": [{id, segmentation, bbox, area, predicted_iou, stability_score,
@@ -257,11 +284,12 @@ def export_sa1b(
         out: the folder to write into.
         mask_filter: which masks to export (default: all).
         pool: where the shards are written (default: this process; same files either way).
+        partial: export an unfinished run's committed shards (default: refuse it).
 
     Returns:
         Counts of files and annotations written.
     """
-    run = open_run(source)
+    run = open_export_source(source, out, partial)
     mask_filter = mask_filter or MaskFilter()
     pool = pool or ShardPool()
     images = {row["image_id"]: row for row in ok_images(run)}
@@ -304,5 +332,5 @@ def write_sa1b_file(
             for index, row in enumerate(rows)
         ],
     }
-    with folder.join(f"sa_{image['image_id']}.json").open("w") as f:
-        json.dump(document, f)
+    payload = json.dumps(document).encode()
+    folder.join(f"sa_{image['image_id']}.json").write_atomic(lambda f: f.write(payload))

@@ -9,6 +9,8 @@ all masks of its images, so the result is exact.
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -19,9 +21,17 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from pipeline.core.errors import UserError
+from pipeline.core.guard import check_apart, refuse_foreign_files
+from pipeline.core.lease import Lease
 from pipeline.core.schema import MASK_SCHEMA
 from pipeline.core.storage import Location
-from pipeline.core.writer import RunLayout, commit_shard, remove_partials, remove_run
+from pipeline.core.writer import (
+    RunLayout,
+    commit_shard,
+    read_markers,
+    remove_partials,
+    remove_run,
+)
 from pipeline.results.dataset import Run, open_run, shard_images, shard_masks
 from pipeline.results.shards import ShardPool
 
@@ -284,41 +294,90 @@ def filter_run(
     """Write a new run holding only the masks that pass ``mask_filter``.
 
     The new run has the same layout and schema; its image rows carry the new ``num_masks``,
-    and its manifest records the filter and the source run.
+    and its manifest records the filter and the source run. It is written like ``run``
+    writes: under the output's lease, shard by shard with commit markers, so the same
+    command after a kill resumes where it stopped.
 
     Args:
         source: the run to read.
-        output: where to write the filtered run; must not hold a run unless ``overwrite``.
+        output: where to write the filtered run: neither the source, nor above or inside it;
+            must not hold another run unless ``overwrite``.
         mask_filter: what to keep.
-        overwrite: replace a run already at ``output``.
+        overwrite: replace a run already at ``output`` (only its own files are removed).
         pool: where the shards are filtered (default: this process; ``ShardPool(use_ray=True)``
             for the cluster).
 
     Returns:
         The new run's counts.
+
+    Raises:
+        UserError: overlapping folders, another run at ``output``, its lease held.
     """
+    check_apart(output, {"run": source}, inside_ok=False, flag="OUT")
     run = open_run(source)
     layout = RunLayout(output)
-    if layout.manifest.exists() and not overwrite:
-        raise FilterError(f"{output} already holds a run; use --overwrite to replace it")
-    if overwrite:
-        remove_run(layout)
-    remove_partials(layout)
-    counts = {"images": 0, "ok": 0, "errors": 0, "masks": 0, "masks_before": 0}
+    refuse_foreign_files(layout)
+    with Lease(output, "autolabel filter"):
+        manifest = filter_manifest(run, source, mask_filter)
+        existing = layout.manifest.read_json()
+        if existing is not None and not overwrite:
+            if existing.get("fingerprint") != manifest["fingerprint"]:
+                raise FilterError(
+                    f"{output} already holds a run (not this filter of {source}); use "
+                    "--overwrite to replace it"
+                )
+        elif existing is not None:
+            remove_run(layout, existing)
+        layout.manifest.write_json_atomic(manifest)
+        remove_partials(layout)
+        return filter_shards(run, source, output, mask_filter, manifest, pool or ShardPool())
+
+
+def filter_manifest(run: Run, source: Location, mask_filter: MaskFilter) -> dict[str, Any]:
+    """The filtered run's manifest as it starts: the source's, with the filter, the source's
+    committed shards as its plan, and a fingerprint that a rerun of the same filter shares."""
+    described = {"source": str(source), **mask_filter.describe()}
+    identity = json.dumps([run.manifest.get("fingerprint"), described, run.shards])
+    return {
+        **{k: v for k, v in run.manifest.items() if k not in ("reason", "over_budget")},
+        "fingerprint": hashlib.sha256(identity.encode()).hexdigest()[:16],
+        "status": "running",
+        "started_at": time.time(),
+        "filter": described,
+        "filter_of": {"shards": run.shards},
+        "planned": {"shards": len(run.shards), "images": None},
+    }
+
+
+def filter_shards(
+    run: Run,
+    source: Location,
+    output: Location,
+    mask_filter: MaskFilter,
+    manifest: dict[str, Any],
+    pool: ShardPool,
+) -> dict[str, Any]:
+    """Filter the shards not committed yet, then total every committed one."""
+    layout = RunLayout(output)
+    done = set(read_markers(layout))
+    todo = [shard for shard in run.shards if shard not in done]
     start = time.time()
-    pool = pool or ShardPool()
-    tasks = ((source, output, shard, mask_filter) for shard in run.shards)
-    for stats in pool.map(filter_shard, tasks, len(run.shards), "filter"):
-        for key, value in stats.items():
-            counts[key] += value
+    tasks = ((source, output, shard, mask_filter) for shard in todo)
+    for _ in pool.map(filter_shard, tasks, len(todo), "filter"):
+        pass
+    counts = {"images": 0, "ok": 0, "errors": 0, "masks": 0}
+    for marker in read_markers(layout).values():
+        for key in counts:
+            counts[key] += marker[key]
     counts["masks_before"] = run.manifest.get("counts", {}).get("masks")
-    manifest = {
-        **run.manifest,
+    finished = {
+        **manifest,
         "status": "complete",
-        "filter": {"source": str(source), **mask_filter.describe()},
         "counts": {**counts, "shards_committed": len(run.shards)},
+        "planned": {"shards": len(run.shards), "images": counts["images"]},
         "finished_at": time.time(),
         "seconds": time.time() - start,
+        "resumed_shards": len(done),
     }
-    layout.manifest.write_json_atomic(manifest)
-    return manifest["counts"]
+    layout.manifest.write_json_atomic(finished)
+    return finished["counts"]

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.core.imageio import load_image
-from pipeline.core.storage import Location
+from pipeline.core.storage import Location, write_file_atomic
 from pipeline.results.dataset import Run, decode_mask, open_run
 from pipeline.results.filters import MaskFilter
 
@@ -123,6 +123,7 @@ def show(
     written = []
     for image_id in chosen:
         path = folder / f"{image_id}.png"
-        render_image(run, images[image_id], mask_filter).save(path)
+        picture = render_image(run, images[image_id], mask_filter)
+        write_file_atomic(path, lambda f, picture=picture: picture.save(f, format="PNG"))
         written.append(path)
     return written

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core.storage import Location
+from pipeline.core.storage import Location, write_file_atomic
 from pipeline.results.dataset import Run, open_run, shard_images, shard_masks
 from pipeline.results.shards import ShardPool
 
@@ -41,6 +41,12 @@ class RunStats:
     per_image: np.ndarray = field(
         default_factory=lambda: np.zeros(MAX_MASKS_PER_IMAGE + 1, np.int64)
     )
+    # The run as a whole: planned and committed shards, and why it is unfinished (None: it
+    # is complete).
+    shards_planned: int = 0
+    shards_committed: int = 0
+    state: str = "complete"
+    state_note: str | None = None
 
     def add_masks(self, iou: np.ndarray, stability: np.ndarray, area: np.ndarray) -> None:
         """Count one batch of mask rows."""
@@ -146,11 +152,20 @@ def run_stats(source: Location, out: str | None = None, pool: ShardPool | None =
     """
     run = open_run(source)
     stats = collect(run, pool)
+    stats.shards_planned, stats.shards_committed = run.planned_shards, len(run.shards)
+    stats.state, stats.state_note = run.state, run.state_note()
     if out:
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
-        document = {"run": str(source), **stats.summary(), "survival": survival_table(stats)}
-        (folder / "stats.json").write_text(json.dumps(document, indent=2))
+        document = {
+            "run": str(source),
+            "state": stats.state,
+            "shards": {"planned": stats.shards_planned, "committed": stats.shards_committed},
+            **stats.summary(),
+            "survival": survival_table(stats),
+        }
+        payload = json.dumps(document, indent=2).encode()
+        write_file_atomic(folder / "stats.json", lambda f: f.write(payload))
         write_plots(stats, folder)
     return stats
 
@@ -194,7 +209,7 @@ def write_plots(stats: RunStats, folder: Path) -> list[Path]:
     figure.suptitle(f"{stats.masks} masks on {stats.images_ok} images")
     figure.tight_layout()
     distributions = folder / "distributions.png"
-    figure.savefig(distributions, dpi=100)
+    write_file_atomic(distributions, lambda f: figure.savefig(f, format="png", dpi=100))
     plt.close(figure)
 
     figure, ax = plt.subplots(figsize=(7, 5))
@@ -210,7 +225,7 @@ def write_plots(stats: RunStats, folder: Path) -> list[Path]:
     ax.grid(alpha=0.3)
     figure.tight_layout()
     survival = folder / "survival.png"
-    figure.savefig(survival, dpi=100)
+    write_file_atomic(survival, lambda f: figure.savefig(f, format="png", dpi=100))
     plt.close(figure)
     return [distributions, survival]
 

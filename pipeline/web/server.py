@@ -13,6 +13,7 @@ from memory: no path from a request ever reaches the filesystem; run images are 
 from __future__ import annotations
 
 import ipaddress
+import secrets
 import socket
 import sys
 from importlib import resources
@@ -177,21 +178,63 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+TOKEN_COOKIE = "autolabel_token"
+
+
+def guard(app: FastAPI, host: str, token: str | None) -> None:
+    """Answer only requests addressed to this server: a ``Host`` header naming ``host`` or a
+    loopback name (else 421: a page elsewhere that resolves its own name to this address,
+    DNS rebinding, gets nothing); with ``token``, only requests that carry it (query
+    ``token=`` once, then a cookie), else 403."""
+    allowed = {host.lower(), *LOOPBACK_NAMES} if is_loopback(host) else {host.lower()}
+
+    @app.middleware("http")
+    async def check(request: Request, call_next):
+        name = host_name(request.headers.get("host", ""))
+        if name not in allowed:
+            return JSONResponse({"detail": "unknown Host"}, status_code=421)
+        if token is None:
+            return await call_next(request)
+        given = request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE)
+        if given is None or not secrets.compare_digest(given, token):
+            return JSONResponse({"detail": "open the URL printed by autolabel"}, 403)
+        response = await call_next(request)
+        if request.query_params.get("token"):
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+
+def host_name(header: str) -> str:
+    """``example.org:8000`` → ``example.org``; ``[::1]:8000`` → ``::1``."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
 def serve(app: FastAPI, host: str, port: int, what: str) -> None:
-    """Serve ``app`` on ``host:port`` (0: a free port) until interrupted; print the URL."""
+    """Serve ``app`` on ``host:port`` (0: a free port) until interrupted; print the URL.
+
+    On loopback (the default) the pages answer requests addressed to loopback names only;
+    on any other address they also need the token in the printed URL.
+    """
     import uvicorn
 
+    token = None
     if not is_loopback(host):
+        token = secrets.token_urlsafe(24)
         print(
-            f"warning: serving on {host}, not loopback: anyone who can reach this machine can "
-            "see these images (there is no login)",
+            f"warning: serving on {host}, not loopback: anyone who has the URL (it holds a "
+            "token) and can reach this machine can see these images",
             file=sys.stderr,
         )
+    guard(app, host, token)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(128)  # connections wait from now on: the URL printed next works at once
-    url = f"http://{host}:{sock.getsockname()[1]}/"
+    url = f"http://{host}:{sock.getsockname()[1]}/" + (f"?token={token}" if token else "")
     print(f"{what} at {url} (Ctrl-C stops it)", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     server.run(sockets=[sock])
