@@ -71,7 +71,9 @@ def test_shard_plan_is_deterministic_and_lives_in_the_run(image_folder, tmp_path
     assert [u for s in shards for u in read_shard_uris(layouts[0], s)] == [r.uri for r in refs]
     assert listing_shards(infos[1], 3) == shards
     assert infos[0]["input_digest"] == infos[1]["input_digest"]
-    files = [sorted(p.read_bytes() for p in (tmp_path / n / "_listing").iterdir()) for n in "ab"]
+    files = [
+        sorted(p.read_bytes() for p in (tmp_path / n / "_listing").rglob("*.parquet")) for n in "ab"
+    ]
     assert files[0] == files[1] and len(files[0]) == 1
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import time
-import uuid
 from typing import Any
 
 import numpy as np
@@ -42,9 +41,14 @@ def block_name(first_shard: int, folder: str = "") -> str:
     return f"{folder}/{name}" if folder else name
 
 
-def new_folder() -> str:
-    """A fresh plan folder name."""
-    return uuid.uuid4().hex[:12]
+def new_folder(layout: RunLayout) -> str:
+    """The first plan folder name (``plan-000``, ``plan-001`` …) not in ``_listing/`` yet: a
+    run's first plan gets ``plan-000`` on any machine; a plan replacing a run gets another."""
+    taken = {entry.name for entry in layout.listing_dir.listdir()}
+    number = 0
+    while f"plan-{number:03d}" in taken:
+        number += 1
+    return f"plan-{number:03d}"
 
 
 def write_batch(
@@ -142,7 +146,7 @@ def run_uris(layout: RunLayout, info: dict[str, Any]) -> pa.Array:
 
 def new_listing(layout: RunLayout, listing: InputListing, shard_size: int) -> dict[str, Any]:
     """A fresh run's listing: every image, written as shards 0 onwards into a new folder."""
-    folder = new_folder()
+    folder = new_folder(layout)
     batch = write_batch(layout, listing, 0, shard_size, folder=folder)
     return {
         "folder": folder,

@@ -6,6 +6,7 @@ state dict), so a random test checkpoint and a downloaded one go through the sam
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -151,10 +152,35 @@ def check_weights(spec: ModelSpec, checkpoint: Location) -> None:
         ModelError: unreadable (corrupt, truncated, not a torch file), not in the official
             layout, or with missing, unexpected or misshapen weights; one line.
     """
+    try:
+        path = local_checkpoint(checkpoint)
+    except Exception as error:
+        raise ModelError(f"cannot read checkpoint {checkpoint}: {one_line(error)}") from error
+    stamp = verified_stamp(spec, path)
+    if stamp.exists():  # this file was checked against this config before, on this node
+        return
+    load_weights_for(spec, checkpoint, path)
+    with contextlib.suppress(OSError):  # a read-only cache only costs the next run the check
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.touch()
+
+
+def verified_stamp(spec: ModelSpec, path: str) -> Path:
+    """The file that says this checkpoint (by path, size and modification time) fits this
+    config: ``check_weights`` pays for a model build once per node, not once per run."""
+    info = os.stat(path)
+    config = Path(spec.config).read_bytes() if Path(spec.config).is_file() else spec.config
+    identity = repr(
+        (os.path.realpath(path), info.st_size, info.st_mtime_ns, config, spec.image_size)
+    )
+    return cache_dir() / "verified" / hashlib.sha256(identity.encode()).hexdigest()[:24]
+
+
+def load_weights_for(spec: ModelSpec, checkpoint: Location, path: str) -> None:
+    """The body of ``check_weights``: load the file, compare its weights with the model's."""
     import torch
 
     try:
-        path = local_checkpoint(checkpoint)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception:  # an old-format file cannot be memory-mapped; a bad one says why

@@ -183,16 +183,17 @@ TOKEN_COOKIE = "autolabel_token"
 
 
 def guard(app: FastAPI, host: str, token: str | None) -> None:
-    """Answer only requests addressed to this server: a ``Host`` header naming ``host`` or a
-    loopback name (else 421: a page elsewhere that resolves its own name to this address,
-    DNS rebinding, gets nothing); with ``token``, only requests that carry it (query
-    ``token=`` once, then a cookie), else 403."""
-    allowed = {host.lower(), *LOOPBACK_NAMES} if is_loopback(host) else {host.lower()}
+    """Answer only requests meant for this server. Without ``token`` (a loopback address),
+    only those whose ``Host`` header names ``host`` or a loopback name (else 421: a page that
+    points its own name at this address, DNS rebinding, gets nothing). With ``token`` (any
+    other address, reached under names this server cannot know), only requests that carry
+    it (query ``token=`` once, then a cookie), else 403."""
+    allowed = {host.lower(), *LOOPBACK_NAMES}
 
     @app.middleware("http")
     async def check(request: Request, call_next):
         name = host_name(request.headers.get("host", ""))
-        if name not in allowed:
+        if token is None and name not in allowed:
             return JSONResponse({"detail": "unknown Host"}, status_code=421)
         if token is None:
             return await call_next(request)
