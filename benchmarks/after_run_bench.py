@@ -18,10 +18,10 @@ from pathlib import Path
 
 from benchmarks.report import report
 from benchmarks.synthetic_run import write_synthetic_run
+from pipeline.core.executor import ShardPool
 from pipeline.core.storage import Location
 from pipeline.results.export import export_coco
 from pipeline.results.filters import MaskFilter, filter_run
-from pipeline.results.shards import ShardPool
 from pipeline.results.stats import run_stats
 
 

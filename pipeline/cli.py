@@ -161,7 +161,7 @@ def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
 
 def shard_pool(args: argparse.Namespace):
     """Where the command's shards run: this process, or Ray tasks (``--ray``)."""
-    from pipeline.results.shards import ShardPool
+    from pipeline.core.executor import ShardPool
 
     return ShardPool(args.ray, args.ray_address, show_progress=not args.no_progress)
 

@@ -269,7 +269,7 @@ def test_after_run_commands_take_storage_options_instead_of_the_environment(
 
 def test_filter_stats_and_exports_as_ray_tasks_equal_one_process(finished_run, tmp_path):
     """``--ray``: one task per shard on the cluster, the same outputs as one process."""
-    from pipeline.results.shards import ShardPool
+    from pipeline.core.executor import ShardPool
 
     cluster, here = ShardPool(use_ray=True), ShardPool()
     source = Location(str(finished_run))

@@ -1,18 +1,12 @@
-"""What the user watches: a live progress bar during the run and a summary table after it."""
+"""What the user watches of a run: the workers' running counts (for the progress bar,
+``core.executor.Progress``) and the summary table after it."""
 
 from __future__ import annotations
 
-import sys
-import time
 from typing import Any
 
 import ray
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-
-# Without a terminal (CI logs, `ray job submit`), print a plain line this often instead.
-PLAIN_INTERVAL_S = 10.0
 
 
 @ray.remote(num_cpus=0)
@@ -34,55 +28,6 @@ class ProgressTracker:
         """Images and masks done so far in the given running shards."""
         counts = [self.shards.get(name, (0, 0)) for name in running]
         return sum(i for i, _ in counts), sum(m for _, m in counts)
-
-
-class ProgressView:
-    """Images done/total, images/s, masks/s and ETA: a live bar on a terminal, lines otherwise.
-
-    Args:
-        total: images to process in this run.
-        enabled: False shows nothing (tests, library use).
-    """
-
-    def __init__(self, total: int, enabled: bool = True) -> None:
-        self.total = total
-        self.enabled = enabled
-        self.console = Console(file=sys.stderr)
-        self.live = enabled and self.console.is_terminal
-        self.start = time.time()
-        self.last_line = 0.0
-        self.progress = Progress(
-            TextColumn("[bold]labelling"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("images · {task.fields[ips]:.2f} img/s · {task.fields[mps]:.1f} masks/s"),
-            TimeRemainingColumn(),
-            console=self.console,
-            disable=not self.live,
-        )
-        self.task = self.progress.add_task("images", total=total, ips=0.0, mps=0.0)
-
-    def __enter__(self) -> ProgressView:
-        self.start = time.time()
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.progress.__exit__(*exc)
-
-    def update(self, images: int, masks: int) -> None:
-        """Show the latest totals of this run."""
-        elapsed = max(time.time() - self.start, 1e-6)
-        ips, mps = images / elapsed, masks / elapsed
-        self.progress.update(self.task, completed=images, ips=ips, mps=mps)
-        if self.enabled and not self.live and time.time() - self.last_line >= PLAIN_INTERVAL_S:
-            self.last_line = time.time()
-            eta = f"{(self.total - images) / ips:.0f} s" if ips > 0 else "?"
-            self.console.print(
-                f"labelling: {images}/{self.total} images, {ips:.2f} img/s, "
-                f"{mps:.1f} masks/s, ETA {eta}",
-                highlight=False,
-            )
 
 
 def summary_table(summary: Any) -> Table:

@@ -18,6 +18,7 @@ import ray
 
 from pipeline.core.config import JobConfig
 from pipeline.core.errors import one_line
+from pipeline.core.executor import Progress, connect_ray, pending
 from pipeline.core.faults import commonest
 from pipeline.core.guard import check_apart, refuse_foreign_files
 from pipeline.core.lease import Lease, LeaseLostError
@@ -42,7 +43,7 @@ from pipeline.job.listing import (
     read_shard_uris,
 )
 from pipeline.job.manifest import RunConflictError, check_compatible, new_manifest
-from pipeline.job.progress import ProgressTracker, ProgressView
+from pipeline.job.progress import ProgressTracker
 from pipeline.job.prompts import MatchedPrompts, read_prompts
 from pipeline.job.sources import InputListing, Shard, list_input
 from pipeline.model.registry import (
@@ -200,8 +201,8 @@ def planned(
         shards = [replace(s, prompts=shard_prompts(layout, s, found)) for s in shards]
     manifest["listing"] = info
     manifest["planned"] = {"images": info["images"], "shards": info["shards"]}
-    markers = read_markers(layout) if existing else {}
-    todo = [s for s in shards if s.name not in markers]
+    todo_names = set(pending([s.name for s in shards], read_markers(layout) if existing else ()))
+    todo = [s for s in shards if s.name in todo_names]
     return RunPlan(job, model, source, output, checkpoint, shards, todo, manifest, lease, replaces)
 
 
@@ -228,12 +229,6 @@ def read_run_prompts(
 def shard_prompts(layout: RunLayout, shard: Shard, found: MatchedPrompts) -> tuple:
     """One shard's prompts, in the order of its images in the listing."""
     return tuple(tuple(found.by_uri.get(uri, ())) for uri in read_shard_uris(layout, shard))
-
-
-def connect_ray(address: str | None) -> None:
-    """Join a running cluster when there is one, else start a local one."""
-    if not ray.is_initialized():
-        ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False)
 
 
 def actor_resources(job: JobConfig) -> tuple[int, dict[str, float]]:
@@ -291,7 +286,8 @@ def execute_plan(plan: RunPlan, show_progress: bool) -> RunSummary:
             args = (plan.job, plan.model, plan.source, plan.output, plan.checkpoint, tracker)
             return remote_worker.remote(*args, prompted=plan.manifest.get("prompts") is not None)
 
-        view = ProgressView(sum(s.size for s in plan.todo), enabled=show_progress)
+        total = sum(s.size for s in plan.todo)
+        view = Progress("labelling", total, "images", extra="masks", enabled=show_progress)
         dispatcher = ShardDispatcher(plan.todo, launch, tracker, view, summary)
         dispatcher.placement_timeout = plan.job.runtime.placement_timeout_s
         dispatcher.lease = plan.lease
@@ -362,7 +358,7 @@ class ShardDispatcher:
     Args:
         todo: shards to process.
         launch: starts one worker actor and returns its handle.
-        tracker: the ``ProgressTracker`` actor; view: the ``ProgressView``.
+        tracker: the ``ProgressTracker`` actor; view: the run's ``Progress``.
         summary: counts of this run, updated in place.
     """
 

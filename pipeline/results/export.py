@@ -14,11 +14,11 @@ from itertools import accumulate
 from typing import IO, Any
 
 from pipeline.core.errors import UserError
+from pipeline.core.executor import ShardPool
 from pipeline.core.guard import check_apart
 from pipeline.core.storage import Location
 from pipeline.results.dataset import Run, open_run
 from pipeline.results.filters import MaskFilter, filtered_shard, shard_kept_count
-from pipeline.results.shards import ShardPool
 
 
 class ExportError(UserError, ValueError):

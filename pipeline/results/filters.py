@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from pipeline.core.errors import UserError
+from pipeline.core.executor import ShardPool, pending
 from pipeline.core.guard import check_apart, refuse_foreign_files
 from pipeline.core.lease import Lease
 from pipeline.core.schema import MASK_SCHEMA
@@ -33,7 +34,6 @@ from pipeline.core.writer import (
     remove_run,
 )
 from pipeline.results.dataset import Run, open_run, shard_images, shard_masks
-from pipeline.results.shards import ShardPool
 
 # Columns ``--where`` may use: the scalar ones of a mask row.
 WHERE_COLUMNS = (
@@ -359,8 +359,8 @@ def filter_shards(
 ) -> dict[str, Any]:
     """Filter the shards not committed yet, then total every committed one."""
     layout = RunLayout(output)
-    done = set(read_markers(layout))
-    todo = [shard for shard in run.shards if shard not in done]
+    done = read_markers(layout)
+    todo = pending(run.shards, done)
     start = time.time()
     tasks = ((source, output, shard, mask_filter) for shard in todo)
     for _ in pool.map(filter_shard, tasks, len(todo), "filter"):

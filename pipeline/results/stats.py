@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.executor import ShardPool
 from pipeline.core.storage import Location, write_file_atomic
 from pipeline.results.dataset import Run, open_run, shard_images, shard_masks
-from pipeline.results.shards import ShardPool
 
 SCORE_BINS = np.linspace(0.0, 1.0, 1001)
 LOG_AREA_BINS = np.linspace(0.0, 8.0, 801)  # log10(area) from 1 px to 100 Mpx
