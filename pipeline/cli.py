@@ -247,7 +247,7 @@ def run_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from pipeline.job.progress import summary_table
-    from pipeline.job.runner import execute, plan_run
+    from pipeline.job.runner import execute, failure_reason, plan_run
 
     job = load_config(args.config, args.overrides)
     source, output = (open_location(uri, job.storage.options) for uri in (args.input, args.output))
@@ -269,8 +269,10 @@ def run_command(args: argparse.Namespace) -> int:
         )
     summary = execute(plan, show_progress=not args.no_progress)
     Console().print(summary_table(summary))
-    # A plain line (never wrapped by the table) that users can copy.
+    # Plain lines (never wrapped by the table) that users can copy.
     print(f"output: {summary.output}")
+    if not summary.succeeded:
+        print(f"failed: {failure_reason(summary)}")
     return 0 if summary.succeeded else 1
 
 

@@ -120,6 +120,23 @@ def test_overwrite_with_an_unreadable_checkpoint_leaves_the_run_whole(
     assert snapshot(run_copy) == before
 
 
+def test_overwrite_whose_workers_cannot_start_leaves_the_run_whole(run_copy, micro_overrides):
+    before = snapshot(run_copy)
+    source = json.loads((run_copy / "_run.json").read_text())["input"]
+    overrides = [*micro_overrides, "amg.points_per_side=3", "runtime.shard_size=4"]
+    result = cli_run(
+        source, run_copy, "--overwrite", *overrides, env={"AUTOLABEL_TEST_FAULT": "load"}
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    failed = [line for line in result.stdout.splitlines() if line.startswith("failed: ")]
+    assert failed == [
+        "failed: a worker could not start: RuntimeError: injected model load fault "
+        f"(AUTOLABEL_TEST_FAULT); the run at {run_copy} was left as it was"
+    ]  # the cause in one line, not Ray's wrapping
+    assert snapshot(run_copy) == before  # the old run, manifest included, as it was
+    assert not (run_copy / LEASE_NAME).exists()
+
+
 def test_a_file_the_tool_did_not_write_is_never_removed(run_copy, tmp_path, micro_overrides):
     photo = run_copy / "images" / "holiday.png"
     make_scene(40, 30, seed=1).save(photo)
@@ -239,7 +256,7 @@ def test_a_generation_fault_on_every_image_fails_shards_not_images(tmp_path, mic
     for attempt in attempts:
         assert attempt["error"].startswith("SystematicFaultError: mask generation failed on all 2")
         assert "RuntimeError: injected generation fault" in attempt["error"]
-    assert "SystematicFaultError" in result.stdout  # the summary's reason
+    assert "failed: shard-00000: SystematicFaultError: mask generation" in result.stdout
     assert not list((output / "_shards").glob("*.json"))  # no image passed as a bad one
 
 
@@ -264,7 +281,7 @@ def test_all_broken_input_fails_the_run_unless_the_budget_allows(tmp_path, micro
     assert manifest["status"] == "failed"
     assert manifest["reason"].startswith("6 of 6 images failed to read: ")
     assert "(6)" in manifest["reason"]  # like reasons counted together
-    assert "6 of 6 images failed to read" in strict.stdout
+    assert f"failed: {manifest['reason']}" in strict.stdout.splitlines()
     job = load_config(None, [*micro_overrides, "runtime.max_error_fraction=1.0"])
     lenient = execute(plan_run(job, Location(str(folder)), Location(str(tmp_path / "ok"))), False)
     assert lenient.succeeded and lenient.errors == 6

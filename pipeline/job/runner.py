@@ -580,7 +580,7 @@ def finish_manifest(plan: RunPlan, summary: RunSummary, layout: RunLayout) -> No
         **plan.manifest,
         "finished_at": time.time(),
         "status": "complete" if summary.succeeded else "failed",
-        "reason": summary.fatal or summary.over_budget or first_failure(summary),
+        "reason": failure_reason(summary),
         "counts": {
             "images": summary.images,
             "ok": summary.ok,
@@ -614,7 +614,10 @@ def error_budget(summary: RunSummary, reasons: Counter, max_fraction: float) -> 
     )
 
 
-def first_failure(summary: RunSummary) -> str | None:
-    """The reason of the first failed shard, if any."""
+def failure_reason(summary: RunSummary) -> str | None:
+    """Why the run failed, in one line (None when it did not): what stopped it, else its
+    error rows over budget, else the first failed shard's last reason."""
+    if summary.fatal or summary.over_budget:
+        return summary.fatal or summary.over_budget
     failed = sorted(summary.failed_shards)
     return f"{failed[0]}: {summary.failed_shards[failed[0]]}" if failed else None

@@ -56,7 +56,9 @@ def current_node() -> str:
 
 
 # Tests set this variable to ``generation`` to make every generation raise, as a broken setup
-# (a bad model/setting pair, a broken CUDA install) would; never set in production.
+# (a bad model/setting pair, a broken CUDA install) would, or to ``load`` to make the worker
+# fail to load its model (a node without the checkpoint, a GPU out of memory); never set in
+# production.
 FAULT_HOOK = "AUTOLABEL_TEST_FAULT"
 
 
@@ -133,6 +135,8 @@ class ShardWorker:
         from pipeline.model.prompted import PromptedGenerator
         from pipeline.model.registry import build_model
 
+        if os.environ.get(FAULT_HOOK) == "load":
+            raise RuntimeError("injected model load fault (AUTOLABEL_TEST_FAULT)")
         logging.getLogger("root").setLevel(logging.WARNING)
         # sam2 builds with torch.jit.script, which torch now flags on every model load.
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
