@@ -41,6 +41,7 @@ def plan_once(manifest: str, output: str, append: bool) -> dict:
     start = time.perf_counter()
     plan = plan_run(job, Location(manifest), Location(output), append=append)
     seconds = time.perf_counter() - start
+    plan.lease.release()  # a plan not executed gives the output back
     if not append:  # stand in for execute(): the manifest is what a rerun compares with
         from pipeline.core.writer import RunLayout
 

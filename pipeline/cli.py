@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     filter_.add_argument("run", help="the run to read (path or URI)")
     filter_.add_argument("out", help="where to write the filtered run (path or URI)")
     filter_.add_argument("--overwrite", action="store_true", help="replace a run at OUT")
+    filter_.add_argument(
+        "--partial", action="store_true", help="filter an unfinished run as it stands"
+    )
     add_filter_flags(filter_)
     add_storage_flag(filter_)
     add_cluster_flags(filter_)
@@ -255,18 +258,11 @@ def run_command(args: argparse.Namespace) -> int:
     plan = plan_run(
         job, source, output, overwrite=args.overwrite, prompts=prompts, append=args.append
     )
-    print(
-        f"{plan.num_images} images in {len(plan.shards)} shards "
-        f"({len(plan.shards) - len(plan.todo)} already committed); model {plan.model.config}",
-        file=sys.stderr,
-    )
-    removed = plan.manifest["listing"]["removed"]
-    if removed["count"]:
-        print(
-            f"note: {removed['count']} image(s) of the run are no longer in the input "
-            f"(e.g. {removed['examples'][0]}); their rows stay in the run",
-            file=sys.stderr,
-        )
+    try:
+        say_plan(plan)
+    except BaseException:
+        plan.lease.release()
+        raise
     summary = execute(plan, show_progress=not args.no_progress)
     Console().print(summary_table(summary))
     # Plain lines (never wrapped by the table) that users can copy.
@@ -274,6 +270,22 @@ def run_command(args: argparse.Namespace) -> int:
     if not summary.succeeded:
         print(f"failed: {failure_reason(summary)}")
     return 0 if summary.succeeded else 1
+
+
+def say_plan(plan) -> None:
+    """What the run will do, on stderr: images, shards, model, images no longer listed."""
+    print(
+        f"{plan.num_images} images in {len(plan.shards)} shards "
+        f"({len(plan.shards) - len(plan.todo)} already committed); model {plan.model.config}",
+        file=sys.stderr,
+    )
+    removed = plan.manifest["listing"].get("removed") or {"count": 0}
+    if removed["count"]:
+        print(
+            f"note: {removed['count']} image(s) of the run are no longer in the input "
+            f"(e.g. {removed['examples'][0]}); their rows stay in the run",
+            file=sys.stderr,
+        )
 
 
 def say_state(note: str | None) -> None:
@@ -307,7 +319,12 @@ def filter_command(args: argparse.Namespace) -> int:
 
     source, out = locations(args, args.run, args.out)
     counts = filter_run(
-        source, out, mask_filter_from(args), overwrite=args.overwrite, pool=shard_pool(args)
+        source,
+        out,
+        mask_filter_from(args),
+        overwrite=args.overwrite,
+        pool=shard_pool(args),
+        partial=args.partial,
     )
     print(
         f"kept {counts['masks']} of {counts['masks_before']} masks on {counts['ok']} images; "

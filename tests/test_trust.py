@@ -304,7 +304,6 @@ def two_drivers(input_: str, output: str, exists, overrides: list[str]) -> None:
     first = cli_run(input_, output, *overrides, wait=False)
     wait_for(lambda: exists(f"{output}/_run.json"), 120)
     second = cli_run(input_, output, *overrides)
-    assert first.poll() is None, "the first driver ended before the second was tried"
     assert second.returncode == 2
     line = error_line(second)
     assert f"{socket.gethostname()} pid {first.pid} (autolabel run)" in line

@@ -145,8 +145,8 @@ class ShardPool:
         """``work(*args)`` for each ``args`` of ``tasks``, results in order.
 
         In this process ``tasks`` is read one item at a time, after the previous result was
-        taken, so an argument may depend on the results before it. A Ray task that fails is
-        retried (3 times) by Ray; one that still fails raises here.
+        taken, so an argument may depend on the results before it. A Ray task whose worker
+        dies is retried (3 times) by Ray; an exception the step raises is raised here.
         """
         with Progress(what, total, "shards", enabled=self.show_progress) as progress:
             results = self.on_ray(work, tasks) if self.use_ray else (work(*a) for a in tasks)

@@ -49,9 +49,11 @@ def classify(error: BaseException, stage: str) -> str:
     ``read`` or ``generation`` (the image's error row), or ``shard`` (the attempt fails)."""
     from pipeline.core.storage import StorageUnavailableError
 
-    if isinstance(error, StorageUnavailableError) or is_device_failure(error):
+    if isinstance(error, StorageUnavailableError):
         return SHARD
-    return READ if stage == READ else GENERATION
+    if stage == READ:  # no device is involved in reading (a decode out of memory: the image)
+        return READ
+    return SHARD if is_device_failure(error) else GENERATION
 
 
 class GenerationWatch:

@@ -219,14 +219,18 @@ class Location:
     def remove(self, recursive: bool = False) -> None:
         """Delete the file (or, with ``recursive``, the folder) when it exists."""
         if self.exists():
-            self.fs.rm(self.path, recursive=recursive)
+            with contextlib.suppress(FileNotFoundError):  # removed meanwhile: as wanted
+                self.fs.rm(self.path, recursive=recursive)
 
     def read_json(self) -> dict | None:
-        """The JSON file's content, or None when it does not exist."""
-        if not self.exists():
+        """The JSON file's content, or None when it does not exist (read in one request, so
+        a file replaced meanwhile is read whole, old or new)."""
+        self.forget_cached()
+        try:
+            data = self.read_bytes()
+        except FileNotFoundError:
             return None
-        with self.open("rb") as f:
-            return json.loads(f.read())
+        return json.loads(data)
 
     def write_atomic(self, write: Callable[[Any], None], stream: bool = False) -> None:
         """Write the file so that readers see it whole or not at all, retrying transient errors;

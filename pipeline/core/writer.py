@@ -135,11 +135,12 @@ def read_markers(layout: RunLayout) -> dict[str, dict[str, Any]]:
 
 
 def remove_partials(layout: RunLayout) -> int:
-    """Delete files a killed writer left under temporary names; returns how many."""
+    """Delete files a killed writer left under temporary names in the shard folders and the
+    output's root (not the lease's: its heartbeat may be writing one now); returns how many."""
     removed = 0
     for folder in (layout.masks_dir, layout.images_dir, layout.markers_dir, layout.root):
         for entry in folder.listdir():
-            if PARTIAL_FILE.match(entry.name):
+            if PARTIAL_FILE.match(entry.name) and not entry.name.endswith("_lease.json.partial"):
                 entry.remove()
                 removed += 1
     return removed
@@ -170,7 +171,8 @@ def run_files(layout: RunLayout, manifest: dict[str, Any] | None) -> list[Locati
     }
     names |= {f"shard-{index:05d}" for index in range(int(listing.get("shards", 0)))}
     files = []
-    for folder in (layout.masks_dir, layout.images_dir, layout.markers_dir):
+    # Markers first: a removal cut short leaves no shard committed whose files are gone.
+    for folder in (layout.markers_dir, layout.masks_dir, layout.images_dir):
         for entry in folder.listdir():
             stem = entry.name.rsplit(".", 1)[0]
             if (SHARD_FILE.match(entry.name) and stem in names) or PARTIAL_FILE.match(entry.name):
@@ -205,7 +207,7 @@ def remove_run(layout: RunLayout, manifest: dict[str, Any] | None = None) -> int
     if manifest is None:
         manifest = layout.manifest.read_json()
     files = run_files(layout, manifest)
-    for entry in files:
+    for entry in files:  # markers, data, listing, manifest: in this order
         entry.remove()
     listing = (manifest or {}).get("listing") or {}
     folders = [layout.masks_dir, layout.images_dir, layout.markers_dir]

@@ -61,7 +61,8 @@ PATIENT = {"attempts": 7, "first_delay": 1.0, "what": "manifest"}
 
 @dataclass
 class RunPlan:
-    """Everything checked before the output is touched, and the lease that holds it.
+    """A run ready to execute: checked before anything of an existing run was touched (only
+    the lease and the new listing are written), holding the output's lease.
 
     ``replaces``: the manifest of the run that ``--overwrite`` replaces; its files are removed
     only once a worker has loaded the model (``execute``), so a run that cannot start leaves
@@ -134,10 +135,17 @@ def plan_run(
         append: the output's run may have been planned over fewer images: label the new ones
             into new shards (``--append``).
 
+    Returns:
+        The plan, holding the output's lease until ``execute`` ends (a plan that will not be
+        executed gives it back with ``plan.lease.release()``).
+
     Raises:
         UserError: ModelError, InputError, PromptsError, RunConflictError, OutputBusyError,
             with a one-line message.
     """
+    check_apart(output, {"input": source, "prompts": prompts}, inside_ok=True)
+    layout = RunLayout(output)
+    refuse_foreign_files(layout)
     model = resolve_model(
         job.model.name, job.model.config, job.model.checkpoint, job.model.image_size
     )
@@ -149,61 +157,62 @@ def plan_run(
         raise RunConflictError(
             "--append extends automatic runs; label new prompts into another --output"
         )
-    check_apart(output, {"input": source, "prompts": prompts}, inside_ok=True)
-    layout = RunLayout(output)
-    refuse_foreign_files(layout)
     listing = list_input(source, exclude=output)
     found, prompts_info = read_run_prompts(prompts, listing) if prompts else (None, None)
     manifest = new_manifest(job, model, source.uri, prompts_info)
     lease = Lease(output, "autolabel run").acquire()
+    plan = RunPlan(job, model, source, output, checkpoint, [], [], manifest, lease)
     try:
-        return planned(
-            job,
-            model,
-            source,
-            output,
-            checkpoint,
-            manifest,
-            listing,
-            found,
-            lease,
-            overwrite,
-            append,
-        )
+        return planned(plan, listing, found, overwrite, append)
     except BaseException:
         lease.release()
         raise
 
 
 def planned(
-    job, model, source, output, checkpoint, manifest, listing, found, lease, overwrite, append
+    plan: RunPlan,
+    listing: InputListing,
+    found: MatchedPrompts | None,
+    overwrite: bool,
+    append: bool,
 ) -> RunPlan:
     """The rest of ``plan_run``, under the lease: the listing and the shards to do."""
-    layout = RunLayout(output)
+    layout = RunLayout(plan.output)
+    shard_size = plan.job.runtime.shard_size
     existing = layout.manifest.read_json()
-    replaces = None
     if overwrite and existing is not None:
-        replaces, existing = existing, None
-    check_compatible(existing, manifest)
+        plan.replaces, existing = existing, None
+    check_compatible(existing, plan.manifest)
     if existing is None:
-        info = new_listing(layout, listing, job.runtime.shard_size)
-    elif "listing" not in existing:
+        info = new_listing(layout, listing, shard_size)
+        try:
+            return plan_shards(plan, info, found, resume=False)
+        except BaseException:
+            remove_listing(layout, info)
+            raise
+    if "listing" not in existing:
         raise RunConflictError(
-            f"{output} holds a run of an older autolabel (no stored listing); "
+            f"{plan.output} holds a run of an older autolabel (no stored listing); "
             "use another --output, or --overwrite"
         )
-    else:
-        info = continued_listing(
-            layout, existing["listing"], listing, job.runtime.shard_size, append
-        )
-    shards = listing_shards(info, job.runtime.shard_size)
+    info = continued_listing(layout, existing["listing"], listing, shard_size, append)
+    return plan_shards(plan, info, found, resume=True)
+
+
+def plan_shards(
+    plan: RunPlan, info: dict[str, Any], found: MatchedPrompts | None, resume: bool
+) -> RunPlan:
+    """Fill in the plan's shards (with their prompts) and those still to do (``resume``: the
+    ones without a marker; else all)."""
+    layout = RunLayout(plan.output)
+    shards = listing_shards(info, plan.job.runtime.shard_size)
     if found is not None:
         shards = [replace(s, prompts=shard_prompts(layout, s, found)) for s in shards]
-    manifest["listing"] = info
-    manifest["planned"] = {"images": info["images"], "shards": info["shards"]}
-    todo_names = set(pending([s.name for s in shards], read_markers(layout) if existing else ()))
-    todo = [s for s in shards if s.name in todo_names]
-    return RunPlan(job, model, source, output, checkpoint, shards, todo, manifest, lease, replaces)
+    plan.manifest["listing"] = info
+    plan.manifest["planned"] = {"images": info["images"], "shards": info["shards"]}
+    todo = set(pending([s.name for s in shards], read_markers(layout) if resume else ()))
+    plan.shards, plan.todo = shards, [s for s in shards if s.name in todo]
+    return plan
 
 
 def read_run_prompts(
@@ -295,6 +304,7 @@ def execute_plan(plan: RunPlan, show_progress: bool) -> RunSummary:
             dispatcher.start(count)
             if plan.replaces is not None:
                 dispatcher.wait_ready()
+                check_lease(plan)
                 remove_run(layout, plan.replaces)
                 plan.replaces = None
                 start_output(plan, layout)
@@ -305,15 +315,24 @@ def execute_plan(plan: RunPlan, show_progress: bool) -> RunSummary:
             for shard in plan.todo:
                 if shard.name not in dispatcher.done:
                     summary.failed_shards.setdefault(shard.name, summary.fatal)
+        finally:  # no worker outlives the driver's hold on the output
             for worker in dispatcher.workers.values():
                 ray.kill(worker, no_restart=True)
-        ray.kill(tracker)
+            ray.kill(tracker)
     summary.seconds = time.time() - start
+    if plan.lease is not None and plan.lease.lost:  # another holds the output now
+        return summary
     if plan.replaces is not None:  # never started: the old run stays as it was
         abandon_plan(plan, layout, summary)
         return summary
     finish_manifest(plan, summary, layout)
     return summary
+
+
+def check_lease(plan: RunPlan) -> None:
+    """Raise ``LeaseLostError`` when the plan's lease was taken over."""
+    if plan.lease is not None:
+        plan.lease.check()
 
 
 def start_output(plan: RunPlan, layout: RunLayout) -> None:
@@ -324,10 +343,15 @@ def start_output(plan: RunPlan, layout: RunLayout) -> None:
 
 def abandon_plan(plan: RunPlan, layout: RunLayout, summary: RunSummary) -> None:
     """Remove the listing of a plan that never started, and say the old run was kept."""
-    for entry in listing_files(layout, plan.manifest["listing"]):
-        entry.remove()
-    remove_empty_folder(layout.listing_dir.join(plan.manifest["listing"]["folder"]))
+    remove_listing(layout, plan.manifest["listing"])
     summary.fatal = f"{summary.fatal}; the run at {plan.output} was left as it was"
+
+
+def remove_listing(layout: RunLayout, info: dict[str, Any]) -> None:
+    """Remove a plan's listing files and folder (a plan that will not run)."""
+    for entry in listing_files(layout, info):
+        entry.remove()
+    remove_empty_folder(layout.listing_dir.join(info["folder"]))
 
 
 def on_this_node():
@@ -373,11 +397,6 @@ class ShardDispatcher:
         self.done: set[str] = set()
         self.lease: Lease | None = None
         self.launch, self.tracker, self.view, self.summary = launch, tracker, view, summary
-
-    def run(self, num_workers: int) -> None:
-        """Start ``num_workers`` actors and work until no shard is queued or in flight."""
-        self.start(num_workers)
-        self.work()
 
     def start(self, num_workers: int) -> None:
         """Launch ``num_workers`` actors (they load the model while placed)."""

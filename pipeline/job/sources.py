@@ -118,8 +118,9 @@ def list_input(source: Location, exclude: Location | None = None) -> InputListin
 
     Args:
         source: the input.
-        exclude: a folder whose files are never input (the run's own output, when it lies
-            inside the input: what the tool writes there is not labelled by the next run).
+        exclude: a folder whose files are never input when ``source`` is a folder or glob
+            (the run's own output, when it lies inside the input: what the tool writes there
+            is not labelled by the next run); a manifest's URIs are taken as listed.
 
     Raises:
         InputError: the source does not exist, cannot be read, or lists no image.
@@ -130,7 +131,8 @@ def list_input(source: Location, exclude: Location | None = None) -> InputListin
         raise
     except Exception as error:
         raise InputError(f"cannot list input {source}: {one_line(error)}") from error
-    if exclude is not None:
+    if exclude is not None and not source.path.lower().endswith(MANIFEST_EXTENSIONS):
+        # a folder or glob: files the run writes are not input (a manifest lists its own)
         uris = outside(uris, as_uri(exclude.fs, exclude.path.rstrip("/")) + "/")
     if len(uris) == 0:
         raise InputError(f"no images found in {source}")

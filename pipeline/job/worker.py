@@ -174,13 +174,13 @@ class ShardWorker:
         Raises:
             SystematicFaultError: generation failed on every image tried (the setup's fault).
         """
-        done = self.layout.marker(shard.name).read_json()
+        uris = read_shard_uris(self.layout, shard)
+        done = self.committed(shard, uris)
         if done is not None:
-            return {**done, "shard": shard.name, "already_committed": True}
+            return done
         start = time.perf_counter()
         tables: list[pa.Table] = []
         rows: list[dict[str, Any]] = []
-        uris = read_shard_uris(self.layout, shard)
         images = tuple(ImageRef(image_id_for(uri), uri) for uri in uris)
         watch = GenerationWatch(len(images))
         if shard.prompts is None:
@@ -205,8 +205,9 @@ class ShardWorker:
             "listing_hash": listing_hash(uris),
             "node": self.node,
         }
-        if self.layout.marker(shard.name).exists():  # committed meanwhile: keep that one
-            return {**stats, "shard": shard.name, "already_committed": True}
+        done = self.committed(shard, uris)  # committed meanwhile (another attempt): keep it
+        if done is not None:
+            return done
         commit_shard(
             self.layout,
             shard.name,
@@ -217,6 +218,14 @@ class ShardWorker:
             compression=self.job.output.compression,
         )
         return {**stats, "shard": shard.name}
+
+    def committed(self, shard: Shard, uris: list[str]) -> dict[str, Any] | None:
+        """The shard's counts when its marker is written for these very images (a marker
+        left by another run, of other images, does not count: the shard is redone)."""
+        marker = self.layout.marker(shard.name).read_json()
+        if marker is None or marker.get("listing_hash") != listing_hash(uris):
+            return None
+        return {**marker, "shard": shard.name, "already_committed": True}
 
     def decoded(self, images: tuple[ImageRef, ...]) -> Iterator[tuple[ImageRef, Future]]:
         """Yield each image with its decode future, keeping ``prefetch`` decodes in flight."""

@@ -49,6 +49,18 @@ WHERE_COLUMNS = (
 )
 
 
+# What the source's manifest says of its own outcome; not the filtered run's.
+SOURCE_OUTCOME = (
+    "reason",
+    "over_budget",
+    "failed_shards",
+    "fatal",
+    "shard_attempts",
+    "shard_retries",
+    "error_reasons",
+)
+
+
 class FilterError(UserError, ValueError):
     """A filter that cannot be applied; the message is one line for the user."""
 
@@ -290,6 +302,7 @@ def filter_run(
     mask_filter: MaskFilter,
     overwrite: bool = False,
     pool: ShardPool | None = None,
+    partial: bool = False,
 ) -> dict[str, Any]:
     """Write a new run holding only the masks that pass ``mask_filter``.
 
@@ -306,6 +319,7 @@ def filter_run(
         overwrite: replace a run already at ``output`` (only its own files are removed).
         pool: where the shards are filtered (default: this process; ``ShardPool(use_ray=True)``
             for the cluster).
+        partial: filter an unfinished run's committed shards (default: refuse it).
 
     Returns:
         The new run's counts.
@@ -315,9 +329,14 @@ def filter_run(
     """
     check_apart(output, {"run": source}, inside_ok=False, flag="OUT")
     run = open_run(source)
+    if not partial and not run.is_whole:
+        raise FilterError(
+            f"{source} is {run.state_note()}; filter it once it is finished, or pass --partial "
+            "to filter the committed shards"
+        )
     layout = RunLayout(output)
     refuse_foreign_files(layout)
-    with Lease(output, "autolabel filter"):
+    with Lease(output, "autolabel filter") as lease:
         manifest = filter_manifest(run, source, mask_filter)
         existing = layout.manifest.read_json()
         if existing is not None and not overwrite:
@@ -330,16 +349,17 @@ def filter_run(
             remove_run(layout, existing)
         layout.manifest.write_json_atomic(manifest)
         remove_partials(layout)
-        return filter_shards(run, source, output, mask_filter, manifest, pool or ShardPool())
+        return filter_shards(run, output, mask_filter, manifest, pool or ShardPool(), lease)
 
 
 def filter_manifest(run: Run, source: Location, mask_filter: MaskFilter) -> dict[str, Any]:
     """The filtered run's manifest as it starts: the source's, with the filter, the source's
     committed shards as its plan, and a fingerprint that a rerun of the same filter shares."""
     described = {"source": str(source), **mask_filter.describe()}
-    identity = json.dumps([run.manifest.get("fingerprint"), described, run.shards])
+    source_id = [run.manifest.get(key) for key in ("fingerprint", "started_at", "finished_at")]
+    identity = json.dumps([source_id, described, run.shards])
     return {
-        **{k: v for k, v in run.manifest.items() if k not in ("reason", "over_budget")},
+        **{k: v for k, v in run.manifest.items() if k not in SOURCE_OUTCOME},
         "fingerprint": hashlib.sha256(identity.encode()).hexdigest()[:16],
         "status": "running",
         "started_at": time.time(),
@@ -351,20 +371,22 @@ def filter_manifest(run: Run, source: Location, mask_filter: MaskFilter) -> dict
 
 def filter_shards(
     run: Run,
-    source: Location,
     output: Location,
     mask_filter: MaskFilter,
     manifest: dict[str, Any],
     pool: ShardPool,
+    lease: Lease,
 ) -> dict[str, Any]:
-    """Filter the shards not committed yet, then total every committed one."""
+    """Filter the shards not committed yet, then total every committed one (stopping as
+    soon as the output's lease is found taken over)."""
     layout = RunLayout(output)
     done = read_markers(layout)
     todo = pending(run.shards, done)
     start = time.time()
-    tasks = ((source, output, shard, mask_filter) for shard in todo)
+    tasks = ((run.location, output, shard, mask_filter) for shard in todo)
     for _ in pool.map(filter_shard, tasks, len(todo), "filter"):
-        pass
+        lease.check()
+    lease.check()
     counts = {"images": 0, "ok": 0, "errors": 0, "masks": 0}
     for marker in read_markers(layout).values():
         for key in counts:

@@ -182,13 +182,15 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 TOKEN_COOKIE = "autolabel_token"
 
 
-def guard(app: FastAPI, host: str, token: str | None) -> None:
+def guard(app: FastAPI, host: str, token: str | None, port: int = 0) -> None:
     """Answer only requests meant for this server. Without ``token`` (a loopback address),
     only those whose ``Host`` header names ``host`` or a loopback name (else 421: a page that
     points its own name at this address, DNS rebinding, gets nothing). With ``token`` (any
     other address, reached under names this server cannot know), only requests that carry
-    it (query ``token=`` once, then a cookie), else 403."""
+    it (query ``token=`` once, then a cookie named for the port), else 403."""
     allowed = {host.lower(), *LOOPBACK_NAMES}
+    cookie = f"{TOKEN_COOKIE}_{port}"
+    expected = (token or "").encode()
 
     @app.middleware("http")
     async def check(request: Request, call_next):
@@ -197,12 +199,12 @@ def guard(app: FastAPI, host: str, token: str | None) -> None:
             return JSONResponse({"detail": "unknown Host"}, status_code=421)
         if token is None:
             return await call_next(request)
-        given = request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE)
-        if given is None or not secrets.compare_digest(given, token):
+        given = request.query_params.get("token") or request.cookies.get(cookie) or ""
+        if not secrets.compare_digest(given.encode(), expected):
             return JSONResponse({"detail": "open the URL printed by autolabel"}, 403)
         response = await call_next(request)
         if request.query_params.get("token"):
-            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+            response.set_cookie(cookie, token, httponly=True, samesite="strict")
         return response
 
 
@@ -230,10 +232,10 @@ def serve(app: FastAPI, host: str, port: int, what: str) -> None:
             "token) and can reach this machine can see these images",
             file=sys.stderr,
         )
-    guard(app, host, token)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    guard(app, host, token, sock.getsockname()[1])
     sock.listen(128)  # connections wait from now on: the URL printed next works at once
     url = f"http://{host}:{sock.getsockname()[1]}/" + (f"?token={token}" if token else "")
     print(f"{what} at {url} (Ctrl-C stops it)", flush=True)
