@@ -12,7 +12,7 @@ DEMO_CKPT := .cache/sam2.1_hiera_micro_random.pt
 DEMO_OUT ?= demo-output
 SCENES := samples/scenes
 
-.PHONY: install demo test lint clean cluster-demo browser
+.PHONY: install demo test test-fast lint clean cluster-demo browser
 
 install: $(VENV)/.installed
 
@@ -56,6 +56,12 @@ browser:
 test: $(VENV)/.installed
 	$(BIN)/ruff check pipeline tests training benchmarks docs
 	$(BIN)/python -m pytest -q
+
+# The fast lane while iterating: everything but the tests marked slow (the full suite is
+# `make test`, which CI runs).
+test-fast: $(VENV)/.installed
+	$(BIN)/ruff check pipeline tests training benchmarks docs
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check pipeline tests training benchmarks docs

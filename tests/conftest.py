@@ -174,14 +174,16 @@ class SeaweedFS:
                 time.sleep(1)
 
     def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL)."""
+        """Stop the server (SIGTERM, then SIGKILL: after SIGTERM its filer is gone at once,
+        while master and volume keep retrying the filer for 20 s and more; what they wrote is
+        in their files, which the next start reads)."""
         import subprocess
 
         if self.server is None:
             return
         self.server.terminate()
         try:
-            self.server.wait(timeout=20)
+            self.server.wait(timeout=3)
         except subprocess.TimeoutExpired:
             self.server.kill()
             self.server.wait()

@@ -5,6 +5,7 @@ import subprocess
 
 import psutil
 import pyarrow.dataset as ds
+import pytest
 
 from tests.conftest import ROOT
 
@@ -18,6 +19,7 @@ def ray_processes() -> set[int]:
     }
 
 
+@pytest.mark.slow
 def test_cluster_demo_submits_to_two_nodes_and_cleans_up(tmp_path, micro_checkpoint):
     before = ray_processes()
     output = tmp_path / "out"

@@ -67,6 +67,7 @@ def many_images(tmp_path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_killed_driver_then_rerun_equals_clean_run(many_images, tmp_path, micro_overrides):
     # One image per shard: 12 shards, so the kill lands with most of them still to do.
     overrides = [*micro_overrides, "runtime.shard_size=1"]

@@ -145,6 +145,7 @@ def cluster(tmp_path, request):
         shutil.rmtree(each.temp, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_losing_a_node_finishes_on_the_head_with_every_image_once(
     scenes, tmp_path, cluster, micro_checkpoint
 ):
@@ -165,6 +166,7 @@ def test_losing_a_node_finishes_on_the_head_with_every_image_once(
     assert run.manifest["status"] == "complete" and run.manifest["counts"]["images"] == 14
 
 
+@pytest.mark.slow
 def test_a_run_with_no_node_left_for_workers_fails_with_a_reason(
     scenes, tmp_path, cluster, micro_checkpoint
 ):

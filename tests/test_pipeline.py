@@ -153,6 +153,7 @@ def test_rerun_resumes_and_refuses_other_settings(image_folder, tmp_path, micro_
     assert summary.shards_done == 3
 
 
+@pytest.mark.slow
 def test_done_when_command_with_hiera_tiny(tmp_path):
     """The issue's own command: sam2.1 Hiera-T with random weights, through the CLI."""
     from pipeline.model.registry import save_random_checkpoint

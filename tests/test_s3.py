@@ -81,6 +81,7 @@ def test_manifest_of_s3_uris_and_secrets_in_options_never_leak(s3, micro_overrid
     assert secret not in everything
 
 
+@pytest.mark.slow
 def test_coco_and_yolo_prompts_in_a_bucket_label_images_in_a_bucket(s3, tmp_path):
     """`autolabel run --prompts` with images, prompts and output all on S3."""
     from pipeline.synthetic.scenes import write_dataset

@@ -59,6 +59,7 @@ def dataset(fs: s3fs.S3FileSystem, output: str) -> dict[str, list[dict]]:
     return rows
 
 
+@pytest.mark.slow
 def test_a_store_outage_fails_shards_whole_and_a_rerun_completes(store, tmp_path, micro_checkpoint):
     fs = s3fs.S3FileSystem(endpoint_url=store.endpoint, skip_instance_cache=True, **store.KEYS)
     for i in range(4):

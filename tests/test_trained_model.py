@@ -50,6 +50,7 @@ def test_trained_model_follows_its_prompt(trained_model):
     assert scores["prompted"] >= 3 * scores["other"]
 
 
+@pytest.mark.slow
 def test_run_on_unseen_scenes_with_the_default_preset(tmp_path):
     """The whole job through Ray, default preset: masks look like the scenes' objects."""
     scenes = tmp_path / "scenes"

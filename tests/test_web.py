@@ -324,6 +324,7 @@ def get_json(url: str) -> dict:
 
 
 @pytest.mark.usefixtures("ray_local")
+@pytest.mark.slow
 def test_view_and_tune_over_object_storage(s3, serving):
     """A run made in a bucket from images in the bucket: both pages read them over S3."""
     import urllib.request

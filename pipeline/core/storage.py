@@ -227,7 +227,7 @@ class Location:
         a file replaced meanwhile is read whole, old or new)."""
         self.forget_cached()
         try:
-            data = self.read_bytes()
+            data = self.fs.cat_file(self.path)  # no retries here: callers choose their patience
         except FileNotFoundError:
             return None
         return json.loads(data)
