@@ -1,6 +1,7 @@
 """Crashes and bad input lose nothing: killed drivers, killed actors, hostile files, load."""
 
 import io
+import json
 import signal
 import subprocess
 import sys
@@ -102,9 +103,13 @@ def test_killed_driver_then_rerun_equals_clean_run(many_images, tmp_path, micro_
     }
     markers_before = committed(output)
     assert 1 <= markers_before < 12
+    lease = json.loads((output / "_lease.json").read_text())  # the dead driver's, left behind
+    assert lease["pid"] == driver.pid
 
+    # Rerun at once on the same host: the dead driver's lease is taken over, no waiting.
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert not (output / "_lease.json").exists()
     for path, mtime in before.items():
         assert path.stat().st_mtime_ns == mtime, f"{path.name} was rewritten"
     assert committed(output) == 12

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow.dataset as ds
 import pytest
 
@@ -360,6 +361,19 @@ def test_a_stale_lease_from_another_host_is_taken_over_a_fresh_one_refused(tmp_p
     output.join(LEASE_NAME).write_json_atomic(record)
     with pytest.raises(OutputBusyError, match=r"other-host\.example pid 4242 \(autolabel run\)"):
         Lease(output, "autolabel run").acquire()
+    # On this host the holder's process decides, whatever its heartbeat: a running one (with
+    # its start time) holds the lease; a pid now used by another process does not.
+    parent = psutil.Process(os.getppid())
+    here = {**record, "host": socket.gethostname(), "heartbeat_at": time.time() - 600}
+    output.join(LEASE_NAME).write_json_atomic(
+        {**here, "pid": parent.pid, "pid_started": parent.create_time()}
+    )
+    with pytest.raises(OutputBusyError, match=f"pid {parent.pid} "):
+        Lease(output, "autolabel run").acquire()
+    output.join(LEASE_NAME).write_json_atomic(
+        {**here, "pid": parent.pid, "pid_started": parent.create_time() - 1000}
+    )
+    Lease(output, "autolabel run").acquire().release()  # the pid was reused: taken over
     output.join(LEASE_NAME).write_json_atomic({**record, "heartbeat_at": time.time() - 600})
     lease = Lease(output, "autolabel run").acquire()
     try:

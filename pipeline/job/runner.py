@@ -266,6 +266,10 @@ def execute(plan: RunPlan, show_progress: bool = True) -> RunSummary:
     """
     try:
         return execute_plan(plan, show_progress)
+    except BaseException:  # e.g. Ctrl-C before a replaced run was removed: drop the new plan
+        if plan.replaces is not None:
+            remove_listing(RunLayout(plan.output), plan.manifest["listing"])
+        raise
     finally:
         if plan.lease is not None:
             plan.lease.release()
