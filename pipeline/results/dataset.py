@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ import pyarrow.dataset as ds
 
 from pipeline.core import rle
 from pipeline.core.errors import UserError, one_line
+from pipeline.core.guard import check_apart
 from pipeline.core.lease import read_lease
 from pipeline.core.schema import IMAGE_SCHEMA, MASK_SCHEMA
 from pipeline.core.storage import Location
@@ -58,7 +60,7 @@ class Run:
         planned = (self.manifest.get("planned") or {}).get("shards")
         return int(planned) if planned is not None else len(self.shards)
 
-    @property
+    @cached_property
     def state(self) -> str:
         """``complete``, ``failed`` (it ended with failed shards or too many error rows),
         ``running`` (its writer holds the lease) or ``interrupted`` (its writer died, or it
@@ -170,6 +172,34 @@ def open_run(root: str | Location, storage_options: dict[str, Any] | None = None
         masks=ds.dataset(mask_paths, schema=MASK_SCHEMA, format="parquet", filesystem=fs),
         images=ds.dataset(image_paths, schema=IMAGE_SCHEMA, format="parquet", filesystem=fs),
     )
+
+
+class UnfinishedRunError(UserError, ValueError):
+    """A command that needs a finished run was given one with shards still to commit."""
+
+
+def open_source_run(
+    source: Location, output: Location, flag: str, verb: str, partial: bool = False
+) -> Run:
+    """Open the run a command reads, after refusing an ``output`` that is the run, above it or
+    inside it; an unfinished run (fewer committed shards than planned) is refused too unless
+    ``partial``.
+
+    Args:
+        source: the run.
+        output: where the command writes (``flag`` names it in messages: ``OUT``, ``--out``).
+        flag: the output's name on the command line.
+        verb: what the command does (``export``), for the message.
+        partial: accept an unfinished run as it stands.
+    """
+    check_apart(output, {"run": source}, inside_ok=False, flag=flag)
+    run = open_run(source)
+    if not partial and not run.is_whole:
+        raise UnfinishedRunError(
+            f"{source} is {run.state_note()}; {verb} it once it is finished, or pass "
+            f"--partial to {verb} the committed shards"
+        )
+    return run
 
 
 def decode_mask(row: dict[str, Any]) -> np.ndarray:

@@ -13,17 +13,10 @@ from collections.abc import Iterator
 from itertools import accumulate
 from typing import IO, Any
 
-from pipeline.core.errors import UserError
 from pipeline.core.executor import ShardPool
-from pipeline.core.guard import check_apart
 from pipeline.core.storage import Location
-from pipeline.results.dataset import Run, open_run
+from pipeline.results.dataset import Run, open_source_run
 from pipeline.results.filters import MaskFilter, filtered_shard, shard_kept_count
-
-
-class ExportError(UserError, ValueError):
-    """An export that cannot be made; the message is one line for the user."""
-
 
 CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
 EXTRA_FIELDS = ("predicted_iou", "stability_score", "point_coords", "crop_box")
@@ -131,7 +124,7 @@ def export_coco(
     Returns:
         Counts of images and annotations written.
     """
-    run = open_export_source(source, out, partial)
+    run = open_source_run(source, out, "--out", "export", partial)
     mask_filter = mask_filter or MaskFilter()
     pool = pool or ShardPool()
     images = ok_images(run)
@@ -160,19 +153,6 @@ def export_coco(
 
     out.write_atomic(write, stream=True)
     return {"images": len(images), "annotations": state["annotations"]}
-
-
-def open_export_source(source: Location, out: Location, partial: bool) -> Run:
-    """The run to export, refused when ``out`` overlaps it, or when it is unfinished
-    (fewer committed shards than planned) unless ``partial``."""
-    check_apart(out, {"run": source}, inside_ok=False, flag="--out")
-    run = open_run(source)
-    if not partial and not run.is_whole:
-        raise ExportError(
-            f"{source} is {run.state_note()}; export it once it is finished, or pass "
-            "--partial to export the committed shards"
-        )
-    return run
 
 
 def write_list(f: IO[str], items: Iterator[dict]) -> None:
@@ -289,7 +269,7 @@ def export_sa1b(
     Returns:
         Counts of files and annotations written.
     """
-    run = open_export_source(source, out, partial)
+    run = open_source_run(source, out, "--out", "export", partial)
     mask_filter = mask_filter or MaskFilter()
     pool = pool or ShardPool()
     images = {row["image_id"]: row for row in ok_images(run)}

@@ -22,7 +22,7 @@ import pyarrow.dataset as ds
 
 from pipeline.core.errors import UserError
 from pipeline.core.executor import ShardPool, pending
-from pipeline.core.guard import check_apart, refuse_foreign_files
+from pipeline.core.guard import refuse_foreign_files
 from pipeline.core.lease import Lease
 from pipeline.core.schema import MASK_SCHEMA
 from pipeline.core.storage import Location
@@ -33,7 +33,7 @@ from pipeline.core.writer import (
     remove_partials,
     remove_run,
 )
-from pipeline.results.dataset import Run, open_run, shard_images, shard_masks
+from pipeline.results.dataset import Run, open_source_run, shard_images, shard_masks
 
 # Columns ``--where`` may use: the scalar ones of a mask row.
 WHERE_COLUMNS = (
@@ -327,13 +327,7 @@ def filter_run(
     Raises:
         UserError: overlapping folders, another run at ``output``, its lease held.
     """
-    check_apart(output, {"run": source}, inside_ok=False, flag="OUT")
-    run = open_run(source)
-    if not partial and not run.is_whole:
-        raise FilterError(
-            f"{source} is {run.state_note()}; filter it once it is finished, or pass --partial "
-            "to filter the committed shards"
-        )
+    run = open_source_run(source, output, "OUT", "filter", partial)
     layout = RunLayout(output)
     refuse_foreign_files(layout)
     with Lease(output, "autolabel filter") as lease:
