@@ -58,14 +58,9 @@ def classify(error: BaseException, stage: str) -> str:
 
 class GenerationWatch:
     """Counts one shard attempt's generations and raises ``SystematicFaultError`` when the
-    failures say the setup, not the images, is at fault.
+    failures say the setup, not the images, is at fault."""
 
-    Args:
-        size: images in the shard.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
+    def __init__(self) -> None:
         self.tried = 0
         self.failed = 0
         self.first: BaseException | None = None

@@ -18,6 +18,7 @@ one (the names its manifest and markers give), never a folder with what else is 
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -222,6 +223,4 @@ def remove_run(layout: RunLayout, manifest: dict[str, Any] | None = None) -> int
 def remove_empty_folder(folder: Location) -> None:
     """Remove a local folder when nothing is left in it (object stores have no folders)."""
     if folder.is_local and folder.exists() and not folder.listdir():
-        import os
-
         os.rmdir(folder.path)

@@ -175,14 +175,16 @@ class ShardWorker:
             SystematicFaultError: generation failed on every image tried (the setup's fault).
         """
         uris = read_shard_uris(self.layout, shard)
-        done = self.committed(shard, uris)
+        digest = listing_hash(uris)
+        done = self.committed(shard, digest)
         if done is not None:
             return done
         start = time.perf_counter()
         tables: list[pa.Table] = []
         rows: list[dict[str, Any]] = []
+        masks_done = 0
         images = tuple(ImageRef(image_id_for(uri), uri) for uri in uris)
-        watch = GenerationWatch(len(images))
+        watch = GenerationWatch()
         if shard.prompts is None:
             labelled = self.labelled(images)
         else:
@@ -195,17 +197,18 @@ class ShardWorker:
             rows.append(row)
             if table is not None:
                 tables.append(table)
-            self.report(shard.name, len(rows), sum(t.num_rows for t in tables))
+                masks_done += table.num_rows
+            self.report(shard.name, len(rows), masks_done)
         watch.finish()
         masks = pa.concat_tables(tables) if tables else MASK_SCHEMA.empty_table()
         stats = {
             **shard_counts(rows),
             "masks": masks.num_rows,
             "seconds": time.perf_counter() - start,
-            "listing_hash": listing_hash(uris),
+            "listing_hash": digest,
             "node": self.node,
         }
-        done = self.committed(shard, uris)  # committed meanwhile (another attempt): keep it
+        done = self.committed(shard, digest)  # committed meanwhile (another attempt): keep it
         if done is not None:
             return done
         commit_shard(
@@ -219,11 +222,12 @@ class ShardWorker:
         )
         return {**stats, "shard": shard.name}
 
-    def committed(self, shard: Shard, uris: list[str]) -> dict[str, Any] | None:
-        """The shard's counts when its marker is written for these very images (a marker
-        left by another run, of other images, does not count: the shard is redone)."""
+    def committed(self, shard: Shard, digest: str) -> dict[str, Any] | None:
+        """The shard's counts when its marker is written for these very images (``digest``:
+        their ``listing_hash``; a marker left by another run, of other images, does not
+        count: the shard is redone)."""
         marker = self.layout.marker(shard.name).read_json()
-        if marker is None or marker.get("listing_hash") != listing_hash(uris):
+        if marker is None or marker.get("listing_hash") != digest:
             return None
         return {**marker, "shard": shard.name, "already_committed": True}
 
@@ -316,28 +320,12 @@ class ShardWorker:
         every prompt is accounted for).
         """
         if isinstance(outcome, ImageReadError) or image is None:
-            row = image_row(
-                ref.image_id,
-                ref.uri,
-                shard,
-                error=str(outcome),
-                error_kind=READ,
-                num_prompts=prompts,
-            )
-            return row, None
+            return error_row(ref, shard, str(outcome), READ, prompts), None
         if isinstance(outcome, BaseException):
             if classify(outcome, GENERATION) == SHARD:
                 raise outcome  # the shard is retried on a fresh actor with a fresh CUDA context
             reason = f"mask generation failed: {type(outcome).__name__}: {one_line(outcome)}"
-            row = image_row(
-                ref.image_id,
-                ref.uri,
-                shard,
-                error=reason,
-                error_kind=GENERATION,
-                num_prompts=prompts,
-            )
-            return row, None
+            return error_row(ref, shard, reason, GENERATION, prompts), None
         prompted = outcome if isinstance(outcome, PromptedOutcome) else None
         records = prompted.records if prompted else outcome
         row = image_row(
@@ -359,6 +347,15 @@ class ShardWorker:
         """Tell the driver's progress tracker how far this shard is (fire and forget)."""
         if self.progress is not None:
             self.progress.report.remote(shard, images, masks)
+
+
+def error_row(
+    ref: ImageRef, shard: str, reason: str, kind: str, prompts: int | None
+) -> dict[str, Any]:
+    """An image's error row: its reason and kind (``read`` or ``generation``)."""
+    return image_row(
+        ref.image_id, ref.uri, shard, error=reason, error_kind=kind, num_prompts=prompts
+    )
 
 
 def shard_counts(rows: list[dict[str, Any]]) -> dict[str, Any]:
