@@ -24,7 +24,7 @@ from pipeline.results.export import export_coco, export_sa1b
 from pipeline.results.filters import FilterError, MaskFilter, filter_run, parse_where
 from pipeline.results.overlays import show
 from pipeline.results.stats import run_stats
-from tests.conftest import ROOT, make_scene
+from tests.conftest import ROOT, autolabel, make_scene
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -300,3 +300,15 @@ def test_filter_stats_and_exports_as_ray_tasks_equal_one_process(finished_run, t
         for name in ("here", "cluster")
     }
     assert files["here"] == files["cluster"] and len(files["here"]) == 6
+
+
+def test_stats_of_a_run_without_masks(tmp_path):
+    """A run whose images kept no mask at all (strict thresholds) still gets its stats."""
+    from benchmarks.synthetic_run import write_synthetic_run
+
+    write_synthetic_run(str(tmp_path / "empty"), images=4, masks_per_image=0, shard_size=2)
+    result = autolabel("stats", str(tmp_path / "empty"), "--out", str(tmp_path / "stats"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "masks 0" in result.stdout
+    document = json.loads((tmp_path / "stats" / "stats.json").read_text())
+    assert document["masks"] == 0 and document["images"]["ok"] == 4

@@ -92,7 +92,8 @@ class RunStats:
             },
             "predicted_iou": quantiles(self.iou, SCORE_BINS),
             "stability_score": quantiles(self.stability, SCORE_BINS),
-            "area": {key: round(10**value) for key, value in area_q.items()},
+            # NaN (no masks at all) stays NaN: the table shows "–"
+            "area": {key: round(10**v) if v == v else v for key, v in area_q.items()},
         }
 
 
