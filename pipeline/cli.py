@@ -23,10 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="label every image of an input into Parquet shards",
         description="Label every image of --input with SAM 2 masks, written to --output.",
     )
-    run.add_argument("--input", required=True, help="folder, glob, fsspec URI or manifest file")
-    run.add_argument("--output", required=True, help="output folder or fsspec URI")
+    run.add_argument(
+        "--input", required=True, type=path, help="folder, glob, fsspec URI or manifest file"
+    )
+    run.add_argument("--output", required=True, type=path, help="output folder or fsspec URI")
     run.add_argument(
         "--prompts",
+        type=path,
         help="label these boxes/clicks instead of the automatic grid: a COCO instances JSON, "
         "a YOLO label folder, or a Parquet/CSV table (image_uri, box and/or points)",
     )
@@ -49,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a new run with only the masks that pass score/area filters",
         description="Copy RUN to OUT keeping only the masks that pass the filters.",
     )
-    filter_.add_argument("run", help="the run to read (path or URI)")
-    filter_.add_argument("out", help="where to write the filtered run (path or URI)")
+    filter_.add_argument("run", type=path, help="the run to read (path or URI)")
+    filter_.add_argument("out", type=path, help="where to write the filtered run (path or URI)")
     filter_.add_argument("--overwrite", action="store_true", help="replace a run at OUT")
     filter_.add_argument(
         "--partial", action="store_true", help="filter an unfinished run as it stands"
@@ -60,16 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_flags(filter_)
 
     stats = commands.add_parser("stats", help="summary table, JSON and plots of a run")
-    stats.add_argument("run", help="the run (path or URI)")
-    stats.add_argument("--out", help="folder for stats.json and the PNG plots")
+    stats.add_argument("run", type=path, help="the run (path or URI)")
+    stats.add_argument("--out", type=path, help="folder for stats.json and the PNG plots")
     add_storage_flag(stats)
     add_cluster_flags(stats)
 
     export = commands.add_parser("export", help="export a run as COCO or SA-1B JSON")
-    export.add_argument("run", help="the run (path or URI)")
+    export.add_argument("run", type=path, help="the run (path or URI)")
     export.add_argument("--format", choices=("coco", "sa1b"), required=True)
     export.add_argument(
-        "--out", required=True, help="coco: the JSON file; sa1b: a folder of per-image JSONs"
+        "--out",
+        required=True,
+        type=path,
+        help="coco: the JSON file; sa1b: a folder of per-image JSONs",
     )
     export.add_argument(
         "--partial",
@@ -81,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_flags(export)
 
     show = commands.add_parser("show", help="draw masks over images into PNGs")
-    show.add_argument("run", help="the run (path or URI)")
-    show.add_argument("--out", required=True, help="folder for the overlay PNGs")
+    show.add_argument("run", type=path, help="the run (path or URI)")
+    show.add_argument("--out", required=True, type=path, help="folder for the overlay PNGs")
     show.add_argument("--image-id", type=int, action="append", help="an image to draw")
     show.add_argument("--sample", type=int, help="draw this many random ok images (default 8)")
     show.add_argument("--seed", type=int, default=0, help="seed of the random sample")
@@ -92,9 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "eval", help="class-agnostic COCO metrics of a run against ground truth"
     )
-    evaluate.add_argument("run", help="the run (path or URI)")
-    evaluate.add_argument("--gt", required=True, help="COCO instances JSON of the same images")
-    evaluate.add_argument("--out", help="folder for eval.json and thresholds.png")
+    evaluate.add_argument("run", type=path, help="the run (path or URI)")
+    evaluate.add_argument(
+        "--gt", required=True, type=path, help="COCO instances JSON of the same images"
+    )
+    evaluate.add_argument("--out", type=path, help="folder for eval.json and thresholds.png")
     add_storage_flag(evaluate)
 
     view = commands.add_parser(
@@ -103,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a page over RUN: a paged grid of images with their masks, sliders "
         "for the score and area filters with live counts, and the matching filter command.",
     )
-    view.add_argument("run", help="the run (path or URI); committed shards only")
+    view.add_argument("run", type=path, help="the run (path or URI); committed shards only")
     add_server_flags(view)
     add_storage_flag(view)
 
@@ -113,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a page that runs the mask generator on a few images of --input "
         "with settings edited on the page, and gives them as overrides and a preset.",
     )
-    tune.add_argument("--input", required=True, help="folder, glob, fsspec URI or manifest file")
+    tune.add_argument(
+        "--input", required=True, type=path, help="folder, glob, fsspec URI or manifest file"
+    )
     tune.add_argument("--config", help="preset name (default, sa1b) or yaml path to start from")
     tune.add_argument("--sample", type=int, default=4, help="images to try on (default 4)")
     add_server_flags(tune)
@@ -124,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("--n", type=int, required=True, help="number of scenes")
     synth.add_argument("--seed", type=int, default=0, help="dataset seed")
-    synth.add_argument("--out", required=True, help="folder: images/ and annotations.json")
+    synth.add_argument(
+        "--out", required=True, type=path, help="folder: images/ and annotations.json"
+    )
     synth.add_argument("--size", type=int, default=256, help="image side in pixels")
     synth.add_argument("--difficulty", type=float, default=1.0, help="0 (easy) to 1 (hard)")
 
@@ -132,10 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
         "random-checkpoint",
         help="write a randomly initialised SAM 2 checkpoint (offline demos and tests)",
     )
-    random.add_argument("--model-config", required=True, help="sam2 config name or yaml path")
-    random.add_argument("--out", required=True, help="where to write the .pt file")
+    random.add_argument(
+        "--model-config", required=True, type=path, help="sam2 config name or yaml path"
+    )
+    random.add_argument("--out", required=True, type=path, help="where to write the .pt file")
     random.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def path(value: str) -> str:
+    """A path or URI argument: an empty one (an unset variable in a script) is a usage error,
+    never the current folder."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset variable?); give a folder or URI")
+    return value
 
 
 def add_storage_flag(parser: argparse.ArgumentParser) -> None:
@@ -279,6 +301,21 @@ def say_plan(plan) -> None:
         f"({len(plan.shards) - len(plan.todo)} already committed); model {plan.model.config}",
         file=sys.stderr,
     )
+    from pipeline.job.sources import Tally, skipped_note
+
+    skipped = plan.manifest["listing"].get("skipped") or {}
+    note = skipped_note({kind: Tally(**tally) for kind, tally in skipped.items()})
+    if note:
+        print(f"note: listing: {note}", file=sys.stderr)
+    prompts = plan.manifest.get("prompts") or {}
+    if prompts.get("unmatched"):
+        print(
+            f"note: {prompts['unmatched']} prompt(s) are for images not in the input "
+            f"(e.g. {prompts['unmatched_examples'][0]})",
+            file=sys.stderr,
+        )
+    if prompts.get("names_file"):
+        print(f"note: class names from {prompts['names_file']}", file=sys.stderr)
     removed = plan.manifest["listing"].get("removed") or {"count": 0}
     if removed["count"]:
         print(

@@ -112,7 +112,10 @@ def test_coco_file_names_with_dot_slash_and_backslashes_find_their_images(tmp_pa
     coco.write_text(
         json.dumps(
             {
-                "images": [{"id": 1, "file_name": "./img0.png"}, {"id": 2, "file_name": "sub\\img1.png"}],
+                "images": [
+                    {"id": 1, "file_name": "./img0.png"},
+                    {"id": 2, "file_name": "sub\\img1.png"},
+                ],
                 "annotations": [
                     {"id": 7, "image_id": 1, "bbox": [1, 2, 10, 10], "category_id": 1},
                     {"id": 8, "image_id": 2, "bbox": [1, 2, 10, 10], "category_id": 9},
@@ -144,7 +147,9 @@ def test_a_coco_file_name_that_fits_two_images_is_refused(yolo_splits, tmp_path)
 def test_relative_image_uris_in_a_table_are_read_from_the_tables_folder(tmp_path):
     scene(tmp_path / "data" / "images" / "img0.png")
     table = tmp_path / "data" / "prompts.csv"
-    table.write_text("image_uri,box\nimages/img0.png,\"[1, 2, 10, 10]\"\n./images/img0.png,\"[3, 3, 5, 5]\"\n")
+    table.write_text(
+        'image_uri,box\nimages/img0.png,"[1, 2, 10, 10]"\n./images/img0.png,"[3, 3, 5, 5]"\n'
+    )
     images = list_images(Location(str(tmp_path / "data" / "images")))
     found = read_prompts(Location(str(table)), images)
     assert len(found.by_uri[str(tmp_path / "data" / "images" / "img0.png")]) == 2
@@ -153,7 +158,7 @@ def test_relative_image_uris_in_a_table_are_read_from_the_tables_folder(tmp_path
 def test_prompts_that_match_no_image_are_refused_with_examples_of_both_sides(tmp_path):
     scene(tmp_path / "images" / "img0.png")
     table = tmp_path / "prompts.csv"
-    table.write_text("image_uri,box\nelsewhere/img0.png,\"[1, 2, 10, 10]\"\n")
+    table.write_text('image_uri,box\nelsewhere/img0.png,"[1, 2, 10, 10]"\n')
     with pytest.raises(PromptsError) as error:
         read_prompts(Location(str(table)), list_images(Location(str(tmp_path / "images"))))
     message = str(error.value)
@@ -166,7 +171,7 @@ def test_a_prompts_csv_with_a_byte_order_mark_reads_like_any_other(tmp_path):
     scene(tmp_path / "images" / "img0.png")
     table = tmp_path / "excel.csv"
     uri = tmp_path / "images" / "img0.png"
-    table.write_bytes(f"image_uri,box\n{uri},\"[1, 2, 10, 10]\"\n".encode("utf-8-sig"))
+    table.write_bytes(f'image_uri,box\n{uri},"[1, 2, 10, 10]"\n'.encode("utf-8-sig"))
     found = read_prompts(Location(str(table)), list_images(Location(str(tmp_path / "images"))))
     assert found.count == 1
 
@@ -177,7 +182,7 @@ def test_a_non_finite_coordinate_is_that_prompts_error_not_a_mask():
 
     model = build_model(resolve_model("sam2-tiny-synthetic", None, None), "cpu")
     amg = load_config(None, []).amg
-    image = np.asarray(make_scene(64, 48, seed=3))
+    image = np.array(make_scene(64, 48, seed=3))
     prompts = [
         Prompt(box=(float("nan"), 10.0, 20.0, 20.0)),
         Prompt(points=((5.0, float("inf")),), point_labels=(1,)),
@@ -330,7 +335,7 @@ def test_an_empty_path_is_a_usage_error(tmp_path, flag, micro_overrides):
 def test_a_run_whose_prompts_match_nothing_is_refused_before_labelling(tmp_path, micro_overrides):
     scene(tmp_path / "images" / "a.png")
     table = tmp_path / "prompts.csv"
-    table.write_text("image_uri,box\nimg/a.png,\"[1, 2, 10, 10]\"\n")
+    table.write_text('image_uri,box\nimg/a.png,"[1, 2, 10, 10]"\n')
     result = autolabel(
         "run",
         "--input",
@@ -357,3 +362,40 @@ def test_a_folder_of_only_skipped_files_says_what_it_skipped(tmp_path):
     message = str(error.value)
     assert message.startswith(f"no images found in {empty}")
     assert "1 hidden" in message and "1 file without an image extension" in message
+
+
+def test_in_a_bucket_the_same_rules_hold(s3, tmp_path):
+    """A bracketed prefix, hidden keys, a resource fork, a .jfif and a relative manifest on S3."""
+    fs, bucket = s3
+    local = scene(tmp_path / "a.png")
+    top = f"{bucket}/photos [2023]"
+    for key in ("a.png", ".hidden/h.png", "._a.png", "sub/c.jfif"):
+        fs.put_file(str(local), f"{top}/{key}")
+    fs.pipe(f"{top}/readme.md", b"x")
+    listing = list_input(Location(f"s3://{top}"))
+    assert sorted(listing.uris.to_pylist()) == [f"s3://{top}/a.png", f"s3://{top}/sub/c.jfif"]
+    assert listing.skipped["hidden"].count == 2 and listing.skipped["not_image"].count == 1
+    fs.pipe(f"{bucket}/lists/list.txt", b"../photos [2023]/a.png\n")
+    assert uris(f"s3://{bucket}/lists/list.txt") == [f"s3://{top}/a.png"]
+    fs.pipe(f"{bucket}/lists/prompts.csv", b'image_uri,box\n"../photos [2023]/a.png","[1,1,9,9]"\n')
+    found = read_prompts(
+        Location(f"s3://{bucket}/lists/prompts.csv"), list_images(Location(f"s3://{top}"))
+    )
+    assert found.count == 1 and f"s3://{top}/a.png" in found.by_uri
+
+
+def test_eval_pairs_ground_truth_file_names_by_the_same_rule():
+    from pycocotools.coco import COCO
+
+    from pipeline.results.evaluate import EvalError, match_images
+
+    def truth(*names):
+        gt = COCO()
+        gt.dataset = {"images": [{"id": k, "file_name": n} for k, n in enumerate(names, 1)]}
+        gt.createIndex()
+        return gt
+
+    run = {"/d/images/train/000001.png": 11, "/d/images/val/000001.png": 12, "/d/a.png": 13}
+    assert match_images(truth("./a.png", "val\\000001.png"), run) == {1: 13, 2: 12}
+    with pytest.raises(EvalError, match="fits 2 images"):
+        match_images(truth("000001.png"), run)

@@ -19,6 +19,7 @@ from pipeline.core.storage import (
     TRANSIENT_ERRORS,
     Location,
     StorageUnavailableError,
+    undecodable_path,
 )
 
 
@@ -124,6 +125,11 @@ def load_image(image: Location, max_short_side: int = 0, max_pixels: int = 0) ->
     try:
         data = image.read_bytes()
     except PERMANENT_ERRORS as error:
+        raw = undecodable_path(image.path) if image.is_local else None
+        if raw is not None:
+            raise ImageReadError(
+                f"the file name is not valid UTF-8 ({raw!r}): rename the file to label it"
+            ) from error
         raise ImageReadError(f"cannot read file: {one_line(error)}") from error
     except TRANSIENT_ERRORS as error:  # the store, after the retries
         raise StorageUnavailableError(f"cannot reach {image}: {one_line(error)}") from error

@@ -3,6 +3,7 @@ which reads prompts files, and the model, which decodes them)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,15 @@ class Prompt:
     category_name: str | None = None
     source_id: str | None = None
     score: float | None = None
+
+    def non_finite(self) -> str | None:
+        """What is wrong when a coordinate is NaN or infinite (such a prompt points nowhere),
+        e.g. ``box [nan, 10.0, 20.0, 20.0]``; None when every coordinate is a number."""
+        if self.box is not None and not all(math.isfinite(v) for v in self.box):
+            return f"box {list(self.box)}"
+        if not all(math.isfinite(v) for point in self.points for v in point):
+            return f"points {[list(p) for p in self.points]}"
+        return None
 
     def in_pixels(self, width: int, height: int) -> Prompt:
         """The prompt in pixels of a ``width`` × ``height`` image."""

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import posixpath
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -130,6 +131,25 @@ def as_uri(fs, path: str) -> str:
     return fs.unstrip_protocol(path)
 
 
+def printable_path(path: str) -> str:
+    """A local path as text that is valid UTF-8: a name the OS gave as bytes that are not UTF-8
+    (Python holds them as surrogates) shows those bytes as ``\\xNN`` escapes."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def undecodable_path(path: str) -> bytes | None:
+    """The bytes of the local file that ``printable_path`` named ``path``, when one is there
+    (None for a path that is what it says)."""
+    if "\\x" not in path:
+        return None
+    raw = re.sub(rb"\\x([0-9a-fA-F]{2})", lambda m: bytes([int(m[1], 16)]), path.encode())
+    return raw if raw != path.encode() and os.path.lexists(raw) else None
+
+
 def write_file_atomic(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
     """Write a local file (or URI) whole or not at all: ``Location.write_atomic``.
 
@@ -146,7 +166,9 @@ class LocationError(UserError, ValueError):
 
 def open_location(uri: str, options: Mapping[str, Any] | None = None) -> Location:
     """``Location(uri, options)``, with a one-line ``LocationError`` when it cannot be opened
-    (an unknown protocol, a filesystem package that is not installed …)."""
+    (an unknown protocol, a filesystem package that is not installed, an empty string …)."""
+    if not uri.strip():
+        raise LocationError("an empty path or URI (an unset variable?)")
     try:
         return Location(uri, options)
     except Exception as error:
@@ -208,6 +230,20 @@ class Location:
     def read_bytes(self) -> bytes:
         """The whole file, retrying transient errors."""
         return with_retries(lambda: self.fs.cat_file(self.path), what="read")
+
+    def resolve(self, reference: str) -> str:
+        """An image reference written in the file at this location (a manifest line, a table's
+        ``image_uri``) as an absolute path or a full URI: a relative one is read from this
+        file's folder, as a browser reads a link; ``file://`` URIs become plain paths.
+
+        Args:
+            reference: a path or URI as the file gives it.
+        """
+        reference = strip_protocol(reference)
+        if reference.startswith("/") or "://" in reference:
+            return reference
+        folder = posixpath.dirname(self.path)
+        return as_uri(self.fs, posixpath.normpath(posixpath.join(folder, reference)))
 
     def listdir(self) -> list[Location]:
         """The entries of a folder (none when it does not exist)."""

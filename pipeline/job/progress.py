@@ -49,12 +49,14 @@ def summary_table(summary: Any) -> Table:
     ]
     if summary.prompts:
         found = summary.prompts
-        rows.append(
-            (
-                "prompts",
-                f"{found['matched']} matched, {found['unmatched']} for images not in the input",
+        line = f"{found['matched']} matched, {found['unmatched']} for images not in the input"
+        unknown = found.get("unknown_categories") or {"count": 0}
+        if unknown["count"]:
+            line += (
+                f", {unknown['count']} with a category id the file does not name "
+                f"(e.g. {unknown['examples'][0]})"
             )
-        )
+        rows.append(("prompts", line))
     if summary.retries:
         rows.append(("retried shards", f"{summary.retries} (a worker died or a shard raised)"))
     if summary.failed_shards:

@@ -5,16 +5,32 @@ Three formats, read whole before any model loads (a malformed file is a one-line
 
 - a COCO instances JSON: each annotation's ``bbox`` (XYWH) becomes a box prompt with its
   ``category_id``, the category's name, the annotation ``id`` (``source_id``) and its ``score``
-  when it is a detector's output; images are matched by ``file_name`` as a suffix of the image
-  URI (as ``autolabel eval`` matches them);
-- a folder of YOLO label files (``class cx cy w h``, normalised to the image size), matched by
-  file stem, with an optional class-names file (one name per line, ``classes.txt`` or
-  ``*.names``, or a ``names:`` list in ``data.yaml``);
+  when it is a detector's output;
+- a folder of YOLO label files (``class cx cy w h``, normalised to the image size), with an
+  optional class-names file;
 - a Parquet or CSV table with ``image_uri`` and a box (``box`` as ``[x, y, w, h]``, or columns
   ``x, y, w, h``) and/or ``points`` (``[[x, y], …]``) with ``point_labels`` (1 positive,
   0 negative), and optional ``category_id``, ``category_name``, ``source_id``, ``score``.
 
-Prompts whose image is not in the input are counted, not dropped silently.
+Each prompt goes to its own image by the most specific key the format allows, never to two:
+
+- COCO: ``file_name`` (``./`` dropped, ``\\`` read as ``/``) must end the image's path at a
+  folder boundary (``train/a.jpg`` fits ``…/images/train/a.jpg``);
+- YOLO: when label files sit where YOLO's own rule puts them (the image's path with its last
+  ``images/`` folder read as ``labels/`` and ``.txt`` for its extension), that rule alone pairs
+  them; otherwise a label file's path under the label folder, without ``.txt``, must end the
+  image's path without its extension (``train/000001.txt`` fits ``…/train/000001.png``; in a
+  flat label folder that is the file stem);
+- table: ``image_uri`` is the image's path or URI as listed; a relative one is read from the
+  table's folder.
+
+A key that fits two images is refused, naming both; so is a file none of whose prompts fits an
+image of the input. Prompts whose image is not in the input are counted, not dropped silently.
+
+Class names (YOLO) come from the label folder or the two above it: ``classes.txt`` or
+``obj.names``, where line N names class N and a blank line is a class without a name (as darknet
+and labelImg read them), or ``data.yaml``'s ``names``, a list or an ``{id: name}`` map. A
+category id the names (or a COCO file's ``categories``) do not list is counted and reported.
 """
 
 from __future__ import annotations
@@ -28,9 +44,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.core.errors import UserError, one_line
+from pipeline.core.pairing import by_path_end, file_key, shared_key
 from pipeline.core.prompt import Prompt
-from pipeline.core.storage import Location
-from pipeline.job.sources import ImageRef
+from pipeline.core.storage import Location, as_uri
+from pipeline.job.sources import ImageRef, Tally
 
 TABLE_EXTENSIONS = (".parquet", ".csv")
 YOLO_NAME_FILES = ("classes.txt", "obj.names", "data.yaml")
@@ -47,11 +64,37 @@ class MatchedPrompts:
     by_uri: dict[str, list[Prompt]] = field(default_factory=dict)
     unmatched: int = 0  # prompts whose image is not in the input
     unmatched_examples: list[str] = field(default_factory=list)  # a few of their image keys
+    unknown_categories: Tally = field(default_factory=Tally)  # ids the file does not name
+    names_file: str | None = None  # YOLO: where the class names came from
 
     @property
     def count(self) -> int:
         """Prompts matched to an input image."""
         return sum(len(prompts) for prompts in self.by_uri.values())
+
+
+@dataclass
+class PromptsFile:
+    """A prompts file read whole, before matching.
+
+    Attributes:
+        kind: ``coco``, ``yolo`` or ``table``.
+        keyed: prompts by the key that names their image (a ``file_name``, a label path
+            relative to the label folder without ``.txt``, an absolute ``image_uri``).
+        unknown_categories: category ids the file's names do not list.
+        label_paths: YOLO: each label file's full path without ``.txt`` → its key.
+        names_file: YOLO: the class-names file used, if any.
+    """
+
+    kind: str
+    keyed: dict[str, list[Prompt]]
+    unknown_categories: Tally = field(default_factory=Tally)
+    label_paths: dict[str, str] = field(default_factory=dict)
+    names_file: str | None = None
+
+    def shown(self, key: str) -> str:
+        """The key as the user wrote it (a YOLO key with its ``.txt``)."""
+        return f"{key}.txt" if self.kind == "yolo" else key
 
 
 def read_prompts(source: Location, images: list[ImageRef]) -> MatchedPrompts:
@@ -62,76 +105,104 @@ def read_prompts(source: Location, images: list[ImageRef]) -> MatchedPrompts:
         images: the run's listed images.
 
     Raises:
-        PromptsError: the source is missing, unreadable or malformed.
+        PromptsError: the source is missing, unreadable or malformed; a key fits two images;
+            no prompt fits an image of the input.
     """
+    file = read_prompts_file(source)
+    uris = [ref.uri for ref in images]
+    found = MATCHERS[file.kind](file, uris)
+    refuse_ambiguous(file, found)
+    result = matched(file, found)
+    refuse_unmatched(file, result, uris, source)
+    return result
+
+
+def read_prompts_file(source: Location) -> PromptsFile:
+    """Read a prompts file of any of the three formats (one-line ``PromptsError`` when it
+    cannot be used)."""
     try:
         if not source.exists():
             raise PromptsError(f"prompts not found: {source}")
         if source.fs.isdir(source.path):
-            keyed, match = read_yolo(source), by_stem
-        elif source.path.lower().endswith(".json"):
-            keyed, match = read_coco(source), by_suffix
-        elif source.path.lower().endswith(TABLE_EXTENSIONS):
-            keyed, match = read_table(source), by_uri
-        else:
-            raise PromptsError(
-                f"prompts {source} is neither a COCO JSON, a YOLO label folder nor a "
-                "Parquet/CSV table"
-            )
+            return read_yolo(source)
+        if source.path.lower().endswith(".json"):
+            return read_coco(source)
+        if source.path.lower().endswith(TABLE_EXTENSIONS):
+            return read_table(source)
     except PromptsError:
         raise
     except Exception as error:
         raise PromptsError(f"cannot read prompts {source}: {one_line(error)}") from error
-    return match(keyed, [ref.uri for ref in images])
+    raise PromptsError(
+        f"prompts {source} is neither a COCO JSON, a YOLO label folder nor a Parquet/CSV table"
+    )
 
 
-def read_coco(source: Location) -> dict[str, list[Prompt]]:
-    """COCO instances (or detections with ``images``): prompts by ``file_name``."""
+def read_coco(source: Location) -> PromptsFile:
+    """COCO instances (or detections with ``images``): prompts by normalised ``file_name``."""
     document = json.loads(source.read_bytes())
     if not isinstance(document, dict) or "annotations" not in document or "images" not in document:
         raise PromptsError(f"prompts {source} is not a COCO instances file (images, annotations)")
     names = {c["id"]: c.get("name") for c in document.get("categories", [])}
-    files = {image["id"]: image["file_name"].replace("\\", "/") for image in document["images"]}
-    keyed: dict[str, list[Prompt]] = {name: [] for name in files.values()}
+    files = {image["id"]: file_key(image["file_name"]) for image in document["images"]}
+    file = PromptsFile("coco", {name: [] for name in files.values()})
     for index, ann in enumerate(document["annotations"]):
         if ann.get("image_id") not in files:
             raise PromptsError(f"annotation {ann.get('id', index)} of {source} has no image")
         bbox = ann.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4):
             raise PromptsError(f"annotation {ann.get('id', index)} of {source} has no [x, y, w, h]")
-        keyed[files[ann["image_id"]]].append(
+        category = ann.get("category_id")
+        if category is not None and category not in names:
+            file.unknown_categories.add(str(category))
+        file.keyed[files[ann["image_id"]]].append(
             Prompt(
                 box=tuple(float(v) for v in bbox),
-                category_id=ann.get("category_id"),
-                category_name=names.get(ann.get("category_id")),
+                category_id=category,
+                category_name=names.get(category),
                 source_id=str(ann["id"]) if "id" in ann else None,
                 score=ann.get("score"),
             )
         )
-    return keyed
+    return file
 
 
-def read_yolo(folder: Location) -> dict[str, list[Prompt]]:
-    """YOLO label files (``<stem>.txt``: ``class cx cy w h`` per line): prompts by stem."""
-    names = yolo_class_names(folder)
-    keyed: dict[str, list[Prompt]] = {}
-    for path in sorted(folder.fs.find(folder.path)):
-        base = posixpath.basename(path)
-        if not base.endswith(".txt") or base in YOLO_NAME_FILES:
+def read_yolo(folder: Location) -> PromptsFile:
+    """YOLO label files (``<stem>.txt``: ``class cx cy w h`` per line): prompts by the label's
+    path under ``folder`` without ``.txt``; hidden files are skipped."""
+    names, names_file = yolo_class_names(folder)
+    file = PromptsFile("yolo", {}, names_file=names_file)
+    top = folder.path.rstrip("/")
+    for path in sorted(folder.fs.find(top)):
+        relative = path[len(top) + 1 :]
+        base = posixpath.basename(relative)
+        hidden = any(part.startswith(".") for part in relative.split("/"))
+        if hidden or not base.endswith(".txt") or base in YOLO_NAME_FILES:
             continue
-        text = folder.fs.cat_file(path).decode("utf-8")
-        keyed[base[: -len(".txt")]] = [
-            yolo_prompt(line, names, f"{base}:{number}")
+        text = folder.fs.cat_file(path).decode("utf-8-sig")
+        key = relative[: -len(".txt")]
+        file.label_paths[as_uri(folder.fs, path[: -len(".txt")])] = key
+        file.keyed[key] = [
+            yolo_prompt(line, names, f"{relative}:{number}", file.unknown_categories)
             for number, line in enumerate(text.splitlines(), start=1)
             if line.strip()
         ]
-    if not keyed:
+    if not file.keyed:
         raise PromptsError(f"no YOLO label files (*.txt) in {folder}")
-    return keyed
+    return file
 
 
-def yolo_prompt(line: str, names: list[str], where: str) -> Prompt:
-    """One ``class cx cy w h [score]`` line as a normalised box prompt."""
+def yolo_prompt(
+    line: str, names: dict[int, str | None], where: str, unknown: Tally | None = None
+) -> Prompt:
+    """One ``class cx cy w h [score]`` line as a normalised box prompt.
+
+    Args:
+        line: the label file's line.
+        names: class names by id (empty: no names file).
+        where: ``file:line`` for an error message.
+        unknown: counts a class id that ``names`` (when there are any) does not list.
+    """
     parts = line.split()
     try:
         category = int(parts[0])
@@ -139,37 +210,54 @@ def yolo_prompt(line: str, names: list[str], where: str) -> Prompt:
         score = float(parts[5]) if len(parts) > 5 else None
     except (ValueError, IndexError) as error:
         raise PromptsError(f"{where}: expected 'class cx cy w h', got {line.strip()!r}") from error
-    name = names[category] if 0 <= category < len(names) else None
+    if names and category not in names and unknown is not None:
+        unknown.add(str(category))
+    name = names.get(category)
     box = (cx - w / 2, cy - h / 2, w, h)
     return Prompt(box=box, normalized=True, category_id=category, category_name=name, score=score)
 
 
-def yolo_class_names(folder: Location) -> list[str]:
-    """Class names from ``classes.txt``, ``obj.names`` or ``data.yaml`` (``names:``), if any."""
-    for name in YOLO_NAME_FILES:
-        place = folder.join(name)
-        if not place.exists():
-            continue
-        text = place.read_bytes().decode("utf-8")
-        if name.endswith(".yaml"):
-            import yaml
+def yolo_class_names(folder: Location) -> tuple[dict[int, str | None], str | None]:
+    """Class names by id, and the file they came from: ``classes.txt``, ``obj.names`` or
+    ``data.yaml`` in the label folder or one of the two above it (none: empty)."""
+    place = folder
+    for _ in range(3):
+        for name in YOLO_NAME_FILES:
+            candidate = place.join(name)
+            if candidate.exists():
+                return names_in(candidate), str(candidate)
+        parent = posixpath.dirname(place.path.rstrip("/"))
+        if not parent or parent == place.path.rstrip("/"):
+            break
+        place = place.at(as_uri(place.fs, parent))
+    return {}, None
 
-            names = yaml.safe_load(text).get("names", [])
-            return [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names)
-        return [line.strip() for line in text.splitlines() if line.strip()]
-    return []
+
+def names_in(file: Location) -> dict[int, str | None]:
+    """The class names a names file gives (see the module docstring for the rules)."""
+    text = file.read_bytes().decode("utf-8-sig")
+    if not file.path.endswith(".yaml"):
+        return {number: line.strip() or None for number, line in enumerate(text.splitlines())}
+    import yaml
+
+    names = (yaml.safe_load(text) or {}).get("names", [])
+    if isinstance(names, dict):
+        return {int(key): None if value is None else str(value) for key, value in names.items()}
+    return {number: None if value is None else str(value) for number, value in enumerate(names)}
 
 
-def read_table(source: Location) -> dict[str, list[Prompt]]:
-    """A Parquet or CSV table of prompts: prompts by ``image_uri``."""
+def read_table(source: Location) -> PromptsFile:
+    """A Parquet or CSV table of prompts: prompts by ``image_uri`` (a relative one read from
+    the table's folder)."""
     rows = table_rows(source)
-    keyed: dict[str, list[Prompt]] = {}
+    file = PromptsFile("table", {})
     for number, row in enumerate(rows, start=1):
         uri = row.get("image_uri")
         if not uri:
             raise PromptsError(f"row {number} of {source} has no image_uri")
-        keyed.setdefault(uri, []).append(table_prompt(row, f"row {number} of {source}"))
-    return keyed
+        prompt = table_prompt(row, f"row {number} of {source}")
+        file.keyed.setdefault(source.resolve(str(uri)), []).append(prompt)
+    return file
 
 
 def table_rows(source: Location) -> list[dict[str, Any]]:
@@ -181,7 +269,7 @@ def table_rows(source: Location) -> list[dict[str, Any]]:
         return pq.read_table(io.BytesIO(data)).to_pylist()
     rows = [
         {key: value if value != "" else None for key, value in row.items()}
-        for row in csv.DictReader(io.StringIO(data.decode("utf-8")))
+        for row in csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
     ]
     for row in rows:
         for key, parse in CSV_CELLS.items():
@@ -225,42 +313,78 @@ def table_prompt(row: dict[str, Any], where: str) -> Prompt:
     )
 
 
-def by_uri(keyed: dict[str, list[Prompt]], uris: Iterable[str]) -> MatchedPrompts:
-    """Match prompts keyed by the exact image URI."""
-    return matched(keyed, {uri: uri for uri in uris if uri in keyed})
+def by_uri(file: PromptsFile, uris: Iterable[str]) -> dict[str, str]:
+    """The key of each image that has one: its exact URI (tables)."""
+    return {uri: uri for uri in uris if uri in file.keyed}
 
 
-def by_stem(keyed: dict[str, list[Prompt]], uris: Iterable[str]) -> MatchedPrompts:
-    """Match prompts keyed by the image file's stem (YOLO: ``img_0.txt`` ↔ ``…/img_0.jpg``)."""
+def by_file_path(file: PromptsFile, uris: Iterable[str]) -> dict[str, str]:
+    """The key of each image that has one: the longest key that ends the image's path at a
+    folder boundary (COCO keys with the extension, YOLO keys without)."""
+    return by_path_end(file.keyed, uris, strip_extension=file.kind == "yolo")
+
+
+def by_yolo_rule(file: PromptsFile, uris: Iterable[str]) -> dict[str, str]:
+    """The key of each image that has one: by YOLO's own rule when any label file sits where
+    it says (``…/images/a/b.jpg`` ↔ ``…/labels/a/b.txt``), else by the end of its path."""
     found = {}
     for uri in uris:
-        stem = posixpath.splitext(posixpath.basename(uri))[0]
-        if stem in keyed:
-            found[uri] = stem
-    return matched(keyed, found)
+        head, images, tail = posixpath.splitext(uri)[0].rpartition("/images/")
+        key = file.label_paths.get(f"{head}/labels/{tail}") if images else None
+        if key is not None:
+            found[uri] = key
+    return found or by_file_path(file, uris)
 
 
-def by_suffix(keyed: dict[str, list[Prompt]], uris: Iterable[str]) -> MatchedPrompts:
-    """Match prompts keyed by ``file_name``, a suffix of the image URI (COCO)."""
-    by_base: dict[str, list[str]] = {}
-    for name in keyed:
-        by_base.setdefault(posixpath.basename(name), []).append(name)
-    found = {}
-    for uri in uris:
-        for name in by_base.get(posixpath.basename(uri), []):
-            if uri == name or uri.endswith("/" + name):
-                found[uri] = name
-                break
-    return matched(keyed, found)
+MATCHERS = {"coco": by_file_path, "yolo": by_yolo_rule, "table": by_uri}
+
+# How to lay a prompts file out so its keys fit one image each, by format.
+ADVICE = {
+    "coco": "a file_name must end the image's path (train/a.jpg fits …/images/train/a.jpg)",
+    "yolo": "lay label files out like the images (labels/train/a.txt for images/train/a.jpg)",
+    "table": "image_uri must be the image's path or URI as listed (a relative one is read "
+    "from the table's folder)",
+}
 
 
-def matched(keyed: dict[str, list[Prompt]], found: dict[str, str]) -> MatchedPrompts:
+def refuse_ambiguous(file: PromptsFile, found: dict[str, str]) -> None:
+    """Refuse a key that fits two images (their prompts would be copied to both)."""
+    shared = shared_key(found)
+    if shared is not None:
+        key, fits = shared
+        raise PromptsError(
+            f"{file.shown(key)} fits {len(fits)} images ({fits[0]}, {fits[1]}), so its "
+            f"prompts would go to each; {ADVICE[file.kind]}"
+        )
+
+
+def refuse_unmatched(
+    file: PromptsFile, result: MatchedPrompts, uris: list[str], source: Location
+) -> None:
+    """Refuse prompts none of which fits an image of the input, with examples of both."""
+    if result.count:
+        return
+    total = sum(len(prompts) for prompts in file.keyed.values())
+    if not total:
+        raise PromptsError(f"prompts {source} hold no prompt (no box, no points)")
+    theirs = ", ".join(result.unmatched_examples[:2])
+    raise PromptsError(
+        f"none of the {total} prompt(s) in {source} is for an image of the input: the prompts "
+        f"name {theirs}; the input lists {', '.join(uris[:2])}; {ADVICE[file.kind]}"
+    )
+
+
+def matched(file: PromptsFile, found: dict[str, str]) -> MatchedPrompts:
     """``MatchedPrompts`` from the keys found for each URI; the rest counts as unmatched."""
-    result = MatchedPrompts(by_uri={uri: keyed[key] for uri, key in found.items()})
+    result = MatchedPrompts(
+        by_uri={uri: file.keyed[key] for uri, key in found.items()},
+        unknown_categories=file.unknown_categories,
+        names_file=file.names_file,
+    )
     used = set(found.values())
-    for key, prompts in keyed.items():
+    for key, prompts in file.keyed.items():
         if key not in used and prompts:
             result.unmatched += len(prompts)
             if len(result.unmatched_examples) < 5:
-                result.unmatched_examples.append(key)
+                result.unmatched_examples.append(file.shown(key))
     return result

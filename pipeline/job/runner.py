@@ -180,11 +180,12 @@ def planned(
     layout = RunLayout(plan.output)
     shard_size = plan.job.runtime.shard_size
     existing = layout.manifest.read_json()
+    skipped = {kind: tally.as_dict() for kind, tally in listing.skipped.items() if tally.count}
     if overwrite and existing is not None:
         plan.replaces, existing = existing, None
     check_compatible(existing, plan.manifest)
     if existing is None:
-        info = new_listing(layout, listing, shard_size)
+        info = {**new_listing(layout, listing, shard_size), "skipped": skipped}
         try:
             return plan_shards(plan, info, found, resume=False)
         except BaseException:
@@ -196,6 +197,7 @@ def planned(
             "use another --output, or --overwrite"
         )
     info = continued_listing(layout, existing["listing"], listing, shard_size, append)
+    info = {**info, "skipped": skipped}
     return plan_shards(plan, info, found, resume=True)
 
 
@@ -231,6 +233,8 @@ def read_run_prompts(
         "matched": found.count,
         "unmatched": found.unmatched,
         "unmatched_examples": found.unmatched_examples,
+        "unknown_categories": found.unknown_categories.as_dict(),
+        "names_file": found.names_file,
     }
     return found, info
 

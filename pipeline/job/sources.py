@@ -3,13 +3,32 @@
 An input is a local folder (searched recursively), a glob, an fsspec URI of a folder or a
 single image, or a manifest: a ``.txt``/``.lst`` file with one URI per line, or a
 ``.parquet``/``.csv`` file with a ``uri`` column.
+
+The listing rules (each one says what it did not take, in ``InputListing.skipped``):
+
+- a path that exists is that path, whatever its name holds (``photos [2023]``); only a path
+  that does not exist is tried as a glob;
+- folders are walked whole: linked subfolders are followed, a folder reached a second time
+  (a link loop, two links to one place) is listed once (``linked_again``); a folder that
+  cannot be read stops the listing with a one-line error naming it;
+- hidden files and folders (names starting with ``.``, which includes macOS's ``._x.jpg``
+  resource files) are skipped (``hidden``), as are files without an image extension
+  (``not_image``); every extension Pillow decodes counts as an image (``.jfif``, ``.jpe``,
+  ``.tif`` …);
+- a file name that is not valid UTF-8 is listed with its bytes escaped (``caf\\xe9.jpg``)
+  and gets an error row naming them (``bad_name``);
+- relative paths in a manifest are read from the manifest's folder; every listed URI is an
+  absolute path or a full URI.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import os
+import posixpath
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -19,9 +38,28 @@ import pyarrow.parquet as pq
 
 from pipeline.core.errors import UserError, one_line
 from pipeline.core.prompt import Prompt
-from pipeline.core.storage import Location, as_uri, with_retries
+from pipeline.core.storage import Location, as_uri, printable_path, with_retries
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+# Pillow formats that are not pictures to label: stubs that need a handler, vector and video.
+NOT_PICTURES = {"BUFR", "GRIB", "HDF5", "WMF", "EPS", "MPEG", "FITS"}
+
+
+def pillow_extensions() -> tuple[str, ...]:
+    """Every file extension Pillow can open as a raster picture (``.jpg``, ``.jfif``, ``.tif``
+    …), lower case."""
+    from PIL import Image
+
+    Image.init()
+    return tuple(
+        sorted(
+            ext.lower()
+            for ext, kind in Image.registered_extensions().items()
+            if kind in Image.OPEN and kind not in NOT_PICTURES
+        )
+    )
+
+
+IMAGE_EXTENSIONS = pillow_extensions()
 MANIFEST_EXTENSIONS = (".txt", ".lst", ".csv", ".parquet")
 
 
@@ -57,6 +95,51 @@ class Shard:
         return f"shard-{self.index:05d}"
 
 
+@dataclass
+class Tally:
+    """How many entries of one kind the listing (or a prompts file) passed over, with the
+    first few as examples."""
+
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, example: str, keep: int = 3) -> None:
+        """Count one more, keeping its name when fewer than ``keep`` are kept."""
+        self.count += 1
+        if len(self.examples) < keep:
+            self.examples.append(example)
+
+    def as_dict(self) -> dict:
+        """``{"count": …, "examples": […]}`` for a manifest."""
+        return {"count": self.count, "examples": list(self.examples)}
+
+
+# What each kind of entry the listing passed over is called in messages, by its key.
+SKIPPED_WORDS = {
+    "hidden": "hidden file(s) or folder(s) skipped (names starting with '.')",
+    "not_image": "file(s) without an image extension skipped",
+    "linked_again": "linked folder(s) skipped as already listed (a link loop, or two links "
+    "to one place)",
+    "bad_name": "file name(s) not valid UTF-8, listed with an error row each",
+}
+
+
+def skipped_note(skipped: dict[str, Tally]) -> str:
+    """One line on what a listing passed over: ``2 hidden … skipped (e.g. .DS_Store); …``."""
+    parts = []
+    for key, words in SKIPPED_WORDS.items():
+        tally = skipped.get(key)
+        if tally and tally.count:
+            words = words.replace("(s)", "") if tally.count == 1 else words
+            parts.append(f"{tally.count} {words} (e.g. {tally.examples[0]})")
+    return "; ".join(parts)
+
+
+def new_skipped() -> dict[str, Tally]:
+    """An empty tally per kind of entry a listing passes over."""
+    return {key: Tally() for key in SKIPPED_WORDS}
+
+
 def listing_hash(uris: list[str]) -> str:
     """A hash of a shard's image URIs (recorded in its commit marker)."""
     return hashlib.blake2b(("\n".join(uris) + "\n").encode(), digest_size=12).hexdigest()
@@ -73,11 +156,14 @@ class InputListing:
         uris: the URIs as listed (any order, duplicates possible).
         order: indices into ``uris``: sorted, each URI once.
         digest: the identity of the sorted listing (same images → same digest).
+        skipped: what the listing passed over (or listed with a note), by kind
+            (``SKIPPED_WORDS``).
     """
 
     uris: pa.ChunkedArray
     order: pa.Array
     digest: str
+    skipped: dict[str, Tally] = field(default_factory=new_skipped)
 
     def __len__(self) -> int:
         return len(self.order)
@@ -125,8 +211,9 @@ def list_input(source: Location, exclude: Location | None = None) -> InputListin
     Raises:
         InputError: the source does not exist, cannot be read, or lists no image.
     """
+    skipped = new_skipped()
     try:
-        uris = with_retries(lambda: list_uris(source), what="listing")
+        uris = with_retries(lambda: list_uris(source, skipped), what="listing")
     except InputError:
         raise
     except Exception as error:
@@ -135,8 +222,11 @@ def list_input(source: Location, exclude: Location | None = None) -> InputListin
         # a folder or glob: files the run writes are not input (a manifest lists its own)
         uris = outside(uris, as_uri(exclude.fs, exclude.path.rstrip("/")) + "/")
     if len(uris) == 0:
-        raise InputError(f"no images found in {source}")
-    return sorted_listing(uris)
+        note = skipped_note(skipped)
+        raise InputError(f"no images found in {source}" + (f" ({note})" if note else ""))
+    listing = sorted_listing(uris)
+    listing.skipped = skipped
+    return listing
 
 
 def outside(uris: pa.ChunkedArray, prefix: str) -> pa.ChunkedArray:
@@ -192,17 +282,18 @@ def sorted_listing(uris: pa.ChunkedArray | pa.Array, chunk: int = 65_536) -> Inp
     return InputListing(uris=uris, order=order, digest=digest.hexdigest())
 
 
-def list_uris(source: Location) -> pa.ChunkedArray:
+def list_uris(source: Location, skipped: dict[str, Tally]) -> pa.ChunkedArray:
     """The image URIs of ``source`` as Arrow strings (in chunks, never copied whole),
-    unsorted, maybe with repeats."""
+    unsorted, maybe with repeats; what it passes over is counted in ``skipped``."""
     fs, path = source.fs, source.path
-    if any(ch in path for ch in "*?["):
-        paths = [p for p in fs.glob(path) if is_image(p) and fs.isfile(p)]
-        return pa.chunked_array([pa.array([as_uri(fs, p) for p in paths], pa.string())])
     if not fs.exists(path):
+        if any(ch in path for ch in "*?["):
+            return glob_images(source, skipped)
         raise InputError(f"input not found: {source}")
     if fs.isdir(path):
-        return walk_images(source)
+        if source.is_local:
+            return walk_local(path, skipped)
+        return walk_images(source, skipped)
     if path.lower().endswith(MANIFEST_EXTENSIONS):
         return read_manifest(source)
     if is_image(path):
@@ -210,12 +301,119 @@ def list_uris(source: Location) -> pa.ChunkedArray:
     raise InputError(f"input {source} is neither a folder, an image nor a manifest")
 
 
-def walk_images(source: Location) -> pa.ChunkedArray:
-    """Every image under a folder, one directory's names in Python at a time."""
+def glob_images(source: Location, skipped: dict[str, Tally]) -> pa.ChunkedArray:
+    """The images a glob pattern matches (hidden names and other files counted)."""
     fs = source.fs
+    names = []
+    for path in fs.glob(literal_folders(fs, source.path)):
+        base = posixpath.basename(path)
+        if base.startswith("."):
+            skipped["hidden"].add(base)
+        elif not fs.isfile(path):
+            continue
+        elif not is_image(base):
+            skipped["not_image"].add(base)
+        else:
+            names.append(as_uri(fs, path))
+    return pa.chunked_array([pa.array(names, pa.string())])
+
+
+def literal_folders(fs, pattern: str) -> str:
+    """``pattern`` with its longest existing folder taken literally: in
+    ``photos [2023]/*.png`` the brackets name a folder, not a set of characters."""
+    parts = pattern.split("/")
+    for end in range(len(parts) - 1, 0, -1):
+        folder = "/".join(parts[:end])
+        if any(ch in folder for ch in "*?[") and fs.isdir(folder):
+            return "/".join([glob.escape(folder), *parts[end:]])
+    return pattern
+
+
+def walk_local(root: str, skipped: dict[str, Tally]) -> pa.ChunkedArray:
+    """Every image under a local folder, linked folders followed (each real folder once), one
+    folder's names in Python at a time.
+
+    Raises:
+        InputError: a folder under ``root`` (or ``root``) cannot be read.
+    """
+    root = os.path.abspath(root)
+    failures: list[OSError] = []
+    seen = {folder_key(root)}
     chunks = []
-    for root, _, files in fs.walk(source.path):
-        names = [as_uri(fs, f"{root.rstrip('/')}/{name}") for name in files if is_image(name)]
+    for folder, folders, files in os.walk(root, onerror=failures.append, followlinks=True):
+        folders[:] = [
+            name for name in sorted(folders) if keep_folder(folder, name, root, seen, skipped)
+        ]
+        names = []
+        inside = os.path.relpath(folder, root)
+        for name in files:
+            if kept_file(name, "" if inside == "." else inside, skipped):
+                place = f"{folder}/{name}"
+                names.append(printable_path(place))
+                if names[-1] != place:
+                    skipped["bad_name"].add(names[-1])
+        if names:
+            chunks.append(pa.array(names, pa.string()))
+    if failures:
+        first = failures[0]
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise InputError(
+            f"cannot read folder {printable_path(str(first.filename))}: {first.strerror}{more}; "
+            "make it readable, or list the images to label in a manifest (--input list.txt)"
+        )
+    return pa.chunked_array(chunks, pa.string())
+
+
+def folder_key(path: str) -> tuple[int, int]:
+    """What names a folder however it is reached: its device and inode."""
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def keep_folder(
+    parent: str, name: str, root: str, seen: set[tuple[int, int]], skipped: dict[str, Tally]
+) -> bool:
+    """Whether the walk enters ``parent/name``: not hidden, not reached before."""
+    place = f"{parent}/{name}"
+    shown = printable_path(os.path.relpath(place, root))
+    if name.startswith("."):
+        skipped["hidden"].add(shown + "/")
+        return False
+    try:
+        key = folder_key(place)
+    except OSError:
+        return True  # os.walk reports what cannot be read
+    if key in seen:
+        skipped["linked_again"].add(shown + "/")
+        return False
+    seen.add(key)
+    return True
+
+
+def kept_file(name: str, folder: str, skipped: dict[str, Tally]) -> bool:
+    """Whether a file found in a folder is listed (``folder``: where it is, for a note)."""
+    kind = "hidden" if name.startswith(".") else None if is_image(name) else "not_image"
+    if kind is not None:
+        skipped[kind].add(printable_path(f"{folder}/{name}" if folder else name))
+    return kind is None
+
+
+def walk_images(source: Location, skipped: dict[str, Tally]) -> pa.ChunkedArray:
+    """Every image under a folder of an object store (no links there; hidden keys and other
+    files counted), one directory's names in Python at a time."""
+    fs = source.fs
+    top = source.path.rstrip("/")
+    chunks = []
+    for root, folders, files in fs.walk(top):
+        hidden = [name for name in folders if name.startswith(".")]
+        for name in hidden:
+            skipped["hidden"].add(f"{root.rstrip('/')}/{name}/"[len(top) + 1 :])
+            folders.remove(name)
+        names = []
+        inside = root.rstrip("/")[len(top) + 1 :]
+        for name in files:
+            if kept_file(name, inside, skipped):
+                names.append(as_uri(fs, f"{root.rstrip('/')}/{name}"))
         if names:
             chunks.append(pa.array(names, pa.string()))
     return pa.chunked_array(chunks, pa.string())
@@ -236,7 +434,8 @@ def read_manifest(source: Location) -> pa.ChunkedArray:
                 batches = parquet_uri_batches(f, source)
             else:
                 batches = text_uri_batches(f, csv=lower.endswith(".csv"), source=source)
-            return pa.chunked_array([usable_uris(batch) for batch in batches], pa.string())
+            chunks = [absolute(usable_uris(batch), source) for batch in batches]
+            return pa.chunked_array(chunks, pa.string())
     except InputError:
         raise
     except Exception as error:
@@ -248,6 +447,17 @@ def usable_uris(chunk: pa.Array) -> pa.Array:
     chunk = pc.utf8_trim_whitespace(chunk.cast(pa.string()))
     usable = pc.and_(pc.invert(pc.equal(chunk, "")), pc.invert(pc.starts_with(chunk, "#")))
     return chunk.filter(usable.fill_null(False))
+
+
+def absolute(chunk: pa.Array, source: Location) -> pa.Array:
+    """A manifest chunk with its relative paths read from the manifest's folder and its
+    ``file://`` URIs as plain paths (only the entries that need it go through Python)."""
+    remote = pc.and_(pc.match_substring(chunk, "://"), pc.invert(pc.starts_with(chunk, "file://")))
+    fix = pc.invert(pc.or_(pc.starts_with(chunk, "/"), remote))
+    if not pc.any(fix).as_py():
+        return chunk
+    pairs = zip(chunk.to_pylist(), fix.to_pylist(), strict=True)
+    return pa.array([source.resolve(uri) if bad else uri for uri, bad in pairs], pa.string())
 
 
 def parquet_uri_batches(f, source: Location) -> Iterator[pa.Array]:

@@ -63,6 +63,9 @@ class PromptedGenerator:
         results: list[PromptResult] = [""] * len(prompts)
         groups: dict[tuple[bool, int], list[tuple[int, Any, np.ndarray | None]]] = defaultdict(list)
         for index, prompt in enumerate(prompts):
+            if (wrong := prompt.non_finite()) is not None:
+                results[index] = f"a coordinate of the prompt is not a finite number: {wrong}"
+                continue
             prompt = prompt.in_pixels(width, height)
             box = clipped_box(prompt.box, width, height) if prompt.box is not None else None
             if prompt.box is not None and box is None:

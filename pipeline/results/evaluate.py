@@ -22,6 +22,7 @@ from pycocotools.cocoeval import COCOeval
 
 from pipeline.core import rle
 from pipeline.core.errors import UserError
+from pipeline.core.pairing import by_path_end, file_key, shared_key
 from pipeline.core.storage import Location, write_file_atomic
 from pipeline.results.dataset import open_run
 
@@ -62,15 +63,22 @@ def class_agnostic(gt_path: str, agnostic: bool = True) -> COCO:
 
 
 def match_images(gt: COCO, uris: dict[str, int]) -> dict[int, int]:
-    """GT image id → run image id, matching ``file_name`` as a suffix of the image URI."""
-    matched = {}
-    for image in gt.dataset["images"]:
-        name = image["file_name"].replace("\\", "/")
-        for uri, run_id in uris.items():
-            if uri == name or uri.endswith("/" + name):
-                matched[image["id"]] = run_id
-                break
-    return matched
+    """GT image id → run image id: a ``file_name`` ends the image's path at a folder boundary
+    (``core/pairing``, as ``--prompts`` pairs a COCO file).
+
+    Raises:
+        EvalError: a ``file_name`` fits two of the run's images.
+    """
+    keys = {file_key(image["file_name"]): image["id"] for image in gt.dataset["images"]}
+    found = by_path_end(keys, uris)
+    shared = shared_key(found)
+    if shared is not None:
+        name, fits = shared
+        raise EvalError(
+            f"the ground truth's file_name {name} fits {len(fits)} images of the run "
+            f"({fits[0]}, {fits[1]}); give file_name with its folder (train/a.jpg)"
+        )
+    return {keys[key]: uris[uri] for uri, key in found.items()}
 
 
 def detections(source: Location, gt: COCO) -> tuple[list[dict[str, Any]], dict[int, int]]:
