@@ -81,6 +81,38 @@ def test_a_label_stem_that_fits_two_images_is_refused_naming_both(yolo_splits, t
     assert "val/000001.png" in message and "\n" not in message
 
 
+def test_labels_laid_out_elsewhere_pair_by_their_path_under_the_label_folder(tmp_path):
+    """Not YOLO's images/ ↔ labels/ layout: ann/train/000001.txt ends pics/train/000001.png."""
+    for split in ("train", "val"):
+        scene(tmp_path / "pics" / split / "000001.png")
+    (tmp_path / "ann" / "train").mkdir(parents=True)
+    (tmp_path / "ann" / "train" / "000001.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    found = read_prompts(
+        Location(str(tmp_path / "ann")), list_images(Location(str(tmp_path / "pics")))
+    )
+    assert list(found.by_uri) == [str(tmp_path / "pics" / "train" / "000001.png")]
+
+
+def test_a_short_name_beside_a_longer_one_is_refused_when_it_fits_two_images(tmp_path):
+    """file_names a.png and train/a.png: a.png ends val/a.png and train/a.png alike."""
+    for split in ("train", "val"):
+        scene(tmp_path / "images" / split / "a.png")
+    coco = tmp_path / "instances.json"
+    coco.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "train/a.png"}, {"id": 2, "file_name": "a.png"}],
+                "annotations": [
+                    {"id": 1, "image_id": 1, "bbox": [1, 2, 10, 10]},
+                    {"id": 2, "image_id": 2, "bbox": [1, 2, 10, 10]},
+                ],
+            }
+        )
+    )
+    with pytest.raises(PromptsError, match="a.png fits 2 images"):
+        read_prompts(Location(str(coco)), list_images(Location(str(tmp_path / "images"))))
+
+
 def test_a_blank_line_in_classes_txt_is_a_class_without_a_name(tmp_path):
     scene(tmp_path / "images" / "a.png")
     labels = tmp_path / "labels"
@@ -215,6 +247,22 @@ def test_a_symlinked_subfolder_is_followed_and_a_link_loop_is_not(tmp_path):
     assert len(uris(only_link)) == 3
 
 
+def test_two_links_to_one_place_list_it_once_and_a_link_inside_keeps_the_real_path(tmp_path):
+    outside = tmp_path / "elsewhere"
+    scene(outside / "far.png")
+    photos = tmp_path / "photos"
+    scene(photos / "real" / "near.png")
+    (photos / "a_link").symlink_to(photos / "real", target_is_directory=True)  # sorts first
+    (photos / "ext1").symlink_to(outside, target_is_directory=True)
+    (photos / "ext2").symlink_to(outside, target_is_directory=True)
+    listing = list_input(Location(str(photos)))
+    assert sorted(listing.uris.to_pylist()) == [
+        str(photos / "ext1" / "far.png"),
+        str(photos / "real" / "near.png"),
+    ]
+    assert listing.skipped["linked_again"].count == 2
+
+
 def test_an_unreadable_subfolder_is_a_one_line_refusal_naming_it():
     """Run as root here, so the listing runs in a child that gives up root first."""
     base = Path(tempfile.mkdtemp(dir="/tmp"))
@@ -325,11 +373,11 @@ def test_an_empty_path_is_a_usage_error(tmp_path, flag, micro_overrides):
     values = {"--input": str(tmp_path / "images"), "--output": str(tmp_path / "out")}
     values[flag] = ""
     args = [item for pair in values.items() for item in pair]
-    before = sorted(os.listdir(ROOT))
     result = autolabel("run", *args, "--no-progress", *micro_overrides)
     assert result.returncode == 2
     assert f"argument {flag}: an empty path" in result.stderr
-    assert sorted(os.listdir(ROOT)) == before  # nothing written where the command ran
+    written = {"_run.json", "_listing", "_shards", "masks"} & set(os.listdir(ROOT))
+    assert not written, "nothing is written where the command ran"
 
 
 def test_a_run_whose_prompts_match_nothing_is_refused_before_labelling(tmp_path, micro_overrides):
@@ -382,6 +430,13 @@ def test_in_a_bucket_the_same_rules_hold(s3, tmp_path):
         Location(f"s3://{bucket}/lists/prompts.csv"), list_images(Location(f"s3://{top}"))
     )
     assert found.count == 1 and f"s3://{top}/a.png" in found.by_uri
+    for split in ("train", "val"):  # YOLO's layout in a bucket
+        fs.put_file(str(local), f"{bucket}/ds/images/{split}/000001.png")
+        fs.pipe(f"{bucket}/ds/labels/{split}/000001.txt", b"0 0.5 0.5 0.2 0.2\n")
+    found = read_prompts(
+        Location(f"s3://{bucket}/ds/labels/val"), list_images(Location(f"s3://{bucket}/ds/images"))
+    )
+    assert list(found.by_uri) == [f"s3://{bucket}/ds/images/val/000001.png"]
 
 
 def test_eval_pairs_ground_truth_file_names_by_the_same_rule():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 
 def file_key(name: str) -> str:
@@ -15,11 +16,37 @@ def file_key(name: str) -> str:
     return name if "://" in name else posixpath.normpath(name)
 
 
-def by_path_end(
-    keys: Iterable[str], uris: Iterable[str], strip_extension: bool = False
-) -> dict[str, str]:
-    """The key of each URI that has one: the longest key that ends the URI's path at a folder
-    boundary (``train/a.jpg`` ends ``/data/images/train/a.jpg``; ``n/a.jpg`` does not).
+@dataclass
+class Pairing:
+    """Which image each name goes to, and every image each name fits.
+
+    Attributes:
+        found: image URI → its name (the most specific that fits it).
+        fits: name → every image URI it fits (more than one: the name is ambiguous).
+        rule: what paired them, when a caller names it (``yolo-rule``).
+    """
+
+    found: dict[str, str] = field(default_factory=dict)
+    fits: dict[str, list[str]] = field(default_factory=dict)
+    rule: str = ""
+
+    def pair(self, uri: str, key: str) -> None:
+        """Give ``uri`` the name ``key`` (and count it among the images ``key`` fits)."""
+        self.found[uri] = key
+        self.fits.setdefault(key, []).append(uri)
+
+    def shared(self, wanted: Iterable[str] | None = None) -> tuple[str, list[str]] | None:
+        """The first name (of ``wanted``, default all) that fits more than one image, with
+        those images; None when each fits one."""
+        keys = self.fits if wanted is None else [key for key in wanted if key in self.fits]
+        return next(((key, self.fits[key]) for key in keys if len(self.fits[key]) > 1), None)
+
+
+def by_path_end(keys: Iterable[str], uris: Iterable[str], strip_extension: bool = False) -> Pairing:
+    """Pair each URI with the longest key that ends its path at a folder boundary
+    (``train/a.jpg`` ends ``/data/images/train/a.jpg``; ``n/a.jpg`` does not). ``fits`` counts
+    every key that ends a path, not only the longest: with keys ``a.jpg`` and ``train/a.jpg``,
+    ``a.jpg`` fits both ``…/train/a.jpg`` and ``…/val/a.jpg``.
 
     Args:
         keys: the names to find (``file_key`` form).
@@ -28,23 +55,14 @@ def by_path_end(
     """
     keys = set(keys)
     lasts = {key.rsplit("/", 1)[-1] for key in keys}
-    found = {}
+    pairing = Pairing()
     for uri in uris:
         parts = (posixpath.splitext(uri)[0] if strip_extension else uri).split("/")
         if parts[-1] not in lasts:
             continue
-        for start in range(len(parts)):
-            key = "/".join(parts[start:])
-            if key in keys:
-                found[uri] = key
-                break
-    return found
-
-
-def shared_key(found: dict[str, str]) -> tuple[str, list[str]] | None:
-    """The first key that ``found`` gives to more than one URI, with those URIs (None when
-    every key names one image)."""
-    images: dict[str, list[str]] = {}
-    for uri, key in found.items():
-        images.setdefault(key, []).append(uri)
-    return next(((key, uris) for key, uris in images.items() if len(uris) > 1), None)
+        ends = [key for key in ("/".join(parts[k:]) for k in range(len(parts))) if key in keys]
+        if ends:
+            pairing.pair(uri, ends[0])  # the longest
+            for key in ends[1:]:
+                pairing.fits.setdefault(key, []).append(uri)
+    return pairing

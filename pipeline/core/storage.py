@@ -234,16 +234,24 @@ class Location:
     def resolve(self, reference: str) -> str:
         """An image reference written in the file at this location (a manifest line, a table's
         ``image_uri``) as an absolute path or a full URI: a relative one is read from this
-        file's folder, as a browser reads a link; ``file://`` URIs become plain paths.
+        file's folder, as a browser reads a link; ``file://`` URIs become plain paths, and
+        local paths lose ``.``/``..`` parts and doubled slashes.
 
         Args:
             reference: a path or URI as the file gives it.
+
+        Raises:
+            ValueError: a relative reference climbs out of the file's bucket.
         """
         reference = strip_protocol(reference)
-        if reference.startswith("/") or "://" in reference:
+        if "://" in reference:
             return reference
-        folder = posixpath.dirname(self.path)
-        return as_uri(self.fs, posixpath.normpath(posixpath.join(folder, reference)))
+        if reference.startswith("/"):
+            return posixpath.normpath(reference)
+        path = posixpath.normpath(posixpath.join(posixpath.dirname(self.path), reference))
+        if not self.is_local and path.split("/")[0] != self.path.split("/")[0]:
+            raise ValueError(f"{reference} climbs out of the bucket of {self}")
+        return as_uri(self.fs, path)
 
     def listdir(self) -> list[Location]:
         """The entries of a folder (none when it does not exist)."""

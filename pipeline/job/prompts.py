@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.core.errors import UserError, one_line
-from pipeline.core.pairing import by_path_end, file_key, shared_key
+from pipeline.core.pairing import Pairing, by_path_end, file_key
 from pipeline.core.prompt import Prompt
 from pipeline.core.storage import Location, as_uri
 from pipeline.job.sources import ImageRef, Tally
@@ -110,9 +110,9 @@ def read_prompts(source: Location, images: list[ImageRef]) -> MatchedPrompts:
     """
     file = read_prompts_file(source)
     uris = [ref.uri for ref in images]
-    found = MATCHERS[file.kind](file, uris)
-    refuse_ambiguous(file, found)
-    result = matched(file, found)
+    pairing = MATCHERS[file.kind](file, uris)
+    refuse_ambiguous(file, pairing)
+    result = matched(file, pairing.found)
     refuse_unmatched(file, result, uris, source)
     return result
 
@@ -153,7 +153,7 @@ def read_coco(source: Location) -> PromptsFile:
         if not (isinstance(bbox, list) and len(bbox) == 4):
             raise PromptsError(f"annotation {ann.get('id', index)} of {source} has no [x, y, w, h]")
         category = ann.get("category_id")
-        if category is not None and category not in names:
+        if names and category is not None and category not in names:
             file.unknown_categories.add(str(category))
         file.keyed[files[ann["image_id"]]].append(
             Prompt(
@@ -313,27 +313,31 @@ def table_prompt(row: dict[str, Any], where: str) -> Prompt:
     )
 
 
-def by_uri(file: PromptsFile, uris: Iterable[str]) -> dict[str, str]:
-    """The key of each image that has one: its exact URI (tables)."""
-    return {uri: uri for uri in uris if uri in file.keyed}
+def by_uri(file: PromptsFile, uris: Iterable[str]) -> Pairing:
+    """Pair each image with its exact URI (tables)."""
+    pairing = Pairing()
+    for uri in uris:
+        if uri in file.keyed:
+            pairing.pair(uri, uri)
+    return pairing
 
 
-def by_file_path(file: PromptsFile, uris: Iterable[str]) -> dict[str, str]:
-    """The key of each image that has one: the longest key that ends the image's path at a
-    folder boundary (COCO keys with the extension, YOLO keys without)."""
+def by_file_path(file: PromptsFile, uris: Iterable[str]) -> Pairing:
+    """Pair each image with the longest key that ends its path at a folder boundary (COCO
+    keys with the extension, YOLO keys without)."""
     return by_path_end(file.keyed, uris, strip_extension=file.kind == "yolo")
 
 
-def by_yolo_rule(file: PromptsFile, uris: Iterable[str]) -> dict[str, str]:
-    """The key of each image that has one: by YOLO's own rule when any label file sits where
-    it says (``…/images/a/b.jpg`` ↔ ``…/labels/a/b.txt``), else by the end of its path."""
-    found = {}
+def by_yolo_rule(file: PromptsFile, uris: Iterable[str]) -> Pairing:
+    """Pair images by YOLO's own rule when any label file sits where it says
+    (``…/images/a/b.jpg`` ↔ ``…/labels/a/b.txt``), else by the end of their path."""
+    pairing = Pairing(rule="yolo-rule")
     for uri in uris:
         head, images, tail = posixpath.splitext(uri)[0].rpartition("/images/")
         key = file.label_paths.get(f"{head}/labels/{tail}") if images else None
         if key is not None:
-            found[uri] = key
-    return found or by_file_path(file, uris)
+            pairing.pair(uri, key)
+    return pairing if pairing.found else by_file_path(file, uris)
 
 
 MATCHERS = {"coco": by_file_path, "yolo": by_yolo_rule, "table": by_uri}
@@ -342,19 +346,21 @@ MATCHERS = {"coco": by_file_path, "yolo": by_yolo_rule, "table": by_uri}
 ADVICE = {
     "coco": "a file_name must end the image's path (train/a.jpg fits …/images/train/a.jpg)",
     "yolo": "lay label files out like the images (labels/train/a.txt for images/train/a.jpg)",
+    "yolo-rule": "YOLO pairs a label with every image of its stem in the folder: rename one",
     "table": "image_uri must be the image's path or URI as listed (a relative one is read "
     "from the table's folder)",
 }
 
 
-def refuse_ambiguous(file: PromptsFile, found: dict[str, str]) -> None:
-    """Refuse a key that fits two images (their prompts would be copied to both)."""
-    shared = shared_key(found)
+def refuse_ambiguous(file: PromptsFile, pairing: Pairing) -> None:
+    """Refuse a key with prompts that fits two images (they would be copied to both, or
+    go to one of them by chance)."""
+    shared = pairing.shared(key for key, prompts in file.keyed.items() if prompts)
     if shared is not None:
         key, fits = shared
         raise PromptsError(
             f"{file.shown(key)} fits {len(fits)} images ({fits[0]}, {fits[1]}), so its "
-            f"prompts would go to each; {ADVICE[file.kind]}"
+            f"prompts could go to either; {ADVICE[pairing.rule or file.kind]}"
         )
 
 

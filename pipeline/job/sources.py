@@ -26,7 +26,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -104,9 +103,9 @@ class Tally:
     examples: list[str] = field(default_factory=list)
 
     def add(self, example: str, keep: int = 3) -> None:
-        """Count one more, keeping its name when fewer than ``keep`` are kept."""
+        """Count one more, keeping its name when fewer than ``keep`` (other names) are kept."""
         self.count += 1
-        if len(self.examples) < keep:
+        if len(self.examples) < keep and example not in self.examples:
             self.examples.append(example)
 
     def as_dict(self) -> dict:
@@ -211,9 +210,13 @@ def list_input(source: Location, exclude: Location | None = None) -> InputListin
     Raises:
         InputError: the source does not exist, cannot be read, or lists no image.
     """
-    skipped = new_skipped()
+
+    def attempt() -> tuple[pa.ChunkedArray, dict[str, Tally]]:
+        skipped = new_skipped()  # a fresh count per try
+        return list_uris(source, skipped), skipped
+
     try:
-        uris = with_retries(lambda: list_uris(source, skipped), what="listing")
+        uris, skipped = with_retries(attempt, what="listing")
     except InputError:
         raise
     except Exception as error:
@@ -302,19 +305,27 @@ def list_uris(source: Location, skipped: dict[str, Tally]) -> pa.ChunkedArray:
 
 
 def glob_images(source: Location, skipped: dict[str, Tally]) -> pa.ChunkedArray:
-    """The images a glob pattern matches (hidden names and other files counted)."""
+    """The images a glob pattern matches: hidden names the pattern does not spell out and
+    files without an image extension are counted, names that are not UTF-8 escaped."""
     fs = source.fs
+    spelled = source.path.split("/")
     names = []
     for path in fs.glob(literal_folders(fs, source.path)):
-        base = posixpath.basename(path)
-        if base.startswith("."):
-            skipped["hidden"].add(base)
+        parts = path.split("/")
+        shown = printable_path(path)
+        if any(
+            part.startswith(".") and not (k < len(spelled) and spelled[k].startswith("."))
+            for k, part in enumerate(parts)
+        ):
+            skipped["hidden"].add(shown)
         elif not fs.isfile(path):
             continue
-        elif not is_image(base):
-            skipped["not_image"].add(base)
+        elif not is_image(path):
+            skipped["not_image"].add(shown)
         else:
-            names.append(as_uri(fs, path))
+            names.append(as_uri(fs, shown))
+            if shown != path:
+                skipped["bad_name"].add(shown)
     return pa.chunked_array([pa.array(names, pa.string())])
 
 
@@ -330,24 +341,28 @@ def literal_folders(fs, pattern: str) -> str:
 
 
 def walk_local(root: str, skipped: dict[str, Tally]) -> pa.ChunkedArray:
-    """Every image under a local folder, linked folders followed (each real folder once), one
-    folder's names in Python at a time.
+    """Every image under a local folder, one folder's names in Python at a time. Linked
+    folders are followed, each real folder walked once (``keep_folder``).
 
     Raises:
         InputError: a folder under ``root`` (or ``root``) cannot be read.
     """
     root = os.path.abspath(root)
     failures: list[OSError] = []
-    seen = {folder_key(root)}
+    real_root = os.path.realpath(root)
+    walked = {real_root}
     chunks = []
     for folder, folders, files in os.walk(root, onerror=failures.append, followlinks=True):
+        inside = os.path.relpath(folder, root)
+        inside = "" if inside == "." else inside
         folders[:] = [
-            name for name in sorted(folders) if keep_folder(folder, name, root, seen, skipped)
+            name
+            for name in sorted(folders)
+            if keep_folder(folder, name, inside, real_root, walked, skipped)
         ]
         names = []
-        inside = os.path.relpath(folder, root)
         for name in files:
-            if kept_file(name, "" if inside == "." else inside, skipped):
+            if kept_file(name, inside, skipped):
                 place = f"{folder}/{name}"
                 names.append(printable_path(place))
                 if names[-1] != place:
@@ -364,29 +379,36 @@ def walk_local(root: str, skipped: dict[str, Tally]) -> pa.ChunkedArray:
     return pa.chunked_array(chunks, pa.string())
 
 
-def folder_key(path: str) -> tuple[int, int]:
-    """What names a folder however it is reached: its device and inode."""
-    info = os.stat(path)
-    return info.st_dev, info.st_ino
-
-
 def keep_folder(
-    parent: str, name: str, root: str, seen: set[tuple[int, int]], skipped: dict[str, Tally]
+    parent: str,
+    name: str,
+    inside: str,
+    real_root: str,
+    walked: set[str],
+    skipped: dict[str, Tally],
 ) -> bool:
-    """Whether the walk enters ``parent/name``: not hidden, not reached before."""
-    place = f"{parent}/{name}"
-    shown = printable_path(os.path.relpath(place, root))
+    """Whether the walk enters ``parent/name``: not hidden, and not a folder it walks (or
+    walked) already. A link into the input's own folder is passed over, so its images are
+    listed once, by their real path; a link out of it is followed, its real folders once.
+
+    Args:
+        parent: the folder being walked; ``name``: one of its folders.
+        inside: ``parent`` relative to the input (for notes).
+        real_root: the input folder's real path.
+        walked: the real paths of the folders walked so far; ``parent/name``'s is added.
+        skipped: the listing's tallies.
+    """
+    shown = printable_path(f"{inside}/{name}/" if inside else f"{name}/")
     if name.startswith("."):
-        skipped["hidden"].add(shown + "/")
+        skipped["hidden"].add(shown)
         return False
-    try:
-        key = folder_key(place)
-    except OSError:
-        return True  # os.walk reports what cannot be read
-    if key in seen:
-        skipped["linked_again"].add(shown + "/")
+    place = f"{parent}/{name}"
+    real = os.path.realpath(place)
+    into_input = os.path.islink(place) and (real + "/").startswith(real_root + "/")
+    if into_input or real in walked:
+        skipped["linked_again"].add(shown)
         return False
-    seen.add(key)
+    walked.add(real)
     return True
 
 
@@ -404,7 +426,7 @@ def walk_images(source: Location, skipped: dict[str, Tally]) -> pa.ChunkedArray:
     fs = source.fs
     top = source.path.rstrip("/")
     chunks = []
-    for root, folders, files in fs.walk(top):
+    for root, folders, files in fs.walk(top, on_error="raise"):
         hidden = [name for name in folders if name.startswith(".")]
         for name in hidden:
             skipped["hidden"].add(f"{root.rstrip('/')}/{name}/"[len(top) + 1 :])
@@ -450,14 +472,22 @@ def usable_uris(chunk: pa.Array) -> pa.Array:
 
 
 def absolute(chunk: pa.Array, source: Location) -> pa.Array:
-    """A manifest chunk with its relative paths read from the manifest's folder and its
-    ``file://`` URIs as plain paths (only the entries that need it go through Python)."""
+    """A manifest chunk as absolute paths and full URIs (``Location.resolve``): a plain
+    relative path is joined to the manifest's folder in Arrow; only entries with ``.``/``..``
+    parts, doubled slashes or ``file://`` go through Python."""
     remote = pc.and_(pc.match_substring(chunk, "://"), pc.invert(pc.starts_with(chunk, "file://")))
-    fix = pc.invert(pc.or_(pc.starts_with(chunk, "/"), remote))
+    messy = pc.match_substring_regex(chunk, r"(^|/)\.\.?(/|$)|//|^file://")
+    fix = pc.and_(pc.invert(remote), pc.or_(messy, pc.invert(pc.starts_with(chunk, "/"))))
     if not pc.any(fix).as_py():
         return chunk
-    pairs = zip(chunk.to_pylist(), fix.to_pylist(), strict=True)
-    return pa.array([source.resolve(uri) if bad else uri for uri, bad in pairs], pa.string())
+    folder = source.resolve(".")
+    joined = pc.binary_join_element_wise(folder.rstrip("/") + "/", chunk, "")
+    result = pc.if_else(pc.and_(fix, pc.invert(messy)), joined, chunk)
+    untidy = pc.and_(fix, messy)
+    if pc.any(untidy).as_py():
+        tidied = [source.resolve(uri) for uri in chunk.filter(untidy).to_pylist()]
+        result = pc.replace_with_mask(result, untidy, pa.array(tidied, pa.string()))
+    return result
 
 
 def parquet_uri_batches(f, source: Location) -> Iterator[pa.Array]:

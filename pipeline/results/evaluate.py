@@ -22,7 +22,7 @@ from pycocotools.cocoeval import COCOeval
 
 from pipeline.core import rle
 from pipeline.core.errors import UserError
-from pipeline.core.pairing import by_path_end, file_key, shared_key
+from pipeline.core.pairing import by_path_end, file_key
 from pipeline.core.storage import Location, write_file_atomic
 from pipeline.results.dataset import open_run
 
@@ -69,16 +69,18 @@ def match_images(gt: COCO, uris: dict[str, int]) -> dict[int, int]:
     Raises:
         EvalError: a ``file_name`` fits two of the run's images.
     """
-    keys = {file_key(image["file_name"]): image["id"] for image in gt.dataset["images"]}
-    found = by_path_end(keys, uris)
-    shared = shared_key(found)
+    keys: dict[str, list[int]] = {}
+    for image in gt.dataset["images"]:
+        keys.setdefault(file_key(image["file_name"]), []).append(image["id"])
+    pairing = by_path_end(keys, uris)
+    shared = pairing.shared()
     if shared is not None:
         name, fits = shared
         raise EvalError(
             f"the ground truth's file_name {name} fits {len(fits)} images of the run "
             f"({fits[0]}, {fits[1]}); give file_name with its folder (train/a.jpg)"
         )
-    return {keys[key]: uris[uri] for uri, key in found.items()}
+    return {gt_id: uris[uri] for uri, key in pairing.found.items() for gt_id in keys[key]}
 
 
 def detections(source: Location, gt: COCO) -> tuple[list[dict[str, Any]], dict[int, int]]:
