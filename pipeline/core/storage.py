@@ -143,7 +143,9 @@ def printable_path(path: str) -> str:
 
 def undecodable_path(path: str) -> bytes | None:
     """The bytes of the local file that ``printable_path`` named ``path``, when one is there
-    (None for a path that is what it says)."""
+    (None for a path that is what it says). Called only once reading ``path`` failed: a file
+    literally named ``caf\\xe9.png`` (a backslash in its name) beside a Latin-1 ``café.png``
+    would be read in its place; rare enough to leave."""
     if "\\x" not in path:
         return None
     raw = re.sub(rb"\\x([0-9a-fA-F]{2})", lambda m: bytes([int(m[1], 16)]), path.encode())
