@@ -73,6 +73,10 @@ class GeneratorConfig:
     # Fast generator only: crops, of one image or several, per image-encoder batch; 0 picks
     # 8 on CUDA and 1 on the CPU.
     encoder_batch: int = 0
+    # Fast generator only: how the mask decoder's per-prompt work is done (see
+    # pipeline.model.decoder): reassociated (products on the token side, the default) or
+    # shared (only the first block's image side shared; kept for comparison).
+    decoder: str = "reassociated"
     # Fast generator only: torch.compile the image encoder and mask decoder (slow first image).
     compile: bool = False
     # Fast generator only: TensorFloat-32 for float32 matrix products on CUDA (faster, masks
@@ -148,6 +152,7 @@ class JobConfig:
 
 DTYPES = ("float32", "bfloat16", "float16")
 IMPLS = ("fast", "reference")
+DECODERS = ("reassociated", "shared")
 
 
 def load_config(preset: str | None = None, overrides: list[str] | None = None) -> JobConfig:
@@ -209,6 +214,10 @@ def validate(job: JobConfig) -> None:
         (amg.min_mask_region_area >= 0, "amg.min_mask_region_area must be >= 0"),
         (0 < amg.max_mask_area_fraction <= 1, "amg.max_mask_area_fraction must be in (0, 1]"),
         (job.generator.impl in IMPLS, f"generator.impl must be one of {', '.join(IMPLS)}"),
+        (
+            job.generator.decoder in DECODERS,
+            f"generator.decoder must be one of {', '.join(DECODERS)}",
+        ),
         (job.generator.points_per_batch >= 0, "generator.points_per_batch must be >= 0"),
         (job.generator.encoder_batch >= 0, "generator.encoder_batch must be >= 0"),
         (job.image.max_short_side >= 0, "image.max_short_side must be >= 0"),

@@ -1,15 +1,33 @@
-"""SAM 2's mask decoder for many single-point prompts on one image, without repeated work.
+"""SAM 2's mask decoder for many prompts on one image, without repeated work.
 
 sam2's ``MaskDecoder`` copies the image embedding and its positional encoding once per prompt
-and then projects every copy. Until the first two-way block's image-to-token attention
-updates it, the image side is the same for every prompt (when no mask is given as a prompt),
-so here it is computed once: the first block's token-to-image keys and values and its
-image-to-token queries, about a quarter of the decoder's arithmetic at 1024 px. Everything
-after that is sam2's own modules, called as sam2 calls them.
+and then projects every copy. Two cuts, each giving sam2's values to float rounding:
+
+- **The shared image side** (``method="shared"``, and the first block of both methods): until
+  the first two-way block's image-to-token attention updates it, the image is the same for
+  every prompt (no mask prompt), so its keys, values and queries are projected once.
+- **Re-association** (``method="reassociated"``, the default): after that update each prompt
+  has its own (hw × c) image, and projecting it costs (hw × c)·(c × c/2) per projection, four
+  per block. Attention only ever needs those projections multiplied by a handful of token
+  vectors, so the products are taken on the token side instead: token-to-image scores are
+  ``(q_h W_k,h) xᵀ`` and its values ``(A x) W_v,hᵀ``; image-to-token scores are
+  ``x (W_q,hᵀ k_h)`` and its output ``A (v_h W_o,hᵀ)``, with the residual added inside the
+  same product. No image row is projected: about half the multiply-adds per prompt. A bias
+  that adds the same number to every score of a query is dropped (softmax ignores it); a
+  value bias comes out unchanged because each query's weights sum to 1.
+- **Upscaling in token order** (with re-association): each 2×2, stride-2 transposed
+  convolution is one matrix product giving every pixel's four children side by side, the
+  high-resolution features and the LayerNorm are taken in that order, and pixels are put in
+  place only on the final (b, masks, 4h, 4w) logits: no channel-first copies of the upscaled
+  features, one LayerNorm pass instead of sam2's five.
+
+``benchmarks/generator_bench.py`` compares the methods (``--decoder``); the tests hold both
+to sam2's generator.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -27,6 +45,7 @@ def decode(
     multimask: bool,
     iou_threshold: float = 0.0,
     count: int | None = None,
+    method: str = "reassociated",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The masks of ``b`` prompts whose predicted IoU is above ``iou_threshold``.
 
@@ -45,13 +64,17 @@ def decode(
         multimask: the three multimask outputs per prompt (else one, as sam2 picks it).
         iou_threshold: keep masks whose predicted IoU is above this (0 keeps all, as sam2).
         count: only the first ``count`` prompts are real (the rest pad a fixed batch size).
+        method: ``reassociated`` or ``shared`` (see the module docstring).
 
     Returns:
         Low-resolution logits (n, 4h, 4w) and predicted IoUs (n,) of the kept masks, and each
         one's row in the (b * m) flattening of sam2's (b, m) outputs, in that order.
     """
     tokens = output_tokens(decoder, sparse)
-    queries, keys = transformer(decoder.transformer, image_embed + dense[:1], image_pe, tokens)
+    if method not in METHODS:
+        raise ValueError(f"decoder method {method!r} is not one of {sorted(METHODS)}")
+    run_transformer, heads = METHODS[method]
+    queries, keys = run_transformer(decoder.transformer, image_embed + dense[:1], image_pe, tokens)
     first = 1 if decoder.pred_obj_scores else 0
     iou_pred = decoder.iou_prediction_head(queries[:, first, :])
     dynamic = not multimask and decoder.dynamic_multimask_via_stability and not decoder.training
@@ -133,7 +156,7 @@ def attention(attn: Any, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return attn._recombine_heads(F.scaled_dot_product_attention(q, k, v))
 
 
-def heads(
+def shared_heads(
     decoder: Any,
     queries: Tensor,
     keys: Tensor,
@@ -164,3 +187,171 @@ def heads(
     )
     _, c, h, w = upscaled.shape
     return (hyper_in @ upscaled.view(b, c, h * w)).view(b, len(outputs), h, w)
+
+
+def heads_of(linear: Any, heads: int) -> tuple[Tensor, Tensor]:
+    """A projection's weight as (heads, head_dim, in) and bias as (heads, head_dim)."""
+    out_dim, in_dim = linear.weight.shape
+    return linear.weight.view(heads, out_dim // heads, in_dim), linear.bias.view(heads, -1)
+
+
+def token_to_image(attn: Any, q_in: Tensor, image: Tensor, keyed: Tensor) -> Tensor:
+    """``attn(q=q_in, k=keyed, v=image)`` with the products taken on the token side: no image
+    row is projected. ``q_in``: (b, t, c); ``image``, ``keyed``: (b or 1, hw, c).
+
+    The keys' bias adds the same number to every score of a query: softmax ignores it. The
+    values' bias comes out unchanged, as each query's weights sum to 1.
+    """
+    heads = attn.num_heads
+    b, t, _ = q_in.shape
+    wk, _ = heads_of(attn.k_proj, heads)
+    wv, bv = heads_of(attn.v_proj, heads)
+    q = attn.q_proj(q_in).view(b, t, heads, -1).transpose(1, 2)  # (b, H, t, d)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    q_image = torch.einsum("bhtd,hdc->bhtc", q * scale, wk).reshape(b, heads * t, -1)
+    scores = q_image @ keyed.transpose(1, 2)  # (b, H t, hw)
+    weights = scores.softmax(dim=-1)
+    mixed = (weights @ image).view(b, heads, t, -1)  # (b, H, t, c)
+    out = torch.einsum("bhtc,hdc->bthd", mixed, wv) + bv
+    return attn.out_proj(out.reshape(b, t, -1))
+
+
+def image_to_token_update(
+    attn: Any, norm: Any, image: Tensor, keyed: Tensor, k_in: Tensor, v_in: Tensor
+) -> Tensor:
+    """``norm(image + attn(q=keyed, k=k_in, v=v_in))`` with the products taken on the token
+    side: the image's queries are never projected, nor its outputs; the output bias rides in
+    the values (each query's weights over a head's tokens sum to 1).
+
+    ``image``, ``keyed``: (b or 1, hw, c); ``k_in``, ``v_in``: (b, t, c).
+    """
+    heads = attn.num_heads
+    b, t, c = k_in.shape
+    wq, bq = heads_of(attn.q_proj, heads)
+    k = attn.k_proj(k_in).view(b, t, heads, -1).transpose(1, 2)  # (b, H, t, d)
+    v = attn.v_proj(v_in).view(b, t, heads, -1).transpose(1, 2)
+    scale = 1.0 / math.sqrt(k.shape[-1])
+    k = k * scale
+    # scores[b, (h, t), n] = (wq_h^T k_h,t) · keyed[b, n] + bq_h · k_h,t, kept as (H t, hw):
+    # a softmax over 8 tokens is 16 times faster on a middle axis than on the last
+    k_image = torch.einsum("hdc,bhtd->bhtc", wq, k).reshape(b, heads * t, c)
+    k_bias = torch.einsum("hd,bhtd->bht", bq, k).reshape(b, heads * t, 1)
+    scores = torch.baddbmm(k_bias, k_image, keyed.transpose(1, 2))  # (b, H t, hw)
+    weights = scores.view(b, heads, t, -1).softmax(dim=2).view(b, heads * t, -1)
+    wo = attn.out_proj.weight.view(c, heads, -1)  # (c, H, d)
+    v_image = torch.einsum("bhtd,chd->bhtc", v, wo).reshape(b, heads * t, c)
+    v_image = v_image + attn.out_proj.bias / heads
+    updated = torch.baddbmm(image.expand(b, -1, -1), weights.transpose(1, 2), v_image)
+    return norm(updated)
+
+
+def shared_token_to_image(attn: Any, q_in: Tensor, image: Tensor, keyed: Tensor) -> Tensor:
+    """``attn(q=q_in, k=keyed, v=image)`` where the image is one row shared by every prompt:
+    its keys and values are projected once."""
+    b, t, _ = q_in.shape
+    q = attn.q_proj(q_in).reshape(1, b * t, -1)
+    out = attention(attn, q, attn.k_proj(keyed), attn.v_proj(image))
+    return attn.out_proj(out).reshape(b, t, -1)
+
+
+def shared_image_to_token_update(
+    attn: Any, norm: Any, image: Tensor, keyed: Tensor, k_in: Tensor, v_in: Tensor
+) -> Tensor:
+    """``norm(image + attn(q=keyed, k=k_in, v=v_in))`` where the image is one shared row: its
+    queries are projected once; the outputs are taken on the token side."""
+    heads = attn.num_heads
+    b, t, c = k_in.shape
+    q = attn.q_proj(keyed)[0].view(-1, heads, attn.internal_dim // heads)  # (hw, H, d)
+    k = attn.k_proj(k_in).view(b, t, heads, -1)
+    v = attn.v_proj(v_in).view(b, t, heads, -1).transpose(1, 2)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    scores = torch.einsum("nhd,bthd->bhtn", q * scale, k)  # (b, H, t, hw)
+    weights = scores.softmax(dim=2).reshape(b, heads * t, -1).transpose(1, 2)
+    wo = attn.out_proj.weight.view(c, heads, -1)  # (c, H, d)
+    v_image = torch.einsum("bhtd,chd->bhtc", v, wo).reshape(b, heads * t, c)
+    v_image = v_image + attn.out_proj.bias / heads
+    return norm(torch.baddbmm(image.expand(b, -1, -1), weights, v_image))
+
+
+def reassociated_transformer(
+    model: Any, src: Tensor, pe: Tensor, tokens: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``TwoWayTransformer.forward``, re-associated (same values to float rounding): the
+    first block on the shared image, the others on each prompt's image from the token side."""
+    image = src.flatten(2).permute(0, 2, 1)  # (1, hw, c)
+    image_pe = pe.flatten(2).permute(0, 2, 1)
+    queries, keys = tokens, image
+    for index, block in enumerate(model.layers):
+        if block.skip_first_layer_pe:
+            queries = block.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + tokens
+            queries = queries + block.self_attn(q=q, k=q, v=queries)
+        queries = block.norm1(queries)
+        keyed = keys + image_pe
+        shared = index == 0  # the image is still one row for every prompt
+        to_image = shared_token_to_image if shared else token_to_image
+        to_token = shared_image_to_token_update if shared else image_to_token_update
+        attn = block.cross_attn_token_to_image
+        queries = block.norm2(queries + to_image(attn, queries + tokens, keys, keyed))
+        queries = block.norm3(queries + block.mlp(queries))
+        attn = block.cross_attn_image_to_token
+        keys = to_token(attn, block.norm4, keys, keyed, queries + tokens, queries)
+    keyed = keys + image_pe
+    final = token_to_image(model.final_attn_token_to_image, queries + tokens, keys, keyed)
+    return model.norm_final_attn(queries + final), keys
+
+
+def subpixel_weight(conv: Any) -> tuple[Tensor, Tensor]:
+    """A 2×2, stride-2 transposed convolution as a matrix (in, 4 · out) whose columns are
+    (sub-pixel a·2 + c, out channel), and its bias repeated to match."""
+    w = conv.weight  # (in, out, 2, 2)
+    return w.permute(0, 2, 3, 1).reshape(w.shape[0], -1), conv.bias.repeat(4)
+
+
+def token_order_heads(
+    decoder: Any,
+    queries: Tensor,
+    keys: Tensor,
+    shape: torch.Size,
+    high_res: list[Tensor],
+    outputs: range,
+) -> Tensor:
+    """``shared_heads`` with the image kept in token order: each transposed convolution is
+    one matrix product giving every pixel's 2×2 children side by side, the high-resolution
+    features and the LayerNorm taken in that order, and pixels put in place only on the final
+    logits (``outputs``: the mask tokens wanted, as ``shared_heads``)."""
+    first = 1 if decoder.pred_obj_scores else 0
+    _, c, h, w = shape
+    b = queries.shape[0]
+    dc1, ln1, act1, dc2, act2 = decoder.output_upscaling
+    w1, b1 = subpixel_weight(dc1)
+    w2, b2 = subpixel_weight(dc2)
+    c1, c2 = dc1.out_channels, dc2.out_channels
+    up = torch.addmm(b1, keys.reshape(-1, c), w1).view(b, h * w, 4, c1)  # (b, hw, s1, c1)
+    if decoder.use_high_res_features:
+        feat_s0, feat_s1 = high_res
+        f1 = feat_s1.view(c1, h, 2, w, 2).permute(1, 3, 2, 4, 0).reshape(1, h * w, 4, c1)
+        up = up + f1
+    up = act1(F.layer_norm(up, (c1,), ln1.weight, ln1.bias, ln1.eps))
+    up = torch.addmm(b2, up.view(-1, c1), w2).view(b, h * w, 4, 4, c2)  # (b, hw, s1, s2, c2)
+    if decoder.use_high_res_features:
+        f0 = feat_s0.view(c2, h, 2, 2, w, 2, 2).permute(1, 4, 2, 5, 3, 6, 0)
+        up = up + f0.reshape(1, h * w, 4, 4, c2)
+    up = act2(up)
+    mask_tokens = queries[:, first + 1 : first + 1 + decoder.num_mask_tokens, :]
+    hyper_in = torch.stack(
+        [decoder.output_hypernetworks_mlps[i](mask_tokens[:, i, :]) for i in outputs], dim=1
+    )  # (b, m, c2)
+    m = hyper_in.shape[1]
+    logits = up.view(b, h * w * 16, c2) @ hyper_in.transpose(1, 2)  # (b, hw·16, m)
+    # (b, i, j, a1, c1', a2, c2', m) → (b, m, i, a1, a2, j, c1', c2')
+    logits = logits.view(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
+    return logits.reshape(b, m, 4 * h, 4 * w)
+
+
+# Each method's transformer and upscaling (see the module docstring).
+METHODS = {
+    "reassociated": (reassociated_transformer, token_order_heads),
+    "shared": (transformer, shared_heads),
+}

@@ -35,4 +35,5 @@ def make_generator(
         encoder_batch=generator.encoder_batch or (8 if cuda else 1),
         compile=generator.compile,
         tf32=generator.tf32,
+        decoder_method=generator.decoder,
     )

@@ -81,6 +81,7 @@ class FastMaskGenerator:
         encoder_batch: crops, from one image or several, encoded together.
         compile: compile the image encoder and mask decoder with ``torch.compile``.
         tf32: let CUDA float32 matrix products use TensorFloat-32 (faster, less exact).
+        decoder_method: ``reassociated`` or ``shared`` (``pipeline.model.decoder``).
     """
 
     def __init__(
@@ -92,8 +93,15 @@ class FastMaskGenerator:
         encoder_batch: int = 1,
         compile: bool = False,
         tf32: bool = False,
+        decoder_method: str = "reassociated",
     ) -> None:
         from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+        if decoder_method not in decoder.METHODS:
+            raise ValueError(
+                f"generator.decoder={decoder_method!r} is not one of {sorted(decoder.METHODS)}"
+            )
+        self.decoder_method = decoder_method
 
         self.settings = amg
         self.dtype = dtype
@@ -250,11 +258,14 @@ class FastMaskGenerator:
             if self.model.directly_add_no_mem_embed:
                 vision_feats[-1] = vision_feats[-1] + self.model.no_mem_embed
         n = len(crops)
-        sizes = self.predictor._bb_feat_sizes
-        return [
+        # Paired from the lowest resolution up, as sam2's predictor pairs them: a model without
+        # high-resolution features in its decoder has one level, the image embedding.
+        sizes = self.predictor._bb_feat_sizes[::-1]
+        levels = [
             feat.permute(1, 2, 0).reshape(n, -1, *size)
-            for feat, size in zip(vision_feats, sizes, strict=True)
+            for feat, size in zip(vision_feats[::-1], sizes, strict=False)
         ]
+        return levels[::-1]
 
     @torch.inference_mode()
     def image_masks(self, image: np.ndarray, crops: list[Any]) -> ImageMasks:
@@ -401,14 +412,15 @@ class FastMaskGenerator:
             sparse, dense = self.prompt_embeddings(self.padded(coords))
             return self.shared_decoder(
                 model.sam_mask_decoder,
-                features[2],
+                features[-1],
                 model.sam_prompt_encoder.get_dense_pe(),
                 sparse,
                 dense,
-                features[:2],
+                features[:-1],
                 self.settings.multimask_output,
                 self.settings.pred_iou_thresh,
                 n,
+                self.decoder_method,
             )
 
     def padded(self, coords: torch.Tensor) -> torch.Tensor:
@@ -465,13 +477,13 @@ class FastMaskGenerator:
         with autocast(self.device.type, self.dtype):
             sparse, dense = self.prompt_embeddings(coords, mask_input)
             logits, iou, _, _ = model.sam_mask_decoder(
-                image_embeddings=features[2],
+                image_embeddings=features[-1],
                 image_pe=model.sam_prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask,
                 repeat_image=len(coords) > 1,
-                high_res_features=features[:2],
+                high_res_features=features[:-1] or None,
             )
         return logits, iou
 
