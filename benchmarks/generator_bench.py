@@ -55,12 +55,14 @@ from pipeline.synthetic.scenes import make_scene  # noqa: E402
 
 MICRO = str(ROOT / "configs/models/sam2.1_hiera_micro.yaml")
 VARIANTS = {
-    # name: (dtype, compile, tf32)
-    "fast": ("float32", False, False),
-    "fast-tf32": ("float32", False, True),
-    "fast-compile": ("float32", True, False),
-    "fast-bf16": ("bfloat16", False, False),
-    "fast-bf16-compile": ("bfloat16", True, False),
+    # name: (dtype, compile, tf32, decoder method)
+    "fast": ("float32", False, False, "reassociated"),
+    "fast-shared": ("float32", False, False, "shared"),  # the decoder before re-association
+    "fast-tf32": ("float32", False, True, "reassociated"),
+    "fast-compile": ("float32", True, False, "reassociated"),
+    "fast-shared-compile": ("float32", True, False, "shared"),
+    "fast-bf16": ("bfloat16", False, False, "reassociated"),
+    "fast-bf16-compile": ("bfloat16", True, False, "reassociated"),
 }
 
 
@@ -145,7 +147,7 @@ def generator_benchmark(
         outcome for _, outcome in reference.generate_many((None, image) for image in batch)
     ]
     for name in args.variants.split(","):
-        dtype, job.generator.compile, job.generator.tf32 = VARIANTS[name]
+        dtype, job.generator.compile, job.generator.tf32, job.generator.decoder = VARIANTS[name]
         fast = make_generator(model, job.amg, job.generator, dtype, args.device)
         generators[name] = lambda batch, fast=fast: [
             records for _, records in fast.generate_many((None, image) for image in batch)
@@ -177,6 +179,7 @@ def generator_benchmark(
                 "dtype": VARIANTS.get(name, ("float32",))[0],
                 "compile": VARIANTS.get(name, ("float32", False))[1],
                 "tf32": VARIANTS.get(name, ("float32", False, False))[2],
+                "decoder": VARIANTS.get(name, (None, None, None, "sam2"))[3],
                 "failed_images": sum(isinstance(o, BaseException) for o in outputs[name]),
                 "first_error": next(
                     (str(o)[:200] for o in outputs[name] if isinstance(o, BaseException)), None
@@ -211,9 +214,9 @@ def stage_times(model: Any, job: JobConfig, name: str, images: list, device: str
     """Milliseconds per image of each stage for one fast-generator variant."""
     from pipeline.model.fast import FastMaskGenerator
 
-    dtype, compiled, tf32 = VARIANTS[name]
+    dtype, compiled, tf32, method = VARIANTS[name]
     ppb = job.generator.points_per_batch or (256 if device.startswith("cuda") else 32)
-    fast = FastMaskGenerator(model, job.amg, dtype, ppb, 8, compiled, tf32)
+    fast = FastMaskGenerator(model, job.amg, dtype, ppb, 8, compiled, tf32, method)
     features = fast.encode([images[0]])[0][0][2]
     points = torch.rand(ppb, 2, device=device) * model.image_size
     batches = job.amg.points_per_side**2 / ppb

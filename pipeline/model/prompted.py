@@ -1,8 +1,10 @@
 """Masks for prompts the user already has (boxes and clicks): one mask per prompt.
 
 Each image is encoded once (``SAM2ImagePredictor.set_image``) and its prompts are decoded in
-batches of the same shape (box or not, number of clicks), through sam2's own predictor, so a
-prompt's mask and score are what ``SAM2ImagePredictor.predict`` gives for it alone.
+batches of the same shape (box or not, number of clicks): sam2's predictor transforms and
+embeds them, ``pipeline.model.decoder`` decodes them (the image side shared, the per-prompt
+products re-associated), and the predictor upscales the masks, so a prompt's mask and score
+are what ``SAM2ImagePredictor.predict`` gives for it alone, to float rounding.
 ``multimask_output`` follows SAM's advice unless set: three masks for a single click (the one
 with the highest predicted IoU is kept), one for a box or several clicks.
 """
@@ -19,6 +21,7 @@ from sam2.utils.amg import calculate_stability_score
 from pipeline.core import rle
 from pipeline.core.config import AMGConfig
 from pipeline.core.prompt import Prompt
+from pipeline.model import decoder
 from pipeline.model.records import autocast, fill_holes_and_islands, fix_feature_sizes
 
 # A prompt's result: its mask record, or the one-line reason it has none.
@@ -90,22 +93,34 @@ class PromptedGenerator:
         return results
 
     def decode(self, chunk: list, has_box: bool, clicks: int, multimask: bool) -> list:
-        """Masks of prompts of one shape, decoded together."""
+        """Masks of prompts of one shape, decoded together: sam2's predictor's prompt
+        transforms and encoder, then ``pipeline.model.decoder`` (the image side shared, the
+        per-prompt products re-associated), then the predictor's upscaling to the image."""
         coords = labels = boxes = None
         if clicks:
             coords = np.array([p.points for _, p, _ in chunk], dtype=np.float32)
             labels = np.array([p.point_labels for _, p, _ in chunk], dtype=np.int32)
         if has_box:
             boxes = np.array([box for _, _, box in chunk], dtype=np.float32)
-        logits, iou, _ = self.predictor.predict(
-            point_coords=coords,
-            point_labels=labels,
-            box=boxes,
-            multimask_output=multimask,
-            return_logits=True,
+        predictor, model = self.predictor, self.predictor.model
+        _, coords, labels, boxes = predictor._prep_prompts(coords, labels, boxes, None, True)
+        sparse, dense = model.sam_prompt_encoder(
+            points=merged_points(coords, labels, boxes), boxes=None, masks=None
         )
-        logits = logits.reshape(len(chunk), -1, *logits.shape[-2:])
-        iou = iou.reshape(len(chunk), -1)
+        features = predictor._features
+        low_res, iou, _ = decoder.decode(
+            model.sam_mask_decoder,
+            features["image_embed"],
+            model.sam_prompt_encoder.get_dense_pe(),
+            sparse,
+            dense,
+            features["high_res_feats"],
+            multimask,
+        )
+        low_res = low_res.view(len(chunk), -1, *low_res.shape[-2:])
+        logits = predictor._transforms.postprocess_masks(low_res, predictor._orig_hw[-1])
+        logits = logits.float().cpu().numpy()
+        iou = iou.float().view(len(chunk), -1).cpu().numpy()
         best = iou.argmax(axis=1)
         return [
             self.record(logits[i, best[i]], float(iou[i, best[i]]), prompt)
@@ -141,3 +156,18 @@ def clipped_box(box: tuple, width: int, height: int) -> list[float] | None:
     x0, y0 = max(0.0, x), max(0.0, y)
     x1, y1 = min(float(width), x + w), min(float(height), y + h)
     return [x0, y0, x1, y1] if x1 > x0 and y1 > y0 else None
+
+
+def merged_points(
+    coords: torch.Tensor | None, labels: torch.Tensor | None, boxes: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes as two corner points (labels 2 and 3) before the clicks, as sam2's predictor
+    gives them to the prompt encoder."""
+    if boxes is None:
+        return coords, labels
+    corners = boxes.reshape(-1, 2, 2)
+    corner_labels = torch.tensor([[2, 3]], dtype=torch.int, device=boxes.device)
+    corner_labels = corner_labels.repeat(boxes.size(0), 1)
+    if coords is None:
+        return corners, corner_labels
+    return torch.cat([corners, coords], dim=1), torch.cat([corner_labels, labels], dim=1)
