@@ -11,12 +11,18 @@ which=${2:-all}
 bench() { "$py" -u benchmarks/generator_bench.py "$@" --device cpu; }
 tiny=(--arch configs/models/sam2_tiny_synthetic.yaml --checkpoint configs/models/sam2_tiny_synthetic.pt)
 if [ "$which" != random ]; then
-bench generator "${tiny[@]}" --images 16 --size 256 --variants fast,fast-compile \
+# fast-shared: the decoder before re-association (only the first block's image side shared)
+bench generator "${tiny[@]}" --images 16 --size 256 --variants fast,fast-shared,fast-compile \
     --name "sam2-tiny-synthetic default 256px" --out "$out/cpu_tiny_synthetic_256"
+bench stages "${tiny[@]}" --images 8 --size 256 --variants fast-shared,fast \
+    --name "sam2-tiny-synthetic default 256px stages" --out "$out/cpu_tiny_synthetic_stages_256"
 bench generator "${tiny[@]}" --images 4 --size 256 --preset sa1b --rounds 1 \
+    --variants fast-shared,fast \
     --name "sam2-tiny-synthetic SA-1B preset 256px" --out "$out/cpu_tiny_synthetic_sa1b_256"
-bench generator "${tiny[@]}" --images 4 --size 1024 --rounds 1 \
+bench generator "${tiny[@]}" --images 4 --size 1024 --rounds 1 --variants fast-shared,fast \
     --name "sam2-tiny-synthetic default, 1024-px scenes" --out "$out/cpu_tiny_synthetic_1024"
+# the whole command, as a user times it: autolabel run, default generator against sam2's
+"$py" -u benchmarks/cli_bench.py --images 32 --size 256 --out "$out/cpu_cli_256"
 fi
 [ "$which" = trained ] && exit 0
 bench generator --images 16 --size 256 --variants fast,fast-compile \

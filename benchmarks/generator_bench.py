@@ -223,8 +223,8 @@ def stage_times(model: Any, job: JobConfig, name: str, images: list, device: str
     stages = {
         "encode_1": lambda: fast.encode(images[:1]),
         "encode_8_per_image": lambda: fast.encode(images[:8]),
-        "decode_stock": lambda: fast.predict(features, points, job.amg.multimask_output),
-        "decode_fast": lambda: fast.predict_kept(features, points),
+        "decode_stock": lambda: fast.crop.predict(features, points, job.amg.multimask_output),
+        "decode_fast": lambda: fast.crop.predict_kept(features, points),
         "generate": lambda: fast.generate(images[0]),
     }
     ms = {key: best_ms(run, device) for key, run in stages.items()}

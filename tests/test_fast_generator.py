@@ -179,7 +179,7 @@ def test_the_reassociated_decoder_equals_sams_modules_to_float_rounding(micro_mo
     with torch.inference_mode():
         [[(_, _, features)]] = fast.encode([np.array(make_scene(96, 72, 3))])
         points = torch.rand(24, 2, generator=torch.Generator().manual_seed(0)) * 256
-        sparse, dense = fast.prompt_embeddings(points)
+        sparse, dense = fast.crop.prompt_embeddings(points)
         dec = micro_model.sam_mask_decoder
         tokens = decoder.output_tokens(dec, sparse)
         src, pe = features[-1] + dense[:1], micro_model.sam_prompt_encoder.get_dense_pe()

@@ -1,20 +1,20 @@
 """The stock generator's masks, several times faster: ``generator.impl=fast`` (the default).
 
 Same parameters, same steps and the same order as sam2's ``SAM2AutomaticMaskGenerator``
-(followed by ``pipeline.model.reference.MaskGenerator``'s clean-up), with the waste taken out:
+(followed by ``pipeline.model.reference.MaskGenerator``'s clean-up), with the waste taken out.
+The work is layered by granularity:
 
-- every crop of an image (and of the next images, up to ``encoder_batch``) goes through the
-  image encoder in one batch, resized on the device;
-- prompts are decoded in large batches (``points_per_batch``), the image side of the
-  decoder computed once per crop instead of once per prompt (``pipeline.model.decoder``);
-- masks are dropped by predicted IoU at low resolution, before any upsampling; only the
-  survivors are upsampled, in chunks, to compute stability and boxes;
-- everything stays on the device (tensors, not lists of dicts, no deep copies) until the
-  final masks, whose RLE change points are found on the device in one pass;
-- the host work for one image (RLE strings, hole/island clean-up, records) runs in a thread
-  while the device works on the next image.
+- images (here): a stream of images is grouped so that every crop of an image (and of the next
+  images, up to ``encoder_batch``) goes through the image encoder in one batch, resized on the
+  device; each image's crops are decoded, de-duplicated across crops and handed to a host
+  thread (RLE strings, hole/island clean-up, records) while the device works on the next;
+- crops (``pipeline.model.crops``): a crop's point grid → its masks, filtered as sam2 filters
+  them, on the device, full-resolution work only for masks that pass the predicted-IoU filter;
+- prompt batches (``pipeline.model.decoder``): the mask decoder with the image side computed
+  once per crop and the per-prompt products re-associated.
 
-Parity with the stock class is tested in ``tests/test_fast_generator.py`` and measured by
+Per-mask data travels in one container, ``pipeline.model.masks.MaskData``. Parity with the
+stock class is tested in ``tests/test_fast_generator.py`` and measured by
 ``benchmarks/generator_bench.py``.
 """
 
@@ -22,25 +22,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from sam2.utils.amg import (
-    batched_mask_to_box,
-    build_all_layer_point_grids,
-    calculate_stability_score,
-    generate_crop_boxes,
-    is_box_near_crop_edge,
-    uncrop_masks,
-)
+from sam2.utils.amg import build_all_layer_point_grids, generate_crop_boxes, uncrop_masks
 from torchvision.ops.boxes import batched_nms, box_area
 
 from pipeline.core import rle
 from pipeline.core.config import AMGConfig
 from pipeline.model import decoder
+from pipeline.model.crops import UPSAMPLE_CHUNK, CropMasker
+from pipeline.model.masks import MaskData
 from pipeline.model.records import (
     Outcome,
     autocast,
@@ -48,26 +41,6 @@ from pipeline.model.records import (
     mask_records,
     remove_small_regions_and_duplicates,
 )
-
-# Survivors of the predicted-IoU filter upsampled at once (bounds full-resolution memory).
-UPSAMPLE_CHUNK = 64
-
-
-@dataclass
-class ImageMasks:
-    """One image's masks after every device-side filter, before RLE.
-
-    ``masks`` holds each kept mask at its crop's resolution; ``crop_index`` says which of
-    ``crop_boxes`` (XYXY, image frame) it came from. Scores and boxes are per mask.
-    """
-
-    masks: list[torch.Tensor]
-    crop_boxes: list[list[int]]
-    crop_index: torch.Tensor
-    iou_preds: torch.Tensor
-    stability: torch.Tensor
-    points: torch.Tensor
-    boxes: torch.Tensor
 
 
 class FastMaskGenerator:
@@ -101,25 +74,30 @@ class FastMaskGenerator:
             raise ValueError(
                 f"generator.decoder={decoder_method!r} is not one of {sorted(decoder.METHODS)}"
             )
-        self.decoder_method = decoder_method
 
         self.settings = amg
         self.dtype = dtype
         self.model = model
         self.device = next(model.parameters()).device
-        self.points_per_batch = points_per_batch
         self.encoder_batch = encoder_batch
         # The predictor is kept for its transforms and feature sizes, exactly as sam2 uses them.
         self.predictor = SAM2ImagePredictor(model)
         fix_feature_sizes(self.predictor)
-        self.resolution = int(model.image_size)
         self.point_grids = build_all_layer_point_grids(
             amg.points_per_side, amg.crop_n_layers, amg.crop_n_points_downscale_factor
         )
         self.encoder = torch.compile(model.forward_image) if compile else model.forward_image
         # Point prompts share the image side of the decoder; mask prompts (m2m) use sam2's.
-        self.shared_decoder = torch.compile(decoder.decode) if compile else decoder.decode
-        self.pad_batches = compile  # static shapes: no recompilation for the last batch
+        # With compile, batches are padded to one size (static shapes: no recompilation).
+        self.crop = CropMasker(
+            model,
+            amg,
+            dtype,
+            points_per_batch,
+            torch.compile(decoder.decode) if compile else decoder.decode,
+            decoder_method,
+            pad_batches=compile,
+        )
         self.tf32 = tf32
         self.host = ThreadPoolExecutor(1, thread_name_prefix="masks-host")
 
@@ -207,8 +185,9 @@ class FastMaskGenerator:
             outcome = feature_of[id(image)]
             if not isinstance(outcome, BaseException):
                 try:
-                    host = self.to_host(self.image_masks(image, outcome), image.shape[:2])
-                    outcome = self.host.submit(self.host_stage, host)
+                    found = self.image_masks(image, outcome)
+                    host = self.to_host(found, outcome, image.shape[:2])
+                    outcome = self.host.submit(self.host_stage, host, image.shape[:2])
                 except Exception as error:
                     outcome = error
             out.append((key, outcome))
@@ -219,8 +198,9 @@ class FastMaskGenerator:
         """Every crop of every image through the image encoder, ``encoder_batch`` at a time.
 
         Returns:
-            Per image, per crop: ``(crop_box, layer, features)``, ``features`` as sam2's
-            predictor keeps them (``image_embed`` and the two high-resolution levels).
+            Per image, per crop: ``(crop_box, layer, features)``, ``features`` the levels
+            sam2's predictor keeps: the high-resolution ones (none for a model without them in
+            its decoder) and the image embedding, last.
         """
         crops = [
             (index, box, layer)
@@ -268,352 +248,104 @@ class FastMaskGenerator:
         return levels[::-1]
 
     @torch.inference_mode()
-    def image_masks(self, image: np.ndarray, crops: list[Any]) -> ImageMasks:
-        """Decode every crop of one image, filter, de-duplicate; all on the device."""
+    def image_masks(self, image: np.ndarray, crops: list[Any]) -> MaskData:
+        """Decode every crop of one image, de-duplicate across crops; all on the device.
+
+        Returns:
+            The crops' ``MaskData`` columns, plus ``crop_index`` (which of ``crops`` each
+            mask came from).
+        """
         height, width = image.shape[:2]
-        per_crop = [
-            self.crop_masks(features, box, layer, (height, width)) for box, layer, features in crops
-        ]
-        found = ImageMasks(
-            masks=[c["masks"] for c in per_crop],
-            crop_boxes=[box for box, _, _ in crops],
-            crop_index=torch.cat(
-                [torch.full((len(c["iou_preds"]),), i) for i, c in enumerate(per_crop)]
-            ),
-            iou_preds=torch.cat([c["iou_preds"] for c in per_crop]),
-            stability=torch.cat([c["stability"] for c in per_crop]),
-            points=torch.cat([c["points"] for c in per_crop]),
-            boxes=torch.cat([c["boxes"] for c in per_crop]),
-        )
+        per_crop = []
+        for index, (box, layer, features) in enumerate(crops):
+            found = self.crop.masks(features, self.point_grids[layer], box, (height, width))
+            per_crop.append(found.with_columns(crop_index=torch.full((len(found),), index)))
+        found = MaskData.cat(per_crop)
         if len(crops) > 1:  # duplicates between crops: prefer masks from smaller crops
-            crop_boxes = torch.as_tensor(found.crop_boxes, device=self.device)[found.crop_index]
+            crop_boxes = torch.as_tensor([box for box, _, _ in crops], device=self.device)
             keep = batched_nms(
-                found.boxes.float(),
-                1 / box_area(crop_boxes),
-                torch.zeros_like(found.boxes[:, 0]),
+                found["boxes"].float(),
+                1 / box_area(crop_boxes[found["crop_index"]]),
+                torch.zeros_like(found["boxes"][:, 0]),
                 iou_threshold=self.settings.crop_nms_thresh,
             )
-            found = select(found, keep.cpu())
+            found = found.filter(keep)
         return found
 
-    def crop_masks(
-        self, features: list[torch.Tensor], crop_box: list[int], layer: int, orig: tuple[int, int]
-    ) -> dict[str, torch.Tensor]:
-        """One crop: decode its point grid, filter as sam2 does, NMS, back to the image frame."""
-        amg = self.settings
-        x0, y0, x1, y1 = crop_box
-        crop_hw = (y1 - y0, x1 - x0)
-        points_np = self.point_grids[layer] * np.array(crop_hw)[None, ::-1]
-        points = torch.as_tensor(points_np, dtype=torch.float32, device=self.device)
-        low_res, iou_preds, point_of = self.decode_points(features, points, crop_hw)
-        boxes, stability, rows = self.stable_boxes(low_res, crop_box, orig)
-        iou_preds = iou_preds[rows]
-        keep = batched_nms(
-            boxes.float(), iou_preds, torch.zeros_like(boxes[:, 0]), amg.box_nms_thresh
-        )
-        offset = torch.tensor([x0, y0, x0, y0], device=self.device)
-        return {
-            # Only NMS's survivors are upsampled a second time (the same result as the first).
-            "masks": self.binary_masks(low_res[rows[keep]], crop_hw),
-            "boxes": boxes[keep] + offset,
-            "iou_preds": iou_preds[keep],
-            "stability": stability[keep].float(),
-            "points": points[point_of[rows[keep]]] + offset[:2],
-        }
-
-    def upsampled(self, low_res: torch.Tensor, size: tuple[int, int]) -> Iterator[torch.Tensor]:
-        """Full-resolution logits of ``low_res`` (sam2's ``postprocess_masks``), in chunks."""
-        for start in range(0, len(low_res), UPSAMPLE_CHUNK):
-            chunk = low_res[start : start + UPSAMPLE_CHUNK, None].float()
-            yield F.interpolate(chunk, size, mode="bilinear", align_corners=False)[:, 0]
-
-    def binary_masks(self, low_res: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """(n, h, w) boolean masks of ``low_res`` logits at ``size``."""
-        threshold = self.settings.mask_threshold
-        masks = [logits > threshold for logits in self.upsampled(low_res, size)]
-        if not masks:
-            return torch.zeros(0, *size, dtype=torch.bool, device=self.device)
-        return torch.cat(masks)
-
-    def stable_boxes(
-        self, low_res: torch.Tensor, crop_box: list[int], orig: tuple[int, int]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """sam2's stability and crop-edge filters on the decoder's survivors at full
-        resolution, a chunk at a time, keeping no full-resolution mask.
-
-        Returns:
-            The kept masks' XYXY boxes (crop frame), stability scores and rows in ``low_res``.
-        """
-        amg = self.settings
-        x0, y0, x1, y1 = crop_box
-        kept = [
-            (
-                torch.zeros(0, 4, dtype=torch.long, device=self.device),
-                torch.zeros(0, device=self.device),
-                torch.zeros(0, dtype=torch.long, device=self.device),
-            )
-        ]
-        for start, logits in zip(
-            range(0, len(low_res), UPSAMPLE_CHUNK),
-            self.upsampled(low_res, (y1 - y0, x1 - x0)),
-            strict=True,
-        ):
-            rows = torch.arange(start, start + len(logits), device=self.device)
-            stability = calculate_stability_score(
-                logits, amg.mask_threshold, amg.stability_score_offset
-            )
-            masks = logits > amg.mask_threshold
-            if amg.stability_score_thresh > 0:
-                stable = stability >= amg.stability_score_thresh
-                masks, stability, rows = masks[stable], stability[stable], rows[stable]
-            boxes = batched_mask_to_box(masks)
-            inside = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig[1], orig[0]])
-            kept.append((boxes[inside], stability[inside], rows[inside]))
-        boxes, stability, rows = (torch.cat(column) for column in zip(*kept, strict=True))
-        return boxes, stability, rows
-
-    def decode_points(
-        self, features: list[torch.Tensor], points: torch.Tensor, crop_hw: tuple[int, int]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """All of a crop's prompts through the decoder, keeping masks above ``pred_iou_thresh``.
-
-        Returns:
-            Low-resolution logits (n, 256, 256) and predicted IoUs (n,) of the kept masks,
-            and the index of the point each came from, in sam2's order.
-        """
-        scaled = points.clone()  # sam2's transform_coords, op for op
-        scaled[:, 0] = scaled[:, 0] / crop_hw[1]
-        scaled[:, 1] = scaled[:, 1] / crop_hw[0]
-        scaled = scaled * self.resolution
-        per_point = 3 if self.settings.multimask_output else 1
-        kept_logits, kept_iou, kept_point = [], [], []
-        for start in range(0, len(points), self.points_per_batch):
-            batch = scaled[start : start + self.points_per_batch]
-            if self.settings.use_m2m:
-                logits, iou, rows = self.refined(features, batch)
-            else:
-                logits, iou, rows = self.predict_kept(features, batch)
-            kept_logits.append(logits)
-            kept_iou.append(iou.float())
-            kept_point.append(start + torch.div(rows, per_point, rounding_mode="floor"))
-        return torch.cat(kept_logits), torch.cat(kept_iou), torch.cat(kept_point)
-
-    def predict_kept(
-        self, features: list[torch.Tensor], coords: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Decode point prompts with the shared-image decoder, keeping the masks above
-        ``pred_iou_thresh`` (only their prompts are upscaled).
-
-        Returns:
-            Kept logits (n, 256, 256), their IoUs (n,) and rows in sam2's (b * m) order.
-        """
-        model, n = self.model, len(coords)
-        with autocast(self.device.type, self.dtype):
-            sparse, dense = self.prompt_embeddings(self.padded(coords))
-            return self.shared_decoder(
-                model.sam_mask_decoder,
-                features[-1],
-                model.sam_prompt_encoder.get_dense_pe(),
-                sparse,
-                dense,
-                features[:-1],
-                self.settings.multimask_output,
-                self.settings.pred_iou_thresh,
-                n,
-                self.decoder_method,
-            )
-
-    def padded(self, coords: torch.Tensor) -> torch.Tensor:
-        """With ``compile``: the last batch padded to ``points_per_batch`` (static shapes)."""
-        missing = self.points_per_batch - len(coords)
-        if not self.pad_batches or missing <= 0:
-            return coords
-        return torch.cat([coords, coords[-1:].expand(missing, 2)])
-
-    def refined(
-        self, features: list[torch.Tensor], coords: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """sam2's ``use_m2m``: every mask refined by one more single-mask pass with itself as
-        the mask prompt, then the predicted-IoU filter (as ``predict_kept`` returns)."""
-        logits, _ = self.predict(features, coords, self.settings.multimask_output)
-        per_point = logits.shape[1]
-        coords = coords.repeat_interleave(per_point, dim=0)
-        previous = torch.clamp(logits.flatten(0, 1), -32.0, 32.0)[:, None]
-        step = self.points_per_batch
-        refined = [
-            self.predict(features, coords[s : s + step], False, previous[s : s + step])
-            for s in range(0, len(coords), step)
-        ]
-        logits = torch.cat([r[0] for r in refined])[:, 0]
-        iou = torch.cat([r[1] for r in refined])[:, 0]
-        rows = torch.arange(len(iou), device=self.device)
-        if self.settings.pred_iou_thresh > 0:
-            keep = iou > self.settings.pred_iou_thresh
-            logits, iou, rows = logits[keep], iou[keep], rows[keep]
-        return logits, iou, rows
-
-    def prompt_embeddings(
-        self, coords: torch.Tensor, mask_input: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sparse and dense embeddings of one foreground point per prompt (and its mask)."""
-        labels = torch.ones(len(coords), 1, dtype=torch.int, device=self.device)
-        return self.model.sam_prompt_encoder(
-            points=(coords[:, None, :], labels), boxes=None, masks=mask_input
-        )
-
     @torch.inference_mode()
-    def predict(
-        self,
-        features: list[torch.Tensor],
-        coords: torch.Tensor,
-        multimask: bool,
-        mask_input: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """sam2's ``_predict`` through sam2's own decoder: logits (b, m, 256, 256), IoUs (b, m).
-
-        Used where a mask is part of the prompt (``use_m2m``) and by the benchmark.
-        """
-        model = self.model
-        with autocast(self.device.type, self.dtype):
-            sparse, dense = self.prompt_embeddings(coords, mask_input)
-            logits, iou, _, _ = model.sam_mask_decoder(
-                image_embeddings=features[-1],
-                image_pe=model.sam_prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
-                repeat_image=len(coords) > 1,
-                high_res_features=features[:-1] or None,
-            )
-        return logits, iou
-
-    @torch.inference_mode()
-    def to_host(self, found: ImageMasks, image_hw: tuple[int, int]) -> HostMasks:
-        """What the host needs of one image's masks: RLE change points, or the masks themselves
-        when holes and islands must be removed (OpenCV works on the host)."""
-        height, width = image_hw
-        runs: list[list[tuple[np.ndarray, np.ndarray]]] = []
-        full: list[list[np.ndarray]] = []
-        for crop in range(len(found.masks)):
-            chunks = list(self.full_frames(found, crop, image_hw))
-            if self.settings.min_mask_region_area > 0:
-                full.append([mask for chunk in chunks for mask in chunk.cpu().numpy()])
-            else:
-                runs.append([rle.column_changes(chunk) for chunk in chunks])
-        crop_index = found.crop_index.numpy()
-        return HostMasks(
-            height=height,
-            width=width,
-            crop_index=crop_index,
-            iou_preds=found.iou_preds.cpu().numpy(),
-            stability=found.stability.cpu().numpy(),
-            points=found.points.cpu().numpy(),
-            crop_boxes=np.asarray(found.crop_boxes, dtype=np.float64)[crop_index],
-            runs=runs,
-            masks=np.stack(in_order(crop_index, full)) if any(full) else None,
+    def to_host(self, found: MaskData, crops: list[Any], image_hw: tuple[int, int]) -> MaskData:
+        """What the host needs of one image's masks, as NumPy columns: each mask's RLE change
+        points (``first``, ``changes``), or the mask itself (``full``) when holes and islands
+        must be removed (OpenCV works on the host), with its scores and crop box."""
+        crop_index = found["crop_index"].numpy()
+        shapes = self.full_frames(found, crops, crop_index, image_hw)
+        crop_boxes = np.asarray([box for box, _, _ in crops], dtype=np.float64).reshape(-1, 4)
+        return found.to_host("iou_preds", "stability", "points").with_columns(
+            crop_boxes=crop_boxes[crop_index], **shapes
         )
 
     def full_frames(
-        self, found: ImageMasks, crop: int, image_hw: tuple[int, int]
-    ) -> Iterator[torch.Tensor]:
-        """One crop's kept masks, padded to the whole image (sam2's ``uncrop_masks``), in chunks."""
-        for start in range(0, len(found.masks[crop]), UPSAMPLE_CHUNK):
-            chunk = found.masks[crop][start : start + UPSAMPLE_CHUNK]
-            yield uncrop_masks(chunk, found.crop_boxes[crop], *image_hw)
+        self,
+        found: MaskData,
+        crops: list[Any],
+        crop_index: np.ndarray,
+        image_hw: tuple[int, int],
+    ) -> dict[str, list]:
+        """Each mask padded to the whole image (sam2's ``uncrop_masks``), crop by crop in
+        chunks: as change points, or as host arrays (``min_mask_region_area``)."""
+        full = self.settings.min_mask_region_area > 0
+        columns: dict[str, list] = (
+            {"full": [None] * len(found)}
+            if full
+            else {"first": [None] * len(found), "changes": [None] * len(found)}
+        )
+        for crop in np.unique(crop_index):
+            rows = np.flatnonzero(crop_index == crop)
+            for start in range(0, len(rows), UPSAMPLE_CHUNK):
+                chunk = rows[start : start + UPSAMPLE_CHUNK]
+                stack = torch.stack([found["masks"][k] for k in chunk])
+                masks = uncrop_masks(stack, crops[crop][0], *image_hw)
+                if full:
+                    for k, mask in zip(chunk, masks.cpu().numpy(), strict=True):
+                        columns["full"][k] = mask
+                    continue
+                first, changes = rle.column_changes(masks)
+                bounds = np.searchsorted(changes[:, 0], np.arange(len(chunk) + 1))
+                for j, k in enumerate(chunk):
+                    columns["first"][k] = bool(first[j])
+                    columns["changes"][k] = changes[bounds[j] : bounds[j + 1], 1]
+        return columns
 
-    def host_stage(self, host: HostMasks) -> list[dict[str, Any]]:
+    def host_stage(self, host: MaskData, image_hw: tuple[int, int]) -> list[dict[str, Any]]:
         """RLE strings, optional hole/island clean-up and records: host work, in a thread."""
-        if self.settings.min_mask_region_area > 0:
-            masks = host.masks
-            if masks is None:
-                masks = np.zeros((0, host.height, host.width), dtype=bool)
+        height, width = image_hw
+        if "full" in host:
+            masks = np.stack(host["full"]) if len(host) else np.zeros((0, height, width), bool)
             nms = max(self.settings.box_nms_thresh, self.settings.crop_nms_thresh)
             masks, keep = remove_small_regions_and_duplicates(
                 masks, self.settings.min_mask_region_area, nms
             )
-            host = host.select(keep)
+            host = host.filter(np.asarray(keep, dtype=np.int64))
             segmentations = [rle.encode_mask(mask) for mask in masks]
         else:
-            per_crop = [
-                [
-                    r
-                    for first, changes in chunks
-                    for r in rle.from_changes(first, changes, host.height, host.width)
-                ]
-                for chunks in host.runs
+            changes = [
+                np.stack([np.full(len(c), k), c], axis=1).reshape(-1, 2)
+                for k, c in enumerate(host["changes"])
             ]
-            segmentations = in_order(host.crop_index, per_crop)
+            segmentations = rle.from_changes(
+                np.asarray(host["first"], dtype=bool),
+                np.concatenate(changes) if changes else np.zeros((0, 2), np.int64),
+                height,
+                width,
+            )
         return mask_records(
             segmentations,
-            host.iou_preds,
-            host.stability,
-            host.points,
-            host.crop_boxes,
-            self.settings.max_mask_area_fraction * host.height * host.width,
+            host["iou_preds"],
+            host["stability"],
+            host["points"],
+            host["crop_boxes"],
+            self.settings.max_mask_area_fraction * height * width,
         )
-
-
-@dataclass
-class HostMasks:
-    """One image's kept masks on the host: scores per mask, and either the RLE change points
-    per crop (``runs``, chunks as ``rle.column_changes`` returns them) or full-frame masks."""
-
-    height: int
-    width: int
-    crop_index: np.ndarray
-    iou_preds: np.ndarray
-    stability: np.ndarray
-    points: np.ndarray
-    crop_boxes: np.ndarray
-    runs: list[list[tuple[np.ndarray, np.ndarray]]]
-    masks: np.ndarray | None
-
-    def select(self, keep: np.ndarray) -> HostMasks:
-        """The scores of the masks at ``keep``, in that order (masks and runs are dropped)."""
-        return HostMasks(
-            height=self.height,
-            width=self.width,
-            crop_index=self.crop_index[keep],
-            iou_preds=self.iou_preds[keep],
-            stability=self.stability[keep],
-            points=self.points[keep],
-            crop_boxes=self.crop_boxes[keep],
-            runs=[],
-            masks=None,
-        )
-
-
-def in_order(crop_index: np.ndarray, per_crop: list[list[Any]]) -> list[Any]:
-    """Items listed crop by crop → the order of ``crop_index`` (each crop's items in turn)."""
-    cursor = [0] * len(per_crop)
-    ordered = []
-    for crop in crop_index.tolist():
-        ordered.append(per_crop[crop][cursor[crop]])
-        cursor[crop] += 1
-    return ordered
-
-
-def select(found: ImageMasks, keep: torch.Tensor) -> ImageMasks:
-    """The masks at ``keep`` (indices into ``found``), in that order."""
-    keep = keep.to(torch.long).cpu()
-    crop_index = found.crop_index[keep]
-    masks = []
-    for crop, stack in enumerate(found.masks):
-        positions = (found.crop_index == crop).nonzero()[:, 0]
-        local = torch.full((len(found.crop_index),), -1, dtype=torch.long)
-        local[positions] = torch.arange(len(positions))
-        # each crop's stack in the order its masks now appear
-        masks.append(stack[local[keep[crop_index == crop]].to(stack.device)])
-    on_device = keep.to(found.iou_preds.device)
-    return ImageMasks(
-        masks=masks,
-        crop_boxes=found.crop_boxes,
-        crop_index=crop_index,
-        iou_preds=found.iou_preds[on_device],
-        stability=found.stability[on_device],
-        points=found.points[on_device],
-        boxes=found.boxes[on_device],
-    )
 
 
 def settle(key: Any, outcome: Future | BaseException) -> tuple[Any, Outcome]:
