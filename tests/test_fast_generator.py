@@ -125,6 +125,11 @@ def test_job_config_selects_the_implementation(micro_model):
     )
     with pytest.raises(ConfigError, match="generator.impl must be one of fast, reference"):
         load_config(None, ["generator.impl=stock"])
+    job = load_config(None, [*PERMISSIVE, "generator.decoder=shared"])
+    fast = make_generator(micro_model, job.amg, job.generator, "float32", "cpu")
+    assert fast.crop.method == "shared"
+    with pytest.raises(ConfigError, match="generator.decoder must be one of"):
+        load_config(None, ["generator.decoder=fused"])
     job = load_config(None, [*PERMISSIVE, "generator.impl=reference"])
     assert isinstance(
         make_generator(micro_model, job.amg, job.generator, "float32", "cpu"), MaskGenerator
@@ -170,7 +175,8 @@ def test_each_decoder_method_gives_sams_masks_with_and_without_high_res_features
 
 
 def test_the_reassociated_decoder_equals_sams_modules_to_float_rounding(micro_model):
-    """Transformer outputs and mask logits of both methods, 24 click prompts at once."""
+    """The transformer against sam2's TwoWayTransformer (float32, and bfloat16 autocast), the
+    upscaling in token order against sam2's (``shared_heads``), 24 click prompts at once."""
     import torch
 
     from pipeline.model import decoder
@@ -183,17 +189,22 @@ def test_the_reassociated_decoder_equals_sams_modules_to_float_rounding(micro_mo
         dec = micro_model.sam_mask_decoder
         tokens = decoder.output_tokens(dec, sparse)
         src, pe = features[-1] + dense[:1], micro_model.sam_prompt_encoder.get_dense_pe()
-        q0, k0 = decoder.transformer(dec.transformer, src, pe, tokens)
+        # sam2's own TwoWayTransformer, the image repeated for every prompt
+        q0, k0 = dec.transformer(src.expand(len(tokens), -1, -1, -1), pe, tokens)
         q1, k1 = decoder.reassociated_transformer(dec.transformer, src, pe, tokens)
         assert torch.allclose(q0, q1, atol=1e-4) and torch.allclose(k0, k1, atol=1e-4)
+        # bfloat16 autocast: no further from sam2 under autocast than sam2's own rounding
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            q2, _ = dec.transformer(src.expand(len(tokens), -1, -1, -1), pe, tokens)
+            q3, _ = decoder.reassociated_transformer(dec.transformer, src, pe, tokens)
+        sam2_rounding = (q2.float() - q0).abs().max()
+        assert (q3.float() - q0).abs().max() <= 2 * sam2_rounding
         shape, high = features[-1].shape, features[:-1]
         for outputs in (range(0, 1), range(1, 4), range(4)):
             before = decoder.shared_heads(dec, q0, k0, shape, high, outputs)
             after = decoder.token_order_heads(dec, q0, k0, shape, high, outputs)
             assert before.shape == after.shape == (24, len(outputs), 64, 64)
             assert torch.allclose(before, after, atol=1e-3)
-    with pytest.raises(ConfigError, match="generator.decoder must be one of"):
-        load_config(None, ["generator.decoder=fused"])
 
 
 @pytest.mark.parametrize(

@@ -177,7 +177,7 @@ class CropMasker:
     def predict_kept(
         self, features: list[torch.Tensor], coords: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Decode point prompts with the shared-image decoder, keeping the masks above
+        """Decode point prompts with ``decoder.decode`` (``method``), keeping the masks above
         ``pred_iou_thresh`` (only their prompts are upscaled).
 
         Returns:

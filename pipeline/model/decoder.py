@@ -21,12 +21,13 @@ and then projects every copy. Two cuts, each giving sam2's values to float round
   place only on the final (b, masks, 4h, 4w) logits: no channel-first copies of the upscaled
   features, one LayerNorm pass instead of sam2's five.
 
-``benchmarks/generator_bench.py`` compares the methods (``--decoder``); the tests hold both
-to sam2's generator.
+``benchmarks/generator_bench.py`` compares the methods (``--variants fast,fast-shared``); the
+tests hold both to sam2's generator.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -197,7 +198,7 @@ def heads_of(linear: Any, heads: int) -> tuple[Tensor, Tensor]:
 
 def token_to_image(attn: Any, q_in: Tensor, image: Tensor, keyed: Tensor) -> Tensor:
     """``attn(q=q_in, k=keyed, v=image)`` with the products taken on the token side: no image
-    row is projected. ``q_in``: (b, t, c); ``image``, ``keyed``: (b or 1, hw, c).
+    row is projected. ``q_in``: (b, t, c); ``image``, ``keyed``: (b, hw, c).
 
     The keys' bias adds the same number to every score of a query: softmax ignores it. The
     values' bias comes out unchanged, as each query's weights sum to 1.
@@ -209,7 +210,7 @@ def token_to_image(attn: Any, q_in: Tensor, image: Tensor, keyed: Tensor) -> Ten
     q = attn.q_proj(q_in).view(b, t, heads, -1).transpose(1, 2)  # (b, H, t, d)
     scale = 1.0 / math.sqrt(q.shape[-1])
     q_image = torch.einsum("bhtd,hdc->bhtc", q * scale, wk).reshape(b, heads * t, -1)
-    scores = q_image @ keyed.transpose(1, 2)  # (b, H t, hw)
+    scores = exact_product(q_image, keyed.transpose(1, 2))  # (b, H t, hw)
     weights = scores.softmax(dim=-1)
     mixed = (weights @ image).view(b, heads, t, -1)  # (b, H, t, c)
     out = torch.einsum("bhtc,hdc->bthd", mixed, wv) + bv
@@ -223,7 +224,7 @@ def image_to_token_update(
     side: the image's queries are never projected, nor its outputs; the output bias rides in
     the values (each query's weights over a head's tokens sum to 1).
 
-    ``image``, ``keyed``: (b or 1, hw, c); ``k_in``, ``v_in``: (b, t, c).
+    ``image``, ``keyed``: (b, hw, c); ``k_in``, ``v_in``: (b, t, c).
     """
     heads = attn.num_heads
     b, t, c = k_in.shape
@@ -236,13 +237,12 @@ def image_to_token_update(
     # a softmax over 8 tokens is 16 times faster on a middle axis than on the last
     k_image = torch.einsum("hdc,bhtd->bhtc", wq, k).reshape(b, heads * t, c)
     k_bias = torch.einsum("hd,bhtd->bht", bq, k).reshape(b, heads * t, 1)
-    scores = torch.baddbmm(k_bias, k_image, keyed.transpose(1, 2))  # (b, H t, hw)
+    scores = exact_product(k_image, keyed.transpose(1, 2), k_bias)  # (b, H t, hw)
     weights = scores.view(b, heads, t, -1).softmax(dim=2).view(b, heads * t, -1)
     wo = attn.out_proj.weight.view(c, heads, -1)  # (c, H, d)
     v_image = torch.einsum("bhtd,chd->bhtc", v, wo).reshape(b, heads * t, c)
     v_image = v_image + attn.out_proj.bias / heads
-    updated = torch.baddbmm(image.expand(b, -1, -1), weights.transpose(1, 2), v_image)
-    return norm(updated)
+    return norm(plus_product(image, weights.transpose(1, 2), v_image))
 
 
 def shared_token_to_image(attn: Any, q_in: Tensor, image: Tensor, keyed: Tensor) -> Tensor:
@@ -265,12 +265,37 @@ def shared_image_to_token_update(
     k = attn.k_proj(k_in).view(b, t, heads, -1)
     v = attn.v_proj(v_in).view(b, t, heads, -1).transpose(1, 2)
     scale = 1.0 / math.sqrt(q.shape[-1])
-    scores = torch.einsum("nhd,bthd->bhtn", q * scale, k)  # (b, H, t, hw)
+    with exact(q):
+        scores = torch.einsum("nhd,bthd->bhtn", q.float() * scale, k.float())  # (b, H, t, hw)
     weights = scores.softmax(dim=2).reshape(b, heads * t, -1).transpose(1, 2)
     wo = attn.out_proj.weight.view(c, heads, -1)  # (c, H, d)
     v_image = torch.einsum("bhtd,chd->bhtc", v, wo).reshape(b, heads * t, c)
     v_image = v_image + attn.out_proj.bias / heads
-    return norm(torch.baddbmm(image.expand(b, -1, -1), weights, v_image))
+    return norm(plus_product(image, weights, v_image))
+
+
+def exact(tensor: Tensor) -> contextlib.AbstractContextManager:
+    """Autocast off on ``tensor``'s device: attention scores feed a softmax, and sam2's own
+    attention keeps them in float32 (a bfloat16 score of 10 is off by up to 0.04, a 4 %
+    change of its weight)."""
+    return torch.autocast(tensor.device.type, enabled=False)
+
+
+def exact_product(left: Tensor, right: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``bias + left @ right`` in float32 (attention scores; see ``exact``)."""
+    with exact(left):
+        left, right = left.float(), right.float()
+        return left @ right if bias is None else torch.baddbmm(bias.float(), left, right)
+
+
+def plus_product(image: Tensor, weights: Tensor, values: Tensor) -> Tensor:
+    """``image + weights @ values``, the residual added inside the product; under autocast the
+    product is made apart and added in ``image``'s float32, as sam2 adds it (``baddbmm`` would
+    round the image to bfloat16 first)."""
+    b = weights.shape[0]
+    if torch.is_autocast_enabled(image.device.type):
+        return image + torch.bmm(weights, values)
+    return torch.baddbmm(image.expand(b, -1, -1), weights, values)
 
 
 def reassociated_transformer(
