@@ -13,8 +13,8 @@ bench() { timeout "${LIMIT:-300}" python3 -u benchmarks/generator_bench.py "$1" 
     | grep --line-buffered -v -i warn; }
 for step in $steps; do
     case $step in
-    stages) bench stages --images 8 --variants fast,fast-bf16 --out "$out/cuda_hiera_l_stages" ;;
-    default) bench generator --images 12 --variants fast,fast-tf32,fast-bf16 \
+    stages) bench stages --images 8 --variants fast-shared,fast,fast-bf16 --out "$out/cuda_hiera_l_stages" ;;
+    default) bench generator --images 12 --variants fast-shared,fast,fast-tf32,fast-bf16 \
         --name "Hiera-L default" --out "$out/cuda_hiera_l_default" ;;
     nothresh) bench generator --images 4 --rounds 1 --variants fast,fast-bf16 \
         --set amg.pred_iou_thresh=0 amg.stability_score_thresh=0 \

@@ -171,7 +171,6 @@ def shared_heads(
     Returns:
         (b, len(outputs), 4h, 4w) mask logits.
     """
-    first = 1 if decoder.pred_obj_scores else 0
     _, c, h, w = shape
     b = queries.shape[0]
     src = keys.transpose(1, 2).reshape(b, c, h, w)
@@ -182,10 +181,7 @@ def shared_heads(
         upscaled = act2(dc2(upscaled) + feat_s0)
     else:
         upscaled = decoder.output_upscaling(src)
-    mask_tokens = queries[:, first + 1 : first + 1 + decoder.num_mask_tokens, :]
-    hyper_in = torch.stack(
-        [decoder.output_hypernetworks_mlps[i](mask_tokens[:, i, :]) for i in outputs], dim=1
-    )
+    hyper_in = hypernetwork_weights(decoder, queries, outputs)
     _, c, h, w = upscaled.shape
     return (hyper_in @ upscaled.view(b, c, h * w)).view(b, len(outputs), h, w)
 
@@ -327,6 +323,16 @@ def reassociated_transformer(
     return model.norm_final_attn(queries + final), keys
 
 
+def hypernetwork_weights(decoder: Any, queries: Tensor, outputs: range) -> Tensor:
+    """Each wanted mask token through its hypernetwork MLP: (b, len(outputs), c_up), the
+    weights that turn the upscaled features into that mask's logits."""
+    first = 1 if decoder.pred_obj_scores else 0
+    mask_tokens = queries[:, first + 1 : first + 1 + decoder.num_mask_tokens, :]
+    return torch.stack(
+        [decoder.output_hypernetworks_mlps[i](mask_tokens[:, i, :]) for i in outputs], dim=1
+    )
+
+
 def subpixel_weight(conv: Any) -> tuple[Tensor, Tensor]:
     """A 2×2, stride-2 transposed convolution as a matrix (in, 4 · out) whose columns are
     (sub-pixel a·2 + c, out channel), and its bias repeated to match."""
@@ -346,7 +352,6 @@ def token_order_heads(
     one matrix product giving every pixel's 2×2 children side by side, the high-resolution
     features and the LayerNorm taken in that order, and pixels put in place only on the final
     logits (``outputs``: the mask tokens wanted, as ``shared_heads``)."""
-    first = 1 if decoder.pred_obj_scores else 0
     _, c, h, w = shape
     b = queries.shape[0]
     dc1, ln1, act1, dc2, act2 = decoder.output_upscaling
@@ -364,10 +369,7 @@ def token_order_heads(
         f0 = feat_s0.view(c2, h, 2, 2, w, 2, 2).permute(1, 4, 2, 5, 3, 6, 0)
         up = up + f0.reshape(1, h * w, 4, 4, c2)
     up = act2(up)
-    mask_tokens = queries[:, first + 1 : first + 1 + decoder.num_mask_tokens, :]
-    hyper_in = torch.stack(
-        [decoder.output_hypernetworks_mlps[i](mask_tokens[:, i, :]) for i in outputs], dim=1
-    )  # (b, m, c2)
+    hyper_in = hypernetwork_weights(decoder, queries, outputs)  # (b, m, c2)
     m = hyper_in.shape[1]
     logits = up.view(b, h * w * 16, c2) @ hyper_in.transpose(1, 2)  # (b, hw·16, m)
     # (b, i, j, a1, c1', a2, c2', m) → (b, m, i, a1, a2, j, c1', c2')
