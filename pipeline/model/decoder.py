@@ -235,10 +235,24 @@ def image_to_token_update(
     k_bias = torch.einsum("hd,bhtd->bht", bq, k).reshape(b, heads * t, 1)
     scores = exact_product(k_image, keyed.transpose(1, 2), k_bias)  # (b, H t, hw)
     weights = scores.view(b, heads, t, -1).softmax(dim=2).view(b, heads * t, -1)
+    v_image = output_values(attn, v)
+    return norm(plus_product(image, weights.transpose(1, 2), v_image))
+
+
+def output_values(attn: Any, v: Tensor) -> Tensor:
+    """Image-to-token values already through the output projection, ``v_h W_o,hᵀ`` stacked
+    over heads and tokens: (b, H t, c). The output bias rides in them, a share per head: each
+    image query's weights over one head's tokens sum to 1.
+
+    Args:
+        attn: the image-to-token ``Attention``.
+        v: (b, H, t, d) its values, heads apart.
+    """
+    b, heads, t, _ = v.shape
+    c = attn.out_proj.out_features
     wo = attn.out_proj.weight.view(c, heads, -1)  # (c, H, d)
     v_image = torch.einsum("bhtd,chd->bhtc", v, wo).reshape(b, heads * t, c)
-    v_image = v_image + attn.out_proj.bias / heads
-    return norm(plus_product(image, weights.transpose(1, 2), v_image))
+    return v_image + attn.out_proj.bias / heads
 
 
 def shared_token_to_image(attn: Any, q_in: Tensor, image: Tensor, keyed: Tensor) -> Tensor:
@@ -264,9 +278,7 @@ def shared_image_to_token_update(
     with exact(q):
         scores = torch.einsum("nhd,bthd->bhtn", q.float() * scale, k.float())  # (b, H, t, hw)
     weights = scores.softmax(dim=2).reshape(b, heads * t, -1).transpose(1, 2)
-    wo = attn.out_proj.weight.view(c, heads, -1)  # (c, H, d)
-    v_image = torch.einsum("bhtd,chd->bhtc", v, wo).reshape(b, heads * t, c)
-    v_image = v_image + attn.out_proj.bias / heads
+    v_image = output_values(attn, v)
     return norm(plus_product(image, weights, v_image))
 
 
