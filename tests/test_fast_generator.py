@@ -193,6 +193,13 @@ def test_the_reassociated_decoder_equals_sams_modules_to_float_rounding(micro_mo
         q0, k0 = dec.transformer(src.expand(len(tokens), -1, -1, -1), pe, tokens)
         q1, k1 = decoder.reassociated_transformer(dec.transformer, src, pe, tokens)
         assert torch.allclose(q0, q1, atol=1e-4) and torch.allclose(k0, k1, atol=1e-4)
+        # the last attention for some tokens only: theirs, in the order asked
+        needed = [5, 1, 2]
+        for method in decoder.METHODS.values():
+            q4, k4 = method[0](dec.transformer, src, pe, tokens, needed)
+            assert q4.shape == (24, 3, q0.shape[-1])
+            assert torch.allclose(q4, q0[:, needed], atol=1e-4)
+            assert torch.allclose(k4, k0, atol=1e-4)
         # bfloat16 autocast: no further from sam2 under autocast than sam2's own rounding
         with torch.autocast("cpu", dtype=torch.bfloat16):
             q2, _ = dec.transformer(src.expand(len(tokens), -1, -1, -1), pe, tokens)
@@ -200,9 +207,11 @@ def test_the_reassociated_decoder_equals_sams_modules_to_float_rounding(micro_mo
         sam2_rounding = (q2.float() - q0).abs().max()
         assert (q3.float() - q0).abs().max() <= 2 * sam2_rounding
         shape, high = features[-1].shape, features[:-1]
+        first = 1 if dec.pred_obj_scores else 0
         for outputs in (range(0, 1), range(1, 4), range(4)):
-            before = decoder.shared_heads(dec, q0, k0, shape, high, outputs)
-            after = decoder.token_order_heads(dec, q0, k0, shape, high, outputs)
+            mask_queries = q0[:, [first + 1 + i for i in outputs]]
+            before = decoder.shared_heads(dec, mask_queries, k0, shape, high, outputs)
+            after = decoder.token_order_heads(dec, mask_queries, k0, shape, high, outputs)
             assert before.shape == after.shape == (24, len(outputs), 64, 64)
             assert torch.allclose(before, after, atol=1e-3)
 

@@ -75,15 +75,20 @@ def decode(
     if method not in METHODS:
         raise ValueError(f"decoder method {method!r} is not one of {sorted(METHODS)}")
     run_transformer, heads = METHODS[method]
-    queries, keys = run_transformer(decoder.transformer, image_embed + dense[:1], image_pe, tokens)
-    first = 1 if decoder.pred_obj_scores else 0
-    iou_pred = decoder.iou_prediction_head(queries[:, first, :])
     dynamic = not multimask and decoder.dynamic_multimask_via_stability and not decoder.training
-    if dynamic:  # sam2 picks the output by the masks' own stability: every mask is needed
-        every = heads(decoder, queries, keys, image_embed.shape, high_res, range(4))
+    # sam2 picks a single output by the masks' own stability: then every mask is needed
+    outputs = range(0, 4) if dynamic else range(1, 4) if multimask else range(0, 1)
+    first = 1 if decoder.pred_obj_scores else 0
+    needed = [first, *(first + 1 + i for i in outputs)]  # the IoU token, the wanted masks'
+    queries, keys = run_transformer(
+        decoder.transformer, image_embed + dense[:1], image_pe, tokens, needed
+    )
+    iou_pred = decoder.iou_prediction_head(queries[:, 0])
+    mask_queries = queries[:, 1:]  # (b, len(outputs), c)
+    if dynamic:
+        every = heads(decoder, mask_queries, keys, image_embed.shape, high_res, outputs)
         masks, iou = decoder._dynamic_multimask_via_stability(every, iou_pred)
     else:
-        outputs = range(1, 4) if multimask else range(0, 1)
         iou = iou_pred[:, outputs.start : outputs.stop]
     keep = iou > iou_threshold if iou_threshold > 0 else torch.ones_like(iou, dtype=torch.bool)
     if count is not None:
@@ -93,7 +98,7 @@ def decode(
         masks = masks[prompts]
     else:
         masks = heads(
-            decoder, queries[prompts], keys[prompts], image_embed.shape, high_res, outputs
+            decoder, mask_queries[prompts], keys[prompts], image_embed.shape, high_res, outputs
         )
     rows = keep.flatten().nonzero()[:, 0]
     return masks[keep[prompts]], iou.flatten()[rows], rows
@@ -108,13 +113,18 @@ def output_tokens(decoder: Any, sparse: Tensor) -> Tensor:
     return torch.cat((out, sparse), dim=1)
 
 
-def transformer(model: Any, src: Tensor, pe: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-    """``TwoWayTransformer.forward`` with the first block's image side computed once."""
+def transformer(
+    model: Any, src: Tensor, pe: Tensor, tokens: Tensor, needed: list[int] | None = None
+) -> tuple[Tensor, Tensor]:
+    """``TwoWayTransformer.forward`` with the first block's image side computed once; the
+    final queries of the ``needed`` tokens only (all by default), in that order."""
     image = src.flatten(2).permute(0, 2, 1)  # (1, hw, c)
     image_pe = pe.flatten(2).permute(0, 2, 1)
     queries, keys = first_block(model.layers[0], tokens, image, tokens, image_pe)
     for layer in model.layers[1:]:
         queries, keys = layer(queries=queries, keys=keys, query_pe=tokens, key_pe=image_pe)
+    if needed is not None:
+        queries, tokens = queries[:, needed], tokens[:, needed]
     q = queries + tokens
     k = keys + image_pe
     queries = model.norm_final_attn(queries + model.final_attn_token_to_image(q=q, k=k, v=keys))
@@ -159,20 +169,21 @@ def attention(attn: Any, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 def shared_heads(
     decoder: Any,
-    queries: Tensor,
+    mask_queries: Tensor,
     keys: Tensor,
     shape: torch.Size,
     high_res: list[Tensor],
     outputs: range,
 ) -> Tensor:
     """``MaskDecoder.predict_masks`` after the transformer: upscaling and the mask products,
-    for the mask tokens in ``outputs`` (0: single mask, 1-3: multimask).
+    for the mask tokens in ``outputs`` (0: single mask, 1-3: multimask), whose final queries
+    are ``mask_queries`` (b, len(outputs), c).
 
     Returns:
         (b, len(outputs), 4h, 4w) mask logits.
     """
     _, c, h, w = shape
-    b = queries.shape[0]
+    b = mask_queries.shape[0]
     src = keys.transpose(1, 2).reshape(b, c, h, w)
     if decoder.use_high_res_features:
         dc1, ln1, act1, dc2, act2 = decoder.output_upscaling
@@ -181,7 +192,7 @@ def shared_heads(
         upscaled = act2(dc2(upscaled) + feat_s0)
     else:
         upscaled = decoder.output_upscaling(src)
-    hyper_in = hypernetwork_weights(decoder, queries, outputs)
+    hyper_in = hypernetwork_weights(decoder, mask_queries, outputs)
     _, c, h, w = upscaled.shape
     return (hyper_in @ upscaled.view(b, c, h * w)).view(b, len(outputs), h, w)
 
@@ -307,10 +318,22 @@ def plus_product(image: Tensor, weights: Tensor, values: Tensor) -> Tensor:
 
 
 def reassociated_transformer(
-    model: Any, src: Tensor, pe: Tensor, tokens: Tensor
+    model: Any, src: Tensor, pe: Tensor, tokens: Tensor, needed: list[int] | None = None
 ) -> tuple[Tensor, Tensor]:
     """``TwoWayTransformer.forward``, re-associated (same values to float rounding): the
-    first block on the shared image, the others on each prompt's image from the token side."""
+    first block on the shared image, the others on each prompt's image from the token side.
+
+    Args:
+        model: the decoder's ``TwoWayTransformer``.
+        src: (1, c, h, w) the image embedding plus the dense prompt embedding.
+        pe: (1, c, h, w) the image's positional encoding.
+        tokens: (b, t, c) output tokens and prompt embeddings.
+        needed: the tokens whose final queries are wanted (all by default): the last
+            attention runs for them alone (the others' final values feed nothing).
+
+    Returns:
+        Final queries (b, len(needed), c) and each prompt's image (b, hw, c).
+    """
     image = src.flatten(2).permute(0, 2, 1)  # (1, hw, c)
     image_pe = pe.flatten(2).permute(0, 2, 1)
     queries, keys = tokens, image
@@ -331,18 +354,23 @@ def reassociated_transformer(
         attn = block.cross_attn_image_to_token
         keys = to_token(attn, block.norm4, keys, keyed, queries + tokens, queries)
     keyed = keys + image_pe
+    if needed is not None:
+        queries, tokens = queries[:, needed], tokens[:, needed]
     final = token_to_image(model.final_attn_token_to_image, queries + tokens, keys, keyed)
     return model.norm_final_attn(queries + final), keys
 
 
-def hypernetwork_weights(decoder: Any, queries: Tensor, outputs: range) -> Tensor:
+def hypernetwork_weights(decoder: Any, mask_queries: Tensor, outputs: range) -> Tensor:
     """Each wanted mask token through its hypernetwork MLP: (b, len(outputs), c_up), the
-    weights that turn the upscaled features into that mask's logits."""
-    first = 1 if decoder.pred_obj_scores else 0
-    mask_tokens = queries[:, first + 1 : first + 1 + decoder.num_mask_tokens, :]
-    return torch.stack(
-        [decoder.output_hypernetworks_mlps[i](mask_tokens[:, i, :]) for i in outputs], dim=1
-    )
+    weights that turn the upscaled features into that mask's logits.
+
+    Args:
+        decoder: the ``MaskDecoder``.
+        mask_queries: (b, len(outputs), c) the final queries of the mask tokens ``outputs``.
+        outputs: which mask tokens (0: single mask, 1-3: multimask).
+    """
+    mlps = decoder.output_hypernetworks_mlps
+    return torch.stack([mlps[i](mask_queries[:, k]) for k, i in enumerate(outputs)], dim=1)
 
 
 def subpixel_weight(conv: Any) -> tuple[Tensor, Tensor]:
@@ -354,7 +382,7 @@ def subpixel_weight(conv: Any) -> tuple[Tensor, Tensor]:
 
 def token_order_heads(
     decoder: Any,
-    queries: Tensor,
+    mask_queries: Tensor,
     keys: Tensor,
     shape: torch.Size,
     high_res: list[Tensor],
@@ -365,7 +393,7 @@ def token_order_heads(
     features and the LayerNorm taken in that order, and pixels put in place only on the final
     logits (``outputs``: the mask tokens wanted, as ``shared_heads``)."""
     _, c, h, w = shape
-    b = queries.shape[0]
+    b = mask_queries.shape[0]
     dc1, ln1, act1, dc2, act2 = decoder.output_upscaling
     w1, b1 = subpixel_weight(dc1)
     w2, b2 = subpixel_weight(dc2)
@@ -381,7 +409,7 @@ def token_order_heads(
         f0 = feat_s0.view(c2, h, 2, 2, w, 2, 2).permute(1, 4, 2, 5, 3, 6, 0)
         up = up + f0.reshape(1, h * w, 4, 4, c2)
     up = act2(up)
-    hyper_in = hypernetwork_weights(decoder, queries, outputs)  # (b, m, c2)
+    hyper_in = hypernetwork_weights(decoder, mask_queries, outputs)  # (b, m, c2)
     m = hyper_in.shape[1]
     logits = up.view(b, h * w * 16, c2) @ hyper_in.transpose(1, 2)  # (b, hw·16, m)
     # (b, i, j, a1, c1', a2, c2', m) → (b, m, i, a1, a2, j, c1', c2')
