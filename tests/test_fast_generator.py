@@ -216,6 +216,29 @@ def test_the_reassociated_decoder_equals_sams_modules_to_float_rounding(micro_mo
             assert torch.allclose(before, after, atol=1e-3)
 
 
+def test_generator_compile_compiles_the_transformer_and_keeps_its_values(micro_model):
+    """``generator.compile=true`` runs the decoder's transformer under torch.compile: the
+    same kept masks, IoUs to float rounding, for a padded batch of click prompts."""
+    import torch
+
+    from pipeline.model import decoder
+
+    fast = FastMaskGenerator(micro_model, load_config(None, PERMISSIVE).amg)
+    with torch.inference_mode():
+        [[(_, _, features)]] = fast.encode([np.array(make_scene(96, 72, 3))])
+        points = torch.rand(16, 2, generator=torch.Generator().manual_seed(1)) * 256
+        sparse, dense = fast.crop.prompt_embeddings(points)
+        dec = micro_model.sam_mask_decoder
+        args = (dec, features[-1], micro_model.sam_prompt_encoder.get_dense_pe(), sparse, dense)
+        rest = (features[:-1], True, 0.0, 12)
+        eager = decoder.decode(*args, *rest)
+        compiled = decoder.decode(*args, *rest, compiled=True)
+    assert "reassociated" in decoder.COMPILED
+    assert torch.equal(eager[2], compiled[2]) and len(eager[2]) == 12 * 3
+    assert torch.allclose(eager[1], compiled[1], atol=1e-5)
+    assert torch.allclose(eager[0], compiled[0], atol=1e-3)
+
+
 @pytest.mark.parametrize(
     "preset, overrides",
     [

@@ -77,7 +77,8 @@ class GeneratorConfig:
     # pipeline.model.decoder): reassociated (products on the token side, the default) or
     # shared (only the first block's image side shared; kept for comparison).
     decoder: str = "reassociated"
-    # Fast generator only: torch.compile the image encoder and mask decoder (slow first image).
+    # Fast generator only: torch.compile the image encoder and the mask decoder's transformer
+    # (slow first image).
     compile: bool = False
     # Fast generator only: TensorFloat-32 for float32 matrix products on CUDA (faster, masks
     # differ slightly; see the README's performance table).

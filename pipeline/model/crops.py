@@ -34,7 +34,7 @@ class CropMasker:
         amg: generator settings, as sam2 reads them.
         dtype: ``float32``, ``bfloat16`` or ``float16`` (autocast).
         points_per_batch: prompts decoded together.
-        decode: ``pipeline.model.decoder.decode`` (or its compiled form).
+        decode: ``pipeline.model.decoder.decode`` (or it with ``compiled=True``).
         method: the decoder's method (``reassociated`` or ``shared``).
         pad_batches: pad the last batch to ``points_per_batch`` (static shapes, compiled).
     """

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -47,6 +48,7 @@ def decode(
     iou_threshold: float = 0.0,
     count: int | None = None,
     method: str = "reassociated",
+    compiled: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The masks of ``b`` prompts whose predicted IoU is above ``iou_threshold``.
 
@@ -66,6 +68,7 @@ def decode(
         iou_threshold: keep masks whose predicted IoU is above this (0 keeps all, as sam2).
         count: only the first ``count`` prompts are real (the rest pad a fixed batch size).
         method: ``reassociated`` or ``shared`` (see the module docstring).
+        compiled: run the transformer under ``torch.compile`` (``compiled_transformer``).
 
     Returns:
         Low-resolution logits (n, 4h, 4w) and predicted IoUs (n,) of the kept masks, and each
@@ -75,6 +78,8 @@ def decode(
     if method not in METHODS:
         raise ValueError(f"decoder method {method!r} is not one of {sorted(METHODS)}")
     run_transformer, heads = METHODS[method]
+    if compiled:
+        run_transformer = compiled_transformer(method)
     dynamic = not multimask and decoder.dynamic_multimask_via_stability and not decoder.training
     # sam2 picks a single output by the masks' own stability: then every mask is needed
     outputs = range(0, 4) if dynamic else range(1, 4) if multimask else range(0, 1)
@@ -102,6 +107,22 @@ def decode(
         )
     rows = keep.flatten().nonzero()[:, 0]
     return masks[keep[prompts]], iou.flatten()[rows], rows
+
+
+COMPILED: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {}
+
+
+def compiled_transformer(method: str) -> Callable[..., tuple[Tensor, Tensor]]:
+    """``method``'s transformer under ``torch.compile``, made once per process.
+
+    Only the transformer is compiled: it has static shapes when prompt batches are padded to
+    one size, and fusing its elementwise work (positional-encoding adds, LayerNorms, softmax)
+    pays; the rest of ``decode`` keeps a data-dependent number of prompts (those with a mask
+    above the IoU threshold), which would recompile or break the graph.
+    """
+    if method not in COMPILED:
+        COMPILED[method] = torch.compile(METHODS[method][0], dynamic=False)
+    return COMPILED[method]
 
 
 def output_tokens(decoder: Any, sparse: Tensor) -> Tensor:
@@ -398,16 +419,17 @@ def token_order_heads(
     w1, b1 = subpixel_weight(dc1)
     w2, b2 = subpixel_weight(dc2)
     c1, c2 = dc1.out_channels, dc2.out_channels
-    up = torch.addmm(b1, keys.reshape(-1, c), w1).view(b, h * w, 4, c1)  # (b, hw, s1, c1)
+    # Each product's bias and high-resolution features added in one in-place pass (an
+    # addmm would first copy its bias into every row of the output).
+    bias1, bias2 = b1.view(1, 1, 4, c1), b2.view(1, 1, 1, 4, c2)
     if decoder.use_high_res_features:
         feat_s0, feat_s1 = high_res
         f1 = feat_s1.view(c1, h, 2, w, 2).permute(1, 3, 2, 4, 0).reshape(1, h * w, 4, c1)
-        up = up + f1
-    up = act1(F.layer_norm(up, (c1,), ln1.weight, ln1.bias, ln1.eps))
-    up = torch.addmm(b2, up.view(-1, c1), w2).view(b, h * w, 4, 4, c2)  # (b, hw, s1, s2, c2)
-    if decoder.use_high_res_features:
         f0 = feat_s0.view(c2, h, 2, 2, w, 2, 2).permute(1, 4, 2, 5, 3, 6, 0)
-        up = up + f0.reshape(1, h * w, 4, 4, c2)
+        bias1, bias2 = f1 + bias1, f0.reshape(1, h * w, 4, 4, c2) + bias2
+    up = (keys.reshape(-1, c) @ w1).view(b, h * w, 4, c1).add_(bias1)  # (b, hw, s1, c1)
+    up = act1(F.layer_norm(up, (c1,), ln1.weight, ln1.bias, ln1.eps))
+    up = (up.view(-1, c1) @ w2).view(b, h * w, 4, 4, c2).add_(bias2)  # (b, hw, s1, s2, c2)
     up = act2(up)
     hyper_in = hypernetwork_weights(decoder, mask_queries, outputs)  # (b, m, c2)
     m = hyper_in.shape[1]
