@@ -139,8 +139,7 @@ def box_prompts(rng: np.random.Generator, owners: np.ndarray, count: int):
     h, w = owners.shape
     boxes, targets = [], []
     for index in rng.permutation(np.arange(count) % objects):
-        ys, xs = np.nonzero(owners == index)
-        box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
+        box = np.array(mask_box(owners == index), np.float32)
         side = np.array([box[2] - box[0], box[3] - box[1]] * 2, np.float32)
         box += np.clip(rng.normal(0, 0.1 * side), -20, 20)
         boxes.append(np.clip(box, 0, [w, h, w, h]))
@@ -247,11 +246,16 @@ def decode(model, embed, high_res, owners: torch.Tensor, points=None, boxes=None
         points: (N, 2) single positive clicks in the model's input frame, or None.
         boxes: (N, 4) boxes (x0, y0, x1, y1) in the model's input frame, or None.
     """
-    point_input = None
     if points is not None:
+        coords = points[:, None, :]
         labels = torch.ones(points.shape[0], 1, dtype=torch.int, device=points.device)
-        point_input = (points[:, None, :], labels)
-    sparse, dense = model.sam_prompt_encoder(points=point_input, boxes=boxes, masks=None)
+    else:  # as sam2's predictor gives a box: its corners as points labelled 2 and 3
+        coords = boxes.reshape(-1, 2, 2)
+        labels = torch.tensor([[2, 3]], dtype=torch.int, device=boxes.device)
+        labels = labels.expand(boxes.shape[0], -1)
+    # boxes=None: the prompt encoder pads the points with a not-a-point token, as it does
+    # for every prompt sam2's predictor and generators decode
+    sparse, dense = model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
     masks, iou, _, _ = model.sam_mask_decoder.predict_masks(
         image_embeddings=embed[owners],
         image_pe=model.sam_prompt_encoder.get_dense_pe(),
@@ -485,6 +489,51 @@ def point_conditioning(model, scenes: list[Scene], device: str = "cpu") -> dict[
     return {name: float(value) for name, value in zip(names, np.mean(rows, axis=0), strict=True)}
 
 
+@torch.no_grad()
+def box_conditioning(model, scenes: list[Scene], device: str = "cpu") -> dict[str, float]:
+    """On held-out scenes: the mask a box prompt gives, as ``autolabel run --prompts`` takes it
+    (the single-mask output, replaced by the most stable multimask one where sam2 does so).
+
+    ``box_tight`` is the mean IoU with the object of its tight box's mask; ``box_jittered``
+    the same for the box jittered by SAM's rule (``box_prompts``: noise of std 10 % of the
+    side, at most 20 px).
+    """
+    was_training = model.training
+    model.eval()
+    rng = np.random.default_rng(1)
+    decoder = model.sam_mask_decoder
+    scores: dict[str, list[float]] = {"box_tight": [], "box_jittered": []}
+    for scene in scenes:
+        if not scene.masks:
+            continue
+        owners = owner_map(scene)
+        tight = np.array([mask_box(mask) for mask in scene.masks], np.float32)
+        jittered, targets = box_prompts(rng, owners, len(scene.masks))
+        jittered = jittered[np.argsort(targets)]  # one box per object, in the objects' order
+        images = torch.from_numpy(scene.image[None]).to(device)
+        embed, high_res = image_features(model, to_input(images))
+        index = torch.zeros(len(tight), dtype=torch.long, device=device)
+        gts = torch.from_numpy(np.stack(scene.masks)).to(device)
+        size = scene.image.shape[0]
+        for name, boxes in (("box_tight", tight), ("box_jittered", jittered)):
+            prompts = torch.from_numpy(boxes).to(device)
+            masks, iou = decode(model, embed, high_res, index, boxes=prompts)
+            single = masks[:, :1]
+            if decoder.dynamic_multimask_via_stability:
+                single, _ = decoder._dynamic_multimask_via_stability(masks, iou)
+            full = F.interpolate(single, size=(size, size), mode="bilinear", align_corners=False)
+            ious = masks_iou(full[:, 0] > 0, gts)  # (objects, objects)
+            scores[name] += ious.diagonal().tolist()
+    model.train(was_training)
+    return {name: float(np.mean(values)) for name, values in scores.items()}
+
+
+def mask_box(mask: np.ndarray) -> list[float]:
+    """The tight XYXY box of a boolean mask (pixel edges: the last pixel's far side)."""
+    ys, xs = np.nonzero(mask)
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+
+
 def masks_iou(masks: torch.Tensor, gts: torch.Tensor) -> torch.Tensor:
     """(A, h, w) and (B, h, w) boolean masks → (A, B) IoU."""
     a, b = masks.flatten(1).float(), gts.flatten(1).float()
@@ -552,8 +601,10 @@ def train(
     eval_every: int = 100,
     save_every_s: float = 120.0,
     export: str | None = None,
+    init: str | None = None,
 ) -> Path:
-    """Train from scratch (or resume from ``out``) and write checkpoints and a metrics log.
+    """Train from scratch, or from ``init``'s weights (or resume from ``out``), and write
+    checkpoints and a metrics log.
 
     Args:
         out: folder for ``last.pt`` (official layout ``{"model": state_dict}``), ``state.pt``
@@ -570,6 +621,8 @@ def train(
         eval_every: steps between held-out measurements.
         save_every_s: seconds between checkpoints (and one at every held-out measurement).
         export: also write the model here in float16 at every save (a compact copy).
+        init: start from this checkpoint (official layout, e.g. the shipped model's ``.pt``),
+            loaded by sam2's own loader, instead of a fresh initialisation (no q/k init).
     """
     if steps is None and minutes is None:
         raise ValueError("give steps or minutes")
@@ -579,8 +632,8 @@ def train(
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    model = build_model(resolve_model(None, config, None), "cpu").train()
-    if recipe.qk_init_scale:
+    model = build_model(resolve_model(None, config, init), "cpu").train()
+    if recipe.qk_init_scale and init is None:
         init_cross_attention(model, recipe.qk_init_scale, torch.Generator().manual_seed(seed))
     head = InstanceHead(model.sam_mask_decoder.transformer_dim) if recipe.instance_weight else None
     model.to(device)
@@ -590,7 +643,7 @@ def train(
     if minutes is not None and steps is None:
         schedule.decay_from = None
     start = resume(folder, model, head, optimizer, schedule)
-    write_run(folder, recipe, schedule, seed, config, minutes)
+    write_run(folder, recipe, schedule, seed, config, minutes, init)
     held_out = held_out_scenes(recipe.size)
     stream = BatchStream(recipe, seed, start, workers)
     log = (folder / "metrics.jsonl").open("a")
@@ -610,12 +663,13 @@ def train(
             if minutes is not None and plan_decay(
                 schedule, step, elapsed, minutes * 60, step - start
             ):
-                write_run(folder, recipe, schedule, seed, config, minutes)
+                write_run(folder, recipe, schedule, seed, config, minutes, init)
             record = {"step": step, "loss": loss.item(), "lr": schedule.rate(step - 1)}
             record |= {"difficulty": difficulty_at(step - 1, recipe), "seconds": elapsed, **parts}
             last = schedule.steps is not None and step >= schedule.steps
             if step % eval_every == 0 or last:
                 record["held_out"] = point_conditioning(model, held_out, device)
+                record["held_out"] |= box_conditioning(model, held_out, device)
                 print(json.dumps({"step": step, "seconds": round(elapsed), **record["held_out"]}))
             log.write(json.dumps(record) + "\n")
             log.flush()
@@ -643,8 +697,11 @@ def resume(folder: Path, model, head, optimizer, schedule: Schedule) -> int:
     return state["step"]
 
 
-def write_run(folder: Path, recipe: Recipe, schedule: Schedule, seed, config, minutes) -> None:
-    """``run.json``: the recipe and the schedule, enough to replay the run with ``--steps``."""
+def write_run(
+    folder: Path, recipe: Recipe, schedule: Schedule, seed, config, minutes, init=None
+) -> None:
+    """``run.json``: the recipe, the schedule and the starting weights, enough to replay the
+    run with ``--steps`` (and ``--init``)."""
     run = {
         "recipe": asdict(recipe),
         "steps": schedule.steps,
@@ -652,6 +709,7 @@ def write_run(folder: Path, recipe: Recipe, schedule: Schedule, seed, config, mi
         "seed": seed,
         "config": config,
         "minutes": minutes,
+        "init": init,
     }
     (folder / "run.json").write_text(json.dumps(run, indent=2))
 
@@ -695,6 +753,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--save-every", type=float, default=120.0)
     parser.add_argument("--export")
+    parser.add_argument("--init", help="start from this checkpoint (e.g. the shipped model)")
     parser.add_argument("--threads", type=int)
     for field in fields(Recipe):
         parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default))
@@ -716,6 +775,7 @@ def main(argv: list[str] | None = None) -> None:
         eval_every=args.eval_every,
         save_every_s=args.save_every,
         export=args.export,
+        init=args.init,
     )
 
 

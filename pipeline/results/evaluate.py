@@ -112,9 +112,42 @@ def detections(source: Location, gt: COCO) -> tuple[list[dict[str, Any]], dict[i
                 "run_category": row.get("category_id"),
                 "area": row["area"],
                 "bbox": row["bbox"],
+                "source_id": row.get("source_id"),
             }
         )
     return results, matched
+
+
+def prompted_iou(
+    source: Location, gt: COCO, results: list[dict[str, Any]], matched: dict[int, int]
+) -> dict[str, Any] | None:
+    """For a run prompted by this ground truth's own annotations (``--prompts`` with the same
+    COCO file): each prompt's mask against the annotation that prompted it.
+
+    Returns None when no mask's ``source_id`` names an annotation of the ground truth on the
+    same image; else ``prompts`` (the prompts of the matched images), ``masks`` (those with a
+    mask) and ``mean_iou`` (a prompt without a mask counts 0).
+
+    Args:
+        source: the run.
+        gt: the ground truth (``class_agnostic``: annotation ids are kept).
+        results: ``detections``' masks.
+        matched: GT image id → run image id.
+    """
+    by_id = {str(ann_id): ann for ann_id, ann in gt.anns.items()}  # source_id is a string
+    ious = []
+    for result in results:
+        ann = by_id.get(result["source_id"]) if result["source_id"] is not None else None
+        if ann is None or ann["image_id"] != result["image_id"]:
+            continue
+        mask = rle.as_pycocotools(result["segmentation"])
+        ious.append(float(mask_utils.iou([mask], [gt.annToRLE(ann)], [0])[0][0]))
+    if not ious:
+        return None
+    run_ids = set(matched.values())
+    images = open_run(source).images.to_table(columns=["image_id", "num_prompts"]).to_pylist()
+    prompts = sum(row["num_prompts"] or 0 for row in images if row["image_id"] in run_ids)
+    return {"prompts": prompts, "masks": len(ious), "mean_iou": sum(ious) / max(prompts, len(ious))}
 
 
 def coco_metrics(gt: COCO, results: list[dict[str, Any]], image_ids: list[int]) -> dict:
@@ -214,6 +247,9 @@ def evaluate_run(source: Location, gt_path: str, out: str | None = None) -> dict
         "metrics": coco_metrics(gt, results, image_ids),
         "per_category_ap": per_category_ap(gt_path, results, image_ids),
     }
+    prompted = prompted_iou(source, gt, results, matched)
+    if prompted is not None:
+        report["prompted"] = prompted
     if out:
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
@@ -256,6 +292,10 @@ def metrics_table(report: dict[str, Any]):
         table.add_row(name, f"{value:.3f}")
     for name, value in report.get("per_category_ap", {}).items():
         table.add_row(f"AP {name}", f"{value:.3f}")
+    if "prompted" in report:
+        prompted = report["prompted"]
+        label = f"prompts: mean IoU with their annotation ({prompted['prompts']} prompts)"
+        table.add_row(label, f"{prompted['mean_iou']:.3f}")
     return table
 
 
