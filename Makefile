@@ -37,6 +37,11 @@ demo: $(VENV)/.installed
 		model.name=sam2-tiny-synthetic runtime.shard_size=4
 	$(BIN)/autolabel show $(DEMO_OUT) --out $(DEMO_OUT)/overlays --sample 8
 	$(BIN)/autolabel eval $(DEMO_OUT) --gt $(SCENES)/annotations.json --out $(DEMO_OUT)/eval
+	@echo "Labelling the same scenes from boxes: their ground-truth boxes as a COCO detections file."
+	$(BIN)/autolabel run --input $(SCENES)/images --prompts $(SCENES)/annotations.json \
+		--output $(DEMO_OUT)-boxes --overwrite model.name=sam2-tiny-synthetic runtime.shard_size=4
+	$(BIN)/autolabel show $(DEMO_OUT)-boxes --out $(DEMO_OUT)-boxes/overlays --sample 8
+	$(BIN)/autolabel eval $(DEMO_OUT)-boxes --gt $(SCENES)/annotations.json
 
 # The demo run submitted with `ray job submit` to a real two-node Ray cluster started on this
 # machine (head + worker on loopback, token auth), which is stopped afterwards.
@@ -68,4 +73,4 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check pipeline tests training benchmarks docs
 
 clean:
-	rm -rf $(VENV) .cache $(DEMO_OUT)
+	rm -rf $(VENV) .cache $(DEMO_OUT) $(DEMO_OUT)-boxes

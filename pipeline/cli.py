@@ -41,10 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the input has grown: label the images no shard holds into new shards",
     )
     run.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+    add_storage_flag(run)
     run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
     config = commands.add_parser("config", help="print the resolved config as yaml")
     config.add_argument("--config", help="preset name or yaml path")
+    add_storage_flag(config)
     config.add_argument("overrides", nargs="*", metavar="key=value")
 
     filter_ = commands.add_parser(
@@ -127,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--config", help="preset name (default, sa1b) or yaml path to start from")
     tune.add_argument("--sample", type=int, default=4, help="images to try on (default 4)")
     add_server_flags(tune)
+    add_storage_flag(tune)
     tune.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
     synth = commands.add_parser(
@@ -221,6 +224,13 @@ def storage_options(pairs: list[str]) -> dict:
     return options
 
 
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    """A config-taking command's overrides, its ``--storage-option KEY=VALUE`` s first as
+    ``storage.options.KEY=VALUE`` (one setting, spelled as every command spells it)."""
+    storage_options(args.storage_option)  # each must be KEY=VALUE
+    return [f"storage.options.{pair}" for pair in args.storage_option] + args.overrides
+
+
 def locations(args: argparse.Namespace, *uris: str):
     """The command's URIs opened with its ``--storage-option`` s."""
     options = storage_options(args.storage_option)
@@ -257,9 +267,25 @@ def mask_filter_from(args: argparse.Namespace):
     return MaskFilter(**{field.name: getattr(args, field.name) for field in fields(MaskFilter)})
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``key=value`` overrides allowed anywhere among a command's
+    options (``config amg.points_per_side=8 --config sa1b amg.pred_iou_thresh=0.5``):
+    argparse alone rejects an override after an option."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = argv[0] if argv else None
+    sub = commands.choices.get(command) if command else None
+    if sub is None or not any(a.dest == "overrides" for a in sub._actions):
+        return parser.parse_args(argv)
+    args = sub.parse_intermixed_args(argv[1:])
+    args.command = command
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``autolabel`` command; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         return COMMANDS[args.command](args)
     except UserError as error:
@@ -274,7 +300,7 @@ def run_command(args: argparse.Namespace) -> int:
     from pipeline.job.progress import summary_table
     from pipeline.job.runner import execute, failure_reason, plan_run
 
-    job = load_config(args.config, args.overrides)
+    job = load_config(args.config, config_overrides(args))
     source, output = (open_location(uri, job.storage.options) for uri in (args.input, args.output))
     prompts = open_location(args.prompts, job.storage.options) if args.prompts else None
     plan = plan_run(
@@ -337,7 +363,8 @@ def config_command(args: argparse.Namespace) -> int:
 
     from pipeline.core.config import as_dictconfig
 
-    print(OmegaConf.to_yaml(as_dictconfig(load_config(args.config, args.overrides))), end="")
+    job = load_config(args.config, config_overrides(args))
+    print(OmegaConf.to_yaml(as_dictconfig(job)), end="")
     return 0
 
 
@@ -444,9 +471,10 @@ def tune_command(args: argparse.Namespace) -> int:
 
     if args.sample < 1:
         raise ConfigError("--sample must be at least 1")
-    job = load_config(args.config, args.overrides)  # a bad setting fails before the server
+    overrides = config_overrides(args)
+    job = load_config(args.config, overrides)  # a bad setting fails before the server
     source = open_location(args.input, job.storage.options)
-    tuner = Tuner(source, args.config, args.overrides, sample=args.sample)
+    tuner = Tuner(source, args.config, overrides, sample=args.sample)
     serve(tune_app(tuner), args.host, args.port, f"autolabel tune on {len(tuner.uris)} images")
     return 0
 

@@ -97,3 +97,44 @@ def test_cli_input_and_model_errors(tmp_path, image_folder, micro_overrides, arg
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_overrides_go_anywhere_among_the_options():
+    """``key=value`` before, between and after options, as people type them (issue 22)."""
+    from pipeline.cli import parse
+
+    shown = autolabel(
+        "config", "amg.points_per_side=8", "--config", "sa1b", "amg.box_nms_thresh=0.5"
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "points_per_side: 8" in shown.stdout and "box_nms_thresh: 0.5" in shown.stdout
+    assert "crop_n_layers: 2" in shown.stdout  # the preset still applies
+    args = parse(["run", "amg.points_per_side=8", "--input", "in/", "--output", "out/", "a.b=1"])
+    assert (args.command, args.input, args.output) == ("run", "in/", "out/")
+    assert args.overrides == ["amg.points_per_side=8", "a.b=1"]
+    args = parse(["tune", "amg.points_per_side=8", "--input", "in/", "amg.box_nms_thresh=0.5"])
+    assert args.overrides == ["amg.points_per_side=8", "amg.box_nms_thresh=0.5"]
+    wrong = autolabel("config", "--config", "sa1b", "--bogus", "amg.points_per_side=8")
+    assert wrong.returncode == 2 and "unrecognized arguments: --bogus" in wrong.stderr
+
+
+def test_storage_options_have_one_spelling_on_every_command():
+    """``--storage-option KEY=VALUE`` on run, config and tune too, the same setting as
+    ``storage.options.KEY=VALUE`` (issue 22); every command that reads storage lists it."""
+    endpoint = "client_kwargs.endpoint_url=http://127.0.0.1:9"
+    flag = ["--storage-option", endpoint, "--storage-option", "anon=true"]
+    by_flag = autolabel("config", *flag)
+    by_override = autolabel(
+        "config",
+        "storage.options.client_kwargs.endpoint_url=http://127.0.0.1:9",
+        "storage.options.anon=true",
+    )
+    assert by_flag.returncode == 0, by_flag.stderr
+    assert by_flag.stdout == by_override.stdout
+    assert "endpoint_url: http://127.0.0.1:9" in by_flag.stdout
+    bad = autolabel("config", "--storage-option", "anon")
+    assert bad.returncode == 2 and "is not KEY=VALUE" in bad.stderr
+    commands = ("run", "config", "tune", "filter", "stats", "export", "show", "eval", "view")
+    for command in commands:
+        shown = autolabel(command, "--help")
+        assert "--storage-option" in shown.stdout, command

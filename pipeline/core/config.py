@@ -9,6 +9,7 @@ message.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.core.errors import UserError
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs"
+# The presets, model configs and shipped models travel inside the package (``pipeline/configs``,
+# which in the repository links to its top-level ``configs/`` and in a wheel is that folder's
+# copy): a checkout, an editable install, a wheel and the Docker image find them alike.
+CONFIG_DIR = Path(str(resources.files("pipeline") / "configs"))
+PRESET_DIR = CONFIG_DIR
 
 
 class ConfigError(UserError, ValueError):

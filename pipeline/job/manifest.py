@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline.core.config import JobConfig, to_dict
 from pipeline.core.errors import UserError, redact
-from pipeline.model.registry import ModelSpec
+from pipeline.model.registry import SHIPPED_MODELS, ModelSpec
 
 PACKAGES = ("autolabel", "sam2", "torch", "torchvision", "ray", "pycocotools", "pyarrow", "numpy")
 
@@ -43,10 +43,23 @@ def fingerprint(job: JobConfig, model: ModelSpec, prompts: str | None = None) ->
     identity = {section: config[section] for section in FINGERPRINT_SECTIONS}
     identity["runtime"] = {key: config["runtime"][key] for key in FINGERPRINT_RUNTIME}
     identity["generator"] = {key: config["generator"][key] for key in FINGERPRINT_GENERATOR}
-    identity["resolved_model"] = {"config": model.config, "checkpoint": model.checkpoint}
+    identity["resolved_model"] = model_identity(model)
     if prompts is not None:
         identity["prompts"] = prompts
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def model_identity(model: ModelSpec) -> dict[str, Any]:
+    """What names the model in a fingerprint: its config and checkpoint, or, for a model the
+    package ships, its name and the checkpoint's content (where the package is installed,
+    a checkout, a wheel, an image, says nothing about the weights)."""
+    if model.name in SHIPPED_MODELS and model.checkpoint == SHIPPED_MODELS[model.name][1]:
+        digest = hashlib.sha256()
+        with open(model.checkpoint, "rb") as weights:
+            for block in iter(lambda: weights.read(1 << 20), b""):
+                digest.update(block)
+        return {"name": model.name, "checkpoint_sha256": digest.hexdigest()}
+    return {"config": model.config, "checkpoint": model.checkpoint}
 
 
 def new_manifest(

@@ -15,6 +15,7 @@ from typing import Any
 
 import fsspec
 
+from pipeline.core.config import CONFIG_DIR
 from pipeline.core.errors import UserError, one_line, redact
 from pipeline.core.storage import Location, strip_protocol
 
@@ -41,8 +42,9 @@ OFFICIAL_MODELS = {
     name: (config, f"{CHECKPOINT_BASE}/{path}") for name, (config, path) in OFFICIAL_MODELS.items()
 }
 
-# Models trained here and shipped in configs/models/ (yaml + checkpoint in the official layout).
-SHIPPED_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
+# Models trained here and shipped in configs/models/ (yaml + checkpoint in the official layout),
+# which the package carries (``pipeline.core.config.CONFIG_DIR``).
+SHIPPED_DIR = CONFIG_DIR / "models"
 SHIPPED_MODELS: dict[str, tuple[str, str]] = {
     # 256-px SAM 2 trained on synthetic scenes (training/README.md): it knows shapes, not photos.
     "sam2-tiny-synthetic": (
