@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from pipeline.core.config import ConfigError, load_config
 from pipeline.core.errors import UserError, redact
@@ -92,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("run", type=path, help="the run (path or URI)")
     show.add_argument("--out", required=True, type=path, help="folder for the overlay PNGs")
     show.add_argument("--image-id", type=int, action="append", help="an image to draw")
-    show.add_argument("--sample", type=int, help="draw this many random ok images (default 8)")
+    show.add_argument(
+        "--sample", type=at_least(1), help="draw this many random ok images (default 8)"
+    )
     show.add_argument("--seed", type=int, default=0, help="seed of the random sample")
     add_filter_flags(show)
     add_storage_flag(show)
@@ -127,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--input", required=True, type=path, help="folder, glob, fsspec URI or manifest file"
     )
     tune.add_argument("--config", help="preset name (default, sa1b) or yaml path to start from")
-    tune.add_argument("--sample", type=int, default=4, help="images to try on (default 4)")
+    tune.add_argument("--sample", type=at_least(1), default=4, help="images to try on (default 4)")
     add_server_flags(tune)
     add_storage_flag(tune)
     tune.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -135,13 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth = commands.add_parser(
         "synth", help="write synthetic scenes with exact instance masks (COCO JSON)"
     )
-    synth.add_argument("--n", type=int, required=True, help="number of scenes")
+    synth.add_argument("--n", type=at_least(1), required=True, help="number of scenes")
     synth.add_argument("--seed", type=int, default=0, help="dataset seed")
     synth.add_argument(
         "--out", required=True, type=path, help="folder: images/ and annotations.json"
     )
-    synth.add_argument("--size", type=int, default=256, help="image side in pixels")
-    synth.add_argument("--difficulty", type=float, default=1.0, help="0 (easy) to 1 (hard)")
+    synth.add_argument("--size", type=at_least(16), default=256, help="image side in pixels")
+    synth.add_argument("--difficulty", type=fraction, default=1.0, help="0 (easy) to 1 (hard)")
 
     random = commands.add_parser(
         "random-checkpoint",
@@ -153,6 +156,28 @@ def build_parser() -> argparse.ArgumentParser:
     random.add_argument("--out", required=True, type=path, help="where to write the .pt file")
     random.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """An integer argument of at least ``low``: anything else is a usage error (a negative
+    count would silently keep or write nothing)."""
+
+    def parse(value: str) -> int:
+        number = int(value)  # not a number: argparse's "invalid int value"
+        if number < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, not {number}")
+        return number
+
+    parse.__name__ = "int"
+    return parse
+
+
+def fraction(value: str) -> float:
+    """A number from 0 to 1."""
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, not {value}")
+    return number
 
 
 def path(value: str) -> str:
@@ -246,7 +271,7 @@ def add_filter_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-area", type=int, metavar="PIXELS")
     group.add_argument("--min-area-fraction", type=float, metavar="F", help="of the image")
     group.add_argument("--max-area-fraction", type=float, metavar="F", help="of the image")
-    group.add_argument("--top-k", type=int, metavar="K", help="per image, by predicted IoU")
+    group.add_argument("--top-k", type=at_least(1), metavar="K", help="per image, by predicted IoU")
     group.add_argument(
         "--where",
         metavar="EXPR",
@@ -469,8 +494,6 @@ def tune_command(args: argparse.Namespace) -> int:
     from pipeline.web.server import serve, tune_app
     from pipeline.web.tuning import Tuner
 
-    if args.sample < 1:
-        raise ConfigError("--sample must be at least 1")
     overrides = config_overrides(args)
     job = load_config(args.config, overrides)  # a bad setting fails before the server
     source = open_location(args.input, job.storage.options)

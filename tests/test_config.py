@@ -138,3 +138,24 @@ def test_storage_options_have_one_spelling_on_every_command():
     for command in commands:
         shown = autolabel(command, "--help")
         assert "--storage-option" in shown.stdout, command
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["show", "RUN", "--out", "o", "--sample", "-3"], "--sample: must be at least 1, not -3"),
+        (["filter", "RUN", "OUT", "--top-k", "-1"], "--top-k: must be at least 1, not -1"),
+        (["export", "RUN", "--format", "coco", "--out", "o", "--top-k", "0"], "at least 1"),
+        (["synth", "--n", "-2", "--out", "s"], "--n: must be at least 1, not -2"),
+        (["synth", "--n", "2", "--out", "s", "--difficulty", "5"], "must be from 0 to 1, not 5"),
+        (["tune", "--input", "in", "--sample", "0"], "--sample: must be at least 1, not 0"),
+        (["synth", "--n", "two", "--out", "s"], "invalid int value: 'two'"),
+    ],
+)
+def test_out_of_range_flags_are_usage_errors(args, message):
+    """Counts and fractions out of range end in argparse's usage error (exit 2), never a
+    traceback or a command that silently keeps or writes nothing (issue 22)."""
+    result = autolabel(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
