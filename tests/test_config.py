@@ -66,6 +66,21 @@ def test_cli_rejects_bad_key_before_loading_anything(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.fixture()
+def web_folder(tmp_path):
+    """An HTTP server on loopback over an empty folder (every file is a 404)."""
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "web").mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=tmp_path / "web")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -77,14 +92,31 @@ def test_cli_rejects_bad_key_before_loading_anything(tmp_path):
             "checkpoint not found: /no/such.pt",
         ),
         (["--input", "{images}", "model.name=sam3-huge"], "unknown model.name 'sam3-huge'"),
+        (  # offline, or a host that refuses: said so, with the way out (issue 22)
+            ["--input", "{images}", "model.checkpoint=http://127.0.0.1:9/sam2.pt"],
+            "cannot reach checkpoint http://127.0.0.1:9/sam2.pt (Cannot connect to host",
+        ),
+        (
+            ["--input", "{images}", "model.checkpoint=http://127.0.0.1:9/sam2.pt"],
+            "give model.checkpoint=PATH",
+        ),
+        (  # a server that answers 404 is a missing file
+            ["--input", "{images}", "model.checkpoint={http}/missing.pt"],
+            "checkpoint not found: http://127.0.0.1:",
+        ),
     ],
 )
-def test_cli_input_and_model_errors(tmp_path, image_folder, micro_overrides, args, message):
+def test_cli_input_and_model_errors(
+    tmp_path, image_folder, micro_overrides, web_folder, args, message
+):
     (tmp_path / "empty").mkdir()
     (tmp_path / "list.parquet").write_bytes(b"PAR1 this is not parquet")
     args = [
         a.format(
-            empty=tmp_path / "empty", images=image_folder, bad_manifest=tmp_path / "list.parquet"
+            empty=tmp_path / "empty",
+            images=image_folder,
+            bad_manifest=tmp_path / "list.parquet",
+            http=web_folder,
         )
         for a in args
     ]

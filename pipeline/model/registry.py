@@ -136,8 +136,32 @@ def check_checkpoint(checkpoint: Location) -> None:
         found = checkpoint.exists()
     except Exception as error:  # any filesystem error means "cannot read it"
         raise ModelError(f"cannot read checkpoint {checkpoint}: {one_line(error)}") from error
+    if not found and checkpoint.uri.startswith(("http://", "https://")):
+        unreachable = reach_error(checkpoint)
+        if unreachable:
+            raise ModelError(
+                f"cannot reach checkpoint {checkpoint} ({unreachable}); fetch it where there is "
+                "a network and give model.checkpoint=PATH (a local path or a bucket URI)"
+            )
     if not found:
         raise ModelError(f"checkpoint not found: {checkpoint}")
+
+
+def reach_error(checkpoint: Location) -> str | None:
+    """Why a web checkpoint that ``exists()`` calls missing could not be asked for (fsspec's
+    HTTP filesystem answers False for a host it cannot reach too); None when the server
+    answered that it has no such file."""
+    import aiohttp
+
+    try:
+        checkpoint.fs.info(checkpoint.path)
+    except Exception as error:  # fsspec wraps a failed connection in FileNotFoundError
+        cause = error.__cause__ or error
+        if isinstance(cause, aiohttp.ClientConnectionError | OSError) and not isinstance(
+            cause, FileNotFoundError
+        ):  # offline, DNS, refused, TLS: the server never answered
+            return one_line(cause)
+    return None
 
 
 def check_weights(spec: ModelSpec, checkpoint: Location) -> None:
