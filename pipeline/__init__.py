@@ -10,6 +10,9 @@ The package in wings; imports flow one way (``tests/test_architecture.py`` check
 - ``results``: after the run (dataset API, filters, stats, export, overlays, eval). Imports
   ``core``.
 - ``synthetic``: procedural scenes with exact masks. Imports ``core``.
+- ``web``: the local pages of ``autolabel view`` (browse a run, pick filter thresholds) and
+  ``autolabel tune`` (try generator settings). Imports ``core``, ``model``, ``job`` and
+  ``results``.
 - ``cli``: the ``autolabel`` command; imports any wing, and nothing imports it.
 
 ``pipeline.dataset`` is the public API for reading runs (``open_run``, ``decode_mask``).

@@ -275,8 +275,11 @@ def add_filter_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--where",
         metavar="EXPR",
+        # every column of results.filters.WHERE_COLUMNS (tests/test_config.py holds them
+        # equal; importing it here would load pyarrow for every command's --help)
         help="Python-syntax predicate over image_id, mask_index, area, predicted_iou, "
-        "stability_score, e.g. 'predicted_iou * stability_score > 0.85'",
+        "stability_score, box_iou, category_id, source_score (the last three in prompted "
+        "runs), e.g. 'predicted_iou * stability_score > 0.85'",
     )
 
 

@@ -191,3 +191,10 @@ def test_out_of_range_flags_are_usage_errors(args, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_where_help_lists_every_column_it_accepts():
+    from pipeline.results.filters import WHERE_COLUMNS
+
+    shown = " ".join(autolabel("filter", "--help").stdout.split())
+    assert all(column in shown for column in WHERE_COLUMNS)
