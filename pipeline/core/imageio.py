@@ -73,6 +73,8 @@ def decode_image(data: bytes, max_short_side: int = 0, max_pixels: int = 0) -> D
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageReadError(f"too many pixels: {error}") from error
+    except Image.UnidentifiedImageError as error:  # its text names an in-memory buffer
+        raise ImageReadError("cannot decode image: not an image format Pillow reads") from error
     except Exception as error:
         raise ImageReadError(f"cannot decode image: {one_line(error)}") from error
     original_width, original_height = rgb.size
