@@ -123,6 +123,32 @@ def test_bad_where_expressions_are_clear_errors():
         parse_where("__import__('os').system('true')")
     with pytest.raises(FilterError):
         parse_where("area >")
+    # not conditions: a number, a column as a boolean, arithmetic without a comparison
+    for text, reason in (
+        ("1", "is not a condition; give a condition"),
+        ("not area", "'invert' has no kernel"),
+        ("area + 1", "it gives int64, not true or false"),
+        ("1/0", "it gives double, not true or false"),
+    ):
+        with pytest.raises(FilterError, match=reason) as raised:
+            parse_where(text)
+        assert "\n" not in str(raised.value)
+
+
+def test_where_divides_as_python_does_and_a_zero_keeps_the_command_alive(finished_run, tmp_path):
+    """``/`` is float division: a row meeting a zero gives inf or nan, not an Arrow error
+    that ends the command (issue 22)."""
+    rows = open_run(str(finished_run)).masks.to_table().to_pylist()
+    source = Location(str(finished_run))
+    half = int(np.median([r["area"] for r in rows])) / 2
+    for name, where, keeps in (
+        ("half", f"area / 2 > {half}", lambda r: r["area"] / 2 > half),
+        ("zero", "area / (area - area) > 3", lambda r: r["area"] > 0),  # x / 0 = inf
+    ):
+        filter_run(source, Location(str(tmp_path / name)), MaskFilter(where=where))
+        kept = open_run(str(tmp_path / name)).masks.to_table().num_rows
+        assert kept == sum(keeps(r) for r in rows), name
+    assert 0 < sum(r["area"] / 2 > half for r in rows) < len(rows)
 
 
 def test_filter_from_local_to_s3(finished_run, s3):

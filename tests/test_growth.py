@@ -87,3 +87,17 @@ def test_repeats_across_listing_chunks_are_dropped():
     listing = sorted_listing(uris, chunk=2)
     assert [r.uri for r in listing.refs()] == ["a", "b", "c", "d"]
     assert listing.digest == sorted_listing(pa.array(["d", "c", "b", "a"])).digest
+
+
+@pytest.mark.slow
+def test_the_summary_counts_the_nodes_of_this_run(image_folder, tmp_path, micro_overrides):
+    """A resumed run's earlier shards were written by another Ray start (other node ids) on
+    the same machine: the summary counts this run's nodes, not 2 (issue 22)."""
+    output = tmp_path / "out"
+    args = ["run", "--input", str(image_folder), "--output", str(output), "--no-progress"]
+    first = autolabel(*args, *micro_overrides, "runtime.shard_size=4")
+    assert first.returncode == 0, first.stderr
+    make_scene(60, 40, seed=300).save(image_folder / "later.png")
+    grown = autolabel(*args, "--append", *micro_overrides, "runtime.shard_size=4")
+    assert grown.returncode == 0, grown.stderr
+    assert "1 Ray node(s) wrote this run's shards" in grown.stdout, grown.stdout

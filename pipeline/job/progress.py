@@ -45,7 +45,7 @@ def summary_table(summary: Any) -> Table:
         ("this run", f"{summary.images_this_run} images in {summary.seconds:.1f} s"),
         ("throughput", f"{rate:.2f} images/s, {mask_rate:.1f} masks/s"),
         ("shards", f"{summary.shards_done} done, {summary.shards_skipped} already committed"),
-        ("nodes", f"{summary.nodes} Ray node(s) wrote shards"),
+        ("nodes", f"{summary.nodes} Ray node(s) wrote this run's shards"),
     ]
     if summary.prompts:
         found = summary.prompts

@@ -592,7 +592,10 @@ def finish_manifest(plan: RunPlan, summary: RunSummary, layout: RunLayout) -> No
             f"the store is unreachable, so the run's manifest was not written "
             f"({one_line(error)}); committed shards are safe: rerun the same command"
         ) from error
-    summary.nodes = len({marker.get("node") for marker in markers.values()})
+    # Ray node ids are per cluster start: count the nodes of this run's shards only (a resumed
+    # run's earlier shards were written by nodes of another start, maybe the same machines)
+    todo = {shard.name for shard in plan.todo}
+    summary.nodes = len({m.get("node") for name, m in markers.items() if name in todo})
     reasons: Counter = Counter()
     for marker in markers.values():
         summary.images += marker["images"]

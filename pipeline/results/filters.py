@@ -156,11 +156,18 @@ COMPARISONS = {
     ast.Eq: lambda a, b: a == b,
     ast.NotEq: lambda a, b: a != b,
 }
+def true_divide(left: Any, right: Any) -> ds.Expression:
+    """``/`` as Python means it on numbers: in floating point, where ``x / 0`` is inf or nan
+    (a mask row, not the command, meets a zero); Arrow's integer division would fail."""
+    as_float = [as_expression(side).cast(pa.float64()) for side in (left, right)]
+    return pc.divide(*as_float)
+
+
 ARITHMETIC = {
     ast.Add: pc.add,
     ast.Sub: pc.subtract,
     ast.Mult: pc.multiply,
-    ast.Div: pc.divide,
+    ast.Div: true_divide,
 }
 
 
@@ -177,7 +184,31 @@ def parse_where(text: str) -> ds.Expression:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as error:
         raise FilterError(f"--where {text!r}: {error.msg}") from error
-    return to_expression(tree.body, text)
+    expression = to_expression(tree.body, text)
+    check_condition(expression, text)
+    return expression
+
+
+def check_condition(expression: Any, text: str) -> None:
+    """Refuse an expression that is not a true/false condition on a mask row (a bare number,
+    ``not area``, ``area + 1``): tried on one row of the mask columns' own types.
+
+    Raises:
+        FilterError: one line, with an example of a condition.
+    """
+    fix = "give a condition on the mask columns, e.g. 'area > 100'"
+    if not isinstance(expression, ds.Expression):
+        raise FilterError(f"--where {text!r} is not a condition; {fix}")
+    row = pa.table(
+        {name: pa.array([1], MASK_SCHEMA.field(name).type) for name in WHERE_COLUMNS}
+    )
+    try:
+        ds.dataset(row).to_table(filter=expression)
+    except (pa.ArrowException, TypeError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0]
+        if "evaluates to " in reason:  # Arrow spells the whole expression out before it
+            reason = f"it gives {reason.rsplit('evaluates to ', 1)[1]}, not true or false"
+        raise FilterError(f"--where {text!r} is not a condition ({reason}); {fix}") from error
 
 
 def to_expression(node: ast.AST, text: str) -> Any:
