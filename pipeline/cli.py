@@ -256,6 +256,32 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
     return [f"storage.options.{pair}" for pair in args.storage_option] + args.overrides
 
 
+def writable_as(flag: str, uri: str | None, kind: str, options: dict | None = None) -> None:
+    """Refuse an output that exists as the other kind (a file where a folder is written, a
+    folder where a file is), before any work: one line, not a traceback at the end.
+
+    Args:
+        flag: the option's name, for the message (``--out``).
+        uri: the output as given (None: no output asked for).
+        kind: ``folder`` or ``file``.
+        options: storage options to open it with.
+    """
+    if uri is None:
+        return
+    where = open_location(uri, options or {})
+    try:
+        is_folder = where.fs.isdir(where.path)
+        is_file = not is_folder and where.fs.isfile(where.path)
+    except Exception:  # unreachable storage: the command's own access says why
+        return
+    if kind == "folder" and is_file:
+        raise UserError(f"{flag} {uri} is a file; give a folder (it is created if missing)")
+    if kind == "file" and is_folder:
+        raise UserError(
+            f"{flag} {uri} is a folder; give a file path, e.g. {uri.rstrip('/')}/coco.json"
+        )
+
+
 def locations(args: argparse.Namespace, *uris: str):
     """The command's URIs opened with its ``--storage-option`` s."""
     options = storage_options(args.storage_option)
@@ -329,6 +355,7 @@ def run_command(args: argparse.Namespace) -> int:
     from pipeline.job.runner import execute, failure_reason, plan_run
 
     job = load_config(args.config, config_overrides(args))
+    writable_as("--output", args.output, "folder", job.storage.options)
     source, output = (open_location(uri, job.storage.options) for uri in (args.input, args.output))
     prompts = open_location(args.prompts, job.storage.options) if args.prompts else None
     plan = plan_run(
@@ -409,6 +436,7 @@ def filter_command(args: argparse.Namespace) -> int:
     """``autolabel filter``: a new run with only the kept masks."""
     from pipeline.results.filters import filter_run
 
+    writable_as("OUT", args.out, "folder", storage_options(args.storage_option))
     source, out = locations(args, args.run, args.out)
     counts = filter_run(
         source,
@@ -431,6 +459,7 @@ def stats_command(args: argparse.Namespace) -> int:
 
     from pipeline.results.stats import run_stats, stats_table
 
+    writable_as("--out", args.out, "folder", storage_options(args.storage_option))
     stats = run_stats(*locations(args, args.run), args.out, pool=shard_pool(args))
     say_state(stats.state_note)
     Console().print(stats_table(stats, f"autolabel stats: {args.run}"))
@@ -444,6 +473,8 @@ def export_command(args: argparse.Namespace) -> int:
     from pipeline.results.export import export_coco, export_sa1b
 
     exporter = export_coco if args.format == "coco" else export_sa1b
+    kind = "file" if args.format == "coco" else "folder"
+    writable_as("--out", args.out, kind, storage_options(args.storage_option))
     counts = exporter(
         *locations(args, args.run, args.out),
         mask_filter_from(args),
@@ -459,6 +490,7 @@ def show_command(args: argparse.Namespace) -> int:
     from pipeline.results.dataset import open_run
     from pipeline.results.overlays import show
 
+    writable_as("--out", args.out, "folder", storage_options(args.storage_option))
     [run] = locations(args, args.run)
     say_state(open_run(run).state_note())
     paths = show(run, args.out, args.image_id, args.sample, args.seed, mask_filter_from(args))
@@ -472,6 +504,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
     from pipeline.results.evaluate import evaluate_run, metrics_caption, metrics_table
 
+    writable_as("--out", args.out, "folder", storage_options(args.storage_option))
     report = evaluate_run(*locations(args, args.run), args.gt, args.out)
     Console().print(metrics_table(report))
     print(metrics_caption(report))

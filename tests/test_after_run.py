@@ -338,3 +338,29 @@ def test_stats_of_a_run_without_masks(tmp_path):
     assert "masks 0" in result.stdout
     document = json.loads((tmp_path / "stats" / "stats.json").read_text())
     assert document["masks"] == 0 and document["images"]["ok"] == 4
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["export", "{run}", "--format", "coco", "--out", "{folder}"], "is a folder; give a file"),
+        (["export", "{run}", "--format", "sa1b", "--out", "{file}"], "is a file; give a folder"),
+        (["stats", "{run}", "--out", "{file}"], "--out {file} is a file; give a folder"),
+        (["show", "{run}", "--out", "{file}", "--sample", "1"], "is a file; give a folder"),
+        (["eval", "{run}", "--gt", "{file}", "--out", "{file}"], "is a file; give a folder"),
+        (["filter", "{run}", "{file}"], "OUT {file} is a file; give a folder"),
+        (["run", "--input", "{folder}", "--output", "{file}"], "--output {file} is a file"),
+    ],
+)
+def test_an_output_of_the_wrong_kind_is_refused_first(finished_run, tmp_path, args, message):
+    """A file where a folder is written (or a folder where a file is) ends in one line before
+    any work, and is left as it was (issue 22)."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("mine")
+    names = {"run": finished_run, "folder": tmp_path / "folder", "file": tmp_path / "file"}
+    result = autolabel(*(a.format(**names) for a in args))
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert message.format(**names) in line
+    assert (tmp_path / "file").read_text() == "mine"
+    assert list((tmp_path / "folder").iterdir()) == []
