@@ -174,6 +174,17 @@ def test_each_decoder_method_gives_sams_masks_with_and_without_high_res_features
         assert_same_masks(model, single, sizes=((96, 72),), decoder_method=method)
 
 
+def click_prompts(model, count: int, seed: int):
+    """A scene's features and ``count`` random click prompts' embeddings (under inference
+    mode): ``(features, sparse, dense)``."""
+    import torch
+
+    fast = FastMaskGenerator(model, load_config(None, PERMISSIVE).amg)
+    [[(_, _, features)]] = fast.encode([np.array(make_scene(96, 72, 3))])
+    points = torch.rand(count, 2, generator=torch.Generator().manual_seed(seed)) * 256
+    return (features, *fast.crop.prompt_embeddings(points))
+
+
 def test_the_reassociated_decoder_equals_sams_modules_to_float_rounding(micro_model):
     """The transformer against sam2's TwoWayTransformer (float32, and bfloat16 autocast), the
     upscaling in token order against sam2's (``shared_heads``), 24 click prompts at once."""
@@ -181,11 +192,8 @@ def test_the_reassociated_decoder_equals_sams_modules_to_float_rounding(micro_mo
 
     from pipeline.model import decoder
 
-    fast = FastMaskGenerator(micro_model, load_config(None, PERMISSIVE).amg)
     with torch.inference_mode():
-        [[(_, _, features)]] = fast.encode([np.array(make_scene(96, 72, 3))])
-        points = torch.rand(24, 2, generator=torch.Generator().manual_seed(0)) * 256
-        sparse, dense = fast.crop.prompt_embeddings(points)
+        features, sparse, dense = click_prompts(micro_model, 24, seed=0)
         dec = micro_model.sam_mask_decoder
         tokens = decoder.output_tokens(dec, sparse)
         src, pe = features[-1] + dense[:1], micro_model.sam_prompt_encoder.get_dense_pe()
@@ -223,11 +231,8 @@ def test_generator_compile_compiles_the_transformer_and_keeps_its_values(micro_m
 
     from pipeline.model import decoder
 
-    fast = FastMaskGenerator(micro_model, load_config(None, PERMISSIVE).amg)
     with torch.inference_mode():
-        [[(_, _, features)]] = fast.encode([np.array(make_scene(96, 72, 3))])
-        points = torch.rand(16, 2, generator=torch.Generator().manual_seed(1)) * 256
-        sparse, dense = fast.crop.prompt_embeddings(points)
+        features, sparse, dense = click_prompts(micro_model, 16, seed=1)
         dec = micro_model.sam_mask_decoder
         args = (dec, features[-1], micro_model.sam_prompt_encoder.get_dense_pe(), sparse, dense)
         rest = (features[:-1], True, 0.0, 12)
