@@ -251,9 +251,21 @@ def storage_options(pairs: list[str]) -> dict:
 
 def config_overrides(args: argparse.Namespace) -> list[str]:
     """A config-taking command's overrides, its ``--storage-option KEY=VALUE`` s first as
-    ``storage.options.KEY=VALUE`` (one setting, spelled as every command spells it)."""
-    storage_options(args.storage_option)  # each must be KEY=VALUE
-    return [f"storage.options.{pair}" for pair in args.storage_option] + args.overrides
+    ``storage.options.KEY=VALUE`` (one setting, spelled as every command spells it). Values
+    are read as the other commands read them (JSON, else a string: ``0123`` stays a string)
+    and handed to the config as JSON, which its YAML reading keeps as they are."""
+    import json
+
+    def dotted(tree: dict, prefix: str) -> list[str]:
+        items = []
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                items += dotted(value, f"{prefix}{key}.")
+            else:
+                items.append(f"{prefix}{key}={json.dumps(value)}")
+        return items
+
+    return dotted(storage_options(args.storage_option), "storage.options.") + args.overrides
 
 
 def writable_as(flag: str, uri: str | None, kind: str, options: dict | None = None) -> None:
@@ -293,10 +305,10 @@ def add_filter_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("mask filters (all bounds inclusive)")
     group.add_argument("--min-predicted-iou", type=float, metavar="X")
     group.add_argument("--min-stability-score", type=float, metavar="X")
-    group.add_argument("--min-area", type=int, metavar="PIXELS")
-    group.add_argument("--max-area", type=int, metavar="PIXELS")
-    group.add_argument("--min-area-fraction", type=float, metavar="F", help="of the image")
-    group.add_argument("--max-area-fraction", type=float, metavar="F", help="of the image")
+    group.add_argument("--min-area", type=at_least(0), metavar="PIXELS")
+    group.add_argument("--max-area", type=at_least(0), metavar="PIXELS")
+    group.add_argument("--min-area-fraction", type=fraction, metavar="F", help="of the image")
+    group.add_argument("--max-area-fraction", type=fraction, metavar="F", help="of the image")
     group.add_argument("--top-k", type=at_least(1), metavar="K", help="per image, by predicted IoU")
     group.add_argument(
         "--where",

@@ -164,6 +164,9 @@ def test_storage_options_have_one_spelling_on_every_command():
     assert by_flag.returncode == 0, by_flag.stderr
     assert by_flag.stdout == by_override.stdout
     assert "endpoint_url: http://127.0.0.1:9" in by_flag.stdout
+    # values read as every other command reads them (JSON, else a string), not as YAML
+    kept = autolabel("config", "--storage-option", "region=0123", "--storage-option", "n=[1,2]")
+    assert "region: '0123'" in kept.stdout and "- 1" in kept.stdout, kept.stdout
     bad = autolabel("config", "--storage-option", "anon")
     assert bad.returncode == 2 and "is not KEY=VALUE" in bad.stderr
     commands = ("run", "config", "tune", "filter", "stats", "export", "show", "eval", "view")
@@ -177,6 +180,8 @@ def test_storage_options_have_one_spelling_on_every_command():
     [
         (["show", "RUN", "--out", "o", "--sample", "-3"], "--sample: must be at least 1, not -3"),
         (["filter", "RUN", "OUT", "--top-k", "-1"], "--top-k: must be at least 1, not -1"),
+        (["filter", "RUN", "OUT", "--max-area-fraction", "-1"], "must be from 0 to 1, not -1"),
+        (["filter", "RUN", "OUT", "--max-area", "-5"], "--max-area: must be at least 0"),
         (["export", "RUN", "--format", "coco", "--out", "o", "--top-k", "0"], "at least 1"),
         (["synth", "--n", "-2", "--out", "s"], "--n: must be at least 1, not -2"),
         (["synth", "--n", "2", "--out", "s", "--difficulty", "5"], "must be from 0 to 1, not 5"),

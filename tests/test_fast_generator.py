@@ -175,8 +175,8 @@ def test_each_decoder_method_gives_sams_masks_with_and_without_high_res_features
 
 
 def click_prompts(model, count: int, seed: int):
-    """A scene's features and ``count`` random click prompts' embeddings (under inference
-    mode): ``(features, sparse, dense)``."""
+    """A scene's features and ``count`` random click prompts' embeddings:
+    ``(features, sparse, dense)`` (call it under ``torch.inference_mode``)."""
     import torch
 
     fast = FastMaskGenerator(model, load_config(None, PERMISSIVE).amg)
@@ -235,11 +235,12 @@ def test_generator_compile_compiles_the_transformer_and_keeps_its_values(micro_m
         features, sparse, dense = click_prompts(micro_model, 16, seed=1)
         dec = micro_model.sam_mask_decoder
         args = (dec, features[-1], micro_model.sam_prompt_encoder.get_dense_pe(), sparse, dense)
-        rest = (features[:-1], True, 0.0, 12)
+        every = decoder.decode(*args, features[:-1], True, 0.0, 12)[1]
+        rest = (features[:-1], True, float(every.median()), 12)  # drops about half
         eager = decoder.decode(*args, *rest)
         compiled = decoder.decode(*args, *rest, compiled=True)
     assert "reassociated" in decoder.COMPILED
-    assert torch.equal(eager[2], compiled[2]) and len(eager[2]) == 12 * 3
+    assert torch.equal(eager[2], compiled[2]) and 0 < len(eager[2]) < 12 * 3
     assert torch.allclose(eager[1], compiled[1], atol=1e-5)
     assert torch.allclose(eager[0], compiled[0], atol=1e-3)
 

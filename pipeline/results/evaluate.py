@@ -113,23 +113,23 @@ def detections(source: Location, gt: COCO) -> tuple[list[dict[str, Any]], dict[i
                 "area": row["area"],
                 "bbox": row["bbox"],
                 "source_id": row.get("source_id"),
+                "prompt_box": row.get("prompt_box"),
             }
         )
     return results, matched
 
 
-def prompted_iou(
-    source: Location, gt: COCO, results: list[dict[str, Any]], matched: dict[int, int]
-) -> dict[str, Any] | None:
+def prompted_iou(gt: COCO, results: list[dict[str, Any]], matched: dict[int, int]) -> dict | None:
     """For a run prompted by this ground truth's own annotations (``--prompts`` with the same
     COCO file): each prompt's mask against the annotation that prompted it.
 
-    Returns None when no mask's ``source_id`` names an annotation of the ground truth on the
-    same image; else ``prompts`` (the prompts of the matched images), ``masks`` (those with a
-    mask) and ``mean_iou`` (a prompt without a mask counts 0).
+    A mask is that annotation's when its ``source_id`` is the annotation's id, on the same
+    image, and its prompt box is the annotation's box (ids alone could come from another
+    file). Returns None when no mask is; else ``prompts`` (the annotations of the matched
+    images), ``masks`` (those with their mask) and ``mean_iou`` (an annotation without a
+    mask counts 0).
 
     Args:
-        source: the run.
         gt: the ground truth (``class_agnostic``: annotation ids are kept).
         results: ``detections``' masks.
         matched: GT image id → run image id.
@@ -140,13 +140,14 @@ def prompted_iou(
         ann = by_id.get(result["source_id"]) if result["source_id"] is not None else None
         if ann is None or ann["image_id"] != result["image_id"]:
             continue
+        box = result["prompt_box"]
+        if box is None or np.abs(np.subtract(box, ann["bbox"])).max() > 1.0:
+            continue
         mask = rle.as_pycocotools(result["segmentation"])
         ious.append(float(mask_utils.iou([mask], [gt.annToRLE(ann)], [0])[0][0]))
     if not ious:
         return None
-    run_ids = set(matched.values())
-    images = open_run(source).images.to_table(columns=["image_id", "num_prompts"]).to_pylist()
-    prompts = sum(row["num_prompts"] or 0 for row in images if row["image_id"] in run_ids)
+    prompts = len(gt.getAnnIds(imgIds=list(matched)))
     return {"prompts": prompts, "masks": len(ious), "mean_iou": sum(ious) / max(prompts, len(ious))}
 
 
@@ -247,7 +248,7 @@ def evaluate_run(source: Location, gt_path: str, out: str | None = None) -> dict
         "metrics": coco_metrics(gt, results, image_ids),
         "per_category_ap": per_category_ap(gt_path, results, image_ids),
     }
-    prompted = prompted_iou(source, gt, results, matched)
+    prompted = prompted_iou(gt, results, matched)
     if prompted is not None:
         report["prompted"] = prompted
     if out:

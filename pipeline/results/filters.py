@@ -156,6 +156,8 @@ COMPARISONS = {
     ast.Eq: lambda a, b: a == b,
     ast.NotEq: lambda a, b: a != b,
 }
+
+
 def true_divide(left: Any, right: Any) -> ds.Expression:
     """``/`` as Python means it on numbers: in floating point, where ``x / 0`` is inf or nan
     (a mask row, not the command, meets a zero); Arrow's integer division would fail."""
@@ -199,9 +201,7 @@ def check_condition(expression: Any, text: str) -> None:
     fix = "give a condition on the mask columns, e.g. 'area > 100'"
     if not isinstance(expression, ds.Expression):
         raise FilterError(f"--where {text!r} is not a condition; {fix}")
-    row = pa.table(
-        {name: pa.array([1], MASK_SCHEMA.field(name).type) for name in WHERE_COLUMNS}
-    )
+    row = pa.table({name: pa.array([1], MASK_SCHEMA.field(name).type) for name in WHERE_COLUMNS})
     try:
         ds.dataset(row).to_table(filter=expression)
     except (pa.ArrowException, TypeError, ValueError) as error:
