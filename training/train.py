@@ -43,6 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.model.prompted import merged_points
 from pipeline.model.registry import build_model, resolve_model
 from pipeline.synthetic.scenes import Scene, make_scene
 
@@ -246,15 +247,13 @@ def decode(model, embed, high_res, owners: torch.Tensor, points=None, boxes=None
         points: (N, 2) single positive clicks in the model's input frame, or None.
         boxes: (N, 4) boxes (x0, y0, x1, y1) in the model's input frame, or None.
     """
+    coords = labels = None
     if points is not None:
         coords = points[:, None, :]
         labels = torch.ones(points.shape[0], 1, dtype=torch.int, device=points.device)
-    else:  # as sam2's predictor gives a box: its corners as points labelled 2 and 3
-        coords = boxes.reshape(-1, 2, 2)
-        labels = torch.tensor([[2, 3]], dtype=torch.int, device=boxes.device)
-        labels = labels.expand(boxes.shape[0], -1)
-    # boxes=None: the prompt encoder pads the points with a not-a-point token, as it does
-    # for every prompt sam2's predictor and generators decode
+    # boxes as run --prompts gives them (corner points labelled 2 and 3); boxes=None below:
+    # the prompt encoder pads the points with a not-a-point token, as sam2's predictor does
+    coords, labels = merged_points(coords, labels, boxes)
     sparse, dense = model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
     masks, iou, _, _ = model.sam_mask_decoder.predict_masks(
         image_embeddings=embed[owners],
