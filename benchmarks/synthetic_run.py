@@ -93,7 +93,12 @@ def shard_tables(
 
 
 def write_synthetic_run(
-    out: str, images: int, masks_per_image: int = 10, shard_size: int = 1000, seed: int = 0
+    out: str,
+    images: int,
+    masks_per_image: int = 10,
+    shard_size: int = 1000,
+    seed: int = 0,
+    scenes: Path = SCENES,
 ) -> dict[str, int]:
     """Write a run of ``images`` images with about ``masks_per_image`` masks each.
 
@@ -103,6 +108,8 @@ def write_synthetic_run(
         masks_per_image: the mean of each image's mask count (Poisson).
         shard_size: images per shard.
         seed: makes the run reproducible.
+        scenes: the folder of PNGs the image rows point at, in turn (default: the shipped
+            sample scenes).
 
     Returns:
         The run's counts (images, masks, shards).
@@ -112,7 +119,7 @@ def write_synthetic_run(
         mask_pool(256, rng),
         schema=pa.schema([MASK_SCHEMA.field(n) for n in ("segmentation", "area", "bbox")]),
     )
-    uris = [str(path) for path in sorted(SCENES.glob("*.png"))]
+    uris = [str(path) for path in sorted(Path(scenes).glob("*.png"))]
     layout = RunLayout(Location(out))
     counts = {"images": 0, "masks": 0, "shards": 0}
     for number, first in enumerate(range(0, images, shard_size)):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Callable
 
 from pipeline.core.config import ConfigError, load_config
-from pipeline.core.errors import UserError, redact
+from pipeline.core.errors import OperationError, UserError, one_line, redact
 from pipeline.core.storage import open_location
 
 
@@ -145,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("--size", type=at_least(16), default=256, help="image side in pixels")
     synth.add_argument("--difficulty", type=fraction, default=1.0, help="0 (easy) to 1 (hard)")
+    add_storage_flag(synth)
 
     random = commands.add_parser(
         "random-checkpoint",
@@ -158,14 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def at_least(low: int) -> Callable[[str], int]:
-    """An integer argument of at least ``low``: anything else is a usage error (a negative
-    count would silently keep or write nothing)."""
+def at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An integer argument of at least ``low`` (and at most ``high``): anything else is a
+    usage error (a negative count would silently keep or write nothing)."""
 
     def parse(value: str) -> int:
         number = int(value)  # not a number: argparse's "invalid int value"
         if number < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, not {number}")
+        if high is not None and number > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, not {number}")
         return number
 
     parse.__name__ = "int"
@@ -224,7 +229,9 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: loopback only)"
     )
-    parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    parser.add_argument(
+        "--port", type=at_least(0, 65535), default=0, help="port (default: 0, a free one)"
+    )
 
 
 def storage_options(pairs: list[str]) -> dict:
@@ -292,6 +299,18 @@ def writable_as(flag: str, uri: str | None, kind: str, options: dict | None = No
         raise UserError(
             f"{flag} {uri} is a folder; give a file path, e.g. {uri.rstrip('/')}/coco.json"
         )
+    if where.is_local:
+        writable_here(flag, uri, where.path)
+
+
+def writable_here(flag: str, uri: str, path: str) -> None:
+    """Refuse a local output this user may not write (a read-only folder), before any work."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    folder = existing if os.path.isdir(existing) else os.path.dirname(existing)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OperationError(f"{flag} {uri}: cannot write in {folder} (permission denied)")
 
 
 def locations(args: argparse.Namespace, *uris: str):
@@ -349,14 +368,42 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, ``kill``), handled as Ctrl-C is."""
+
+
+def terminate(signum: int, frame) -> None:
+    """The SIGTERM handler: unwind as Ctrl-C does, so every ``finally`` runs."""
+    raise Terminated
+
+
+INTERRUPTED = {
+    "run": "interrupted; rerun the same command to resume (finished shards are kept)",
+    "filter": "interrupted; rerun the same command to finish (finished shards are kept)",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``autolabel`` command; returns the exit code."""
+    """Entry point of the ``autolabel`` command; returns the exit code: 0 done, 1 failed,
+    2 a usage error, 130 Ctrl-C, 143 SIGTERM. Every error is one line on stderr (set
+    ``AUTOLABEL_TRACEBACK=1`` to see the traceback of an unexpected one)."""
     args = parse(argv)
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         return COMMANDS[args.command](args)
     except UserError as error:
         print(f"autolabel: error: {redact(str(error))}", file=sys.stderr)
-        return 2
+        return error.exit_code
+    except KeyboardInterrupt as stop:
+        print(f"autolabel: {INTERRUPTED.get(args.command, 'interrupted')}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
+    except OSError as error:  # a folder it may not write, a full disk, a lost mount
+        if os.environ.get("AUTOLABEL_TRACEBACK"):
+            raise
+        print(f"autolabel: error: {one_line(error)}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -505,9 +552,11 @@ def show_command(args: argparse.Namespace) -> int:
     writable_as("--out", args.out, "folder", storage_options(args.storage_option))
     [run] = locations(args, args.run)
     say_state(open_run(run).state_note())
-    paths = show(run, args.out, args.image_id, args.sample, args.seed, mask_filter_from(args))
-    print(f"wrote {len(paths)} overlays to {args.out}")
-    return 0
+    done = show(run, args.out, args.image_id, args.sample, args.seed, mask_filter_from(args))
+    for uri, reason in done.failed.items():
+        print(f"not drawn: {uri}: {reason}", file=sys.stderr)
+    print(f"wrote {len(done.written)} overlays to {args.out}")
+    return 1 if done.failed and not done.written else 0
 
 
 def eval_command(args: argparse.Namespace) -> int:
@@ -554,7 +603,9 @@ def synth_command(args: argparse.Namespace) -> int:
     """``autolabel synth``: synthetic scenes and their ground truth."""
     from pipeline.synthetic.scenes import write_dataset
 
-    counts = write_dataset(args.out, args.n, args.seed, args.size, args.difficulty)
+    options = storage_options(args.storage_option)
+    writable_as("--out", args.out, "folder", options)
+    counts = write_dataset(args.out, args.n, args.seed, args.size, args.difficulty, options)
     print(f"wrote {counts['images']} scenes with {counts['annotations']} instances to {args.out}")
     return 0
 

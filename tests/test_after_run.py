@@ -230,7 +230,9 @@ def test_stats_writes_json_and_plots(finished_run, tmp_path):
 def test_show_writes_overlays(finished_run, tmp_path):
     run = open_run(str(finished_run))
     image = run.images.to_table(filter=ds.field("status") == "ok").to_pylist()[0]
-    [path] = show(Location(str(finished_run)), str(tmp_path / "ov"), image_ids=[image["image_id"]])
+    [path] = show(
+        Location(str(finished_run)), str(tmp_path / "ov"), image_ids=[image["image_id"]]
+    ).written
     overlay = np.array(Image.open(path))
     original = np.array(Image.open(image["image_uri"]).convert("RGB"))
     assert overlay.shape == original.shape
@@ -238,7 +240,7 @@ def test_show_writes_overlays(finished_run, tmp_path):
     for row in run.image_masks(image["image_id"]):
         covered |= decode_mask(row).astype(bool)
     assert (overlay[covered] != original[covered]).any(axis=1).mean() > 0.5
-    assert len(show(Location(str(finished_run)), str(tmp_path / "sample"), sample=4)) == 4
+    assert len(show(Location(str(finished_run)), str(tmp_path / "sample"), sample=4).written) == 4
 
 
 def test_notebook_runs_against_a_run(finished_run):
@@ -291,6 +293,40 @@ def test_after_run_commands_take_storage_options_instead_of_the_environment(
     autolabel_without_env("export", run, "--format", "coco", "--out", out)
     coco = json.loads(fs.cat(out[len("s3://") :]))
     assert len(coco["annotations"]) == open_run(str(finished_run)).masks.count_rows()
+    # every path flag takes a URI: the run's own export as ground truth, all outputs in the bucket
+    autolabel_without_env("eval", run, "--gt", out, "--out", f"s3://{prefix}/eval")
+    report = json.loads(fs.cat(f"{prefix}/eval/eval.json"))
+    assert report["metrics"]["AP"] > 0.9  # the masks scored against themselves
+    assert fs.info(f"{prefix}/eval/thresholds.png")["size"] > 0
+    autolabel_without_env("stats", run, "--out", f"s3://{prefix}/stats")
+    document = json.loads(fs.cat(f"{prefix}/stats/stats.json"))
+    assert document["masks"] == len(coco["annotations"])
+    assert any(name.endswith(".png") for name in fs.ls(f"{prefix}/stats"))
+    autolabel_without_env("show", run, "--out", f"s3://{prefix}/overlays", "--sample", "2")
+    assert len(fs.ls(f"{prefix}/overlays")) == 2
+    autolabel_without_env("synth", "--out", f"s3://{prefix}/synth", "--n", "2")
+    truth = json.loads(fs.cat(f"{prefix}/synth/annotations.json"))
+    assert len(truth["images"]) == 2 == len(fs.ls(f"{prefix}/synth/images"))
+
+
+def test_file_uris_on_every_path_flag(finished_run, tmp_path):
+    """``file://`` URIs where paths go: read and written where they point (no folder named
+    ``file:`` under the current directory)."""
+    run = f"file://{finished_run}"
+    out = tmp_path / "coco.json"
+    done = autolabel("export", run, "--format", "coco", "--out", f"file://{out}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    for args in (
+        ["eval", run, "--gt", f"file://{out}", "--out", f"file://{tmp_path}/eval"],
+        ["stats", run, "--out", f"file://{tmp_path}/stats"],
+        ["show", run, "--out", f"file://{tmp_path}/overlays", "--sample", "1"],
+    ):
+        done = autolabel(*args)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["metrics"]["AP"] > 0.9
+    assert (tmp_path / "stats" / "stats.json").exists()
+    assert len(list((tmp_path / "overlays").glob("*.png"))) == 1
+    assert not (ROOT / "file:").exists()
 
 
 def test_filter_stats_and_exports_as_ray_tasks_equal_one_process(finished_run, tmp_path):

@@ -414,3 +414,61 @@ def test_view_filters_a_prompted_run_by_category_and_box_iou(prompted_run, page,
     assert result.returncode == 0 and f"kept {shown} of " in result.stdout, result.stderr
     kept = open_run(str(tmp_path / "filtered")).masks.to_table(columns=["category_name"])
     assert "bar" not in kept.column("category_name").to_pylist()
+
+
+def loaded_pictures(page) -> list[dict]:
+    """Every ``img`` of the page: its source, whether it loaded, and its natural width."""
+    return page.eval_on_selector_all(
+        "img", "els => els.map(e => ({src: e.src, ok: e.complete, width: e.naturalWidth}))"
+    )
+
+
+def test_view_shows_a_placeholder_for_an_image_that_has_gone(page, serving, tmp_path):
+    """A run whose image was deleted afterwards: its tile shows a placeholder (not a broken
+    picture from an HTTP 500) and the other tiles their overlays."""
+    from benchmarks.synthetic_run import write_synthetic_run
+
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    for source in sorted(SCENES.glob("*.png"))[:3]:
+        shutil.copy(source, scenes / source.name)
+    run = tmp_path / "run"
+    write_synthetic_run(str(run), images=3, masks_per_image=4, scenes=scenes)
+    sorted(scenes.glob("*.png"))[1].unlink()
+    url = serving("view", str(run))
+    page.goto(url)
+    wait_ready(page, "all")
+    page.wait_for_function("[...document.images].every(i => i.complete)")
+    pictures = loaded_pictures(page)
+    assert len(pictures) == 3 and all(p["ok"] and p["width"] > 0 for p in pictures), pictures
+    bodies = [page.request.get(p["src"]) for p in pictures]
+    assert all(b.status == 200 and b.headers["content-type"] == "image/png" for b in bodies)
+    colours = [
+        len(np.unique(np.asarray(Image.open(io.BytesIO(b.body())).convert("L")))) for b in bodies
+    ]
+    assert colours[1] < min(colours[0], colours[2])  # a flat card with a line of text
+    page.screenshot(path=str(tmp_path / "view-gone.png"))
+
+
+def test_tune_labels_the_others_and_shows_a_broken_samples_error(page, serving, tmp_path):
+    folder = tmp_path / "sample"
+    folder.mkdir()
+    for source in sorted(SCENES.glob("*.png"))[:2]:
+        shutil.copy(source, folder / source.name)
+    (folder / "broken.png").write_bytes(b"not a png at all")
+    base = [f"model.name={MODEL}", "amg.points_per_side=8", "model.dtype=float32"]
+    url = serving("tune", "--input", str(folder), "--sample", "3", *base)
+    page.goto(url)
+    page.wait_for_selector("body[data-ready]")
+    page.click("#run")
+    page.wait_for_selector('.try[data-try="1"]', timeout=120_000)
+    captions = [c.inner_text() for c in page.query_selector_all('.try[data-try="1"] figcaption')]
+    assert len(captions) == 3
+    broken = [c for c in captions if c.startswith("broken.png")]
+    assert broken == ["broken.png: not labelled: not an image format Pillow reads"], captions
+    labelled = [c for c in captions if not c.startswith("broken.png")]
+    assert all(re.fullmatch(r"\S+\.png: [1-9]\d* masks, \d+ ms", c) for c in labelled), captions
+    assert page.query_selector('.try[data-try="1"] figcaption.error-text')
+    page.wait_for_function("[...document.images].every(i => i.complete)")
+    assert all(p["ok"] and p["width"] > 0 for p in loaded_pictures(page))
+    page.screenshot(path=str(tmp_path / "tune-broken.png"))

@@ -69,6 +69,9 @@ class Recipe:
         peak_lr: AdamW learning rate after warm-up.
         warmup: warm-up steps.
         curriculum_steps: steps over which the scenes' maximum difficulty rises to 1.
+        min_difficulty: scenes' difficulty is drawn from [min_difficulty, maximum]; harder
+            scenes have more, smaller and thinner shapes (the held-out and evaluation scenes
+            are all at difficulty 1), so a floor puts more small objects into training.
         focal_weight, dice_weight, iou_weight: mask and IoU-head loss weights.
         click_weight: weight of "positive at the own click".
         other_click_weight: weight of "negative at clicks outside the target".
@@ -86,6 +89,7 @@ class Recipe:
     peak_lr: float = 3e-4
     warmup: int = 50
     curriculum_steps: int = 300
+    min_difficulty: float = 0.0
     focal_weight: float = 1.0
     dice_weight: float = 5.0
     iou_weight: float = 1.0
@@ -164,7 +168,8 @@ def make_batch(recipe: Recipe, seed: int, step: int) -> dict[str, np.ndarray]:
     top = difficulty_at(step, recipe)
     batch: dict[str, list] = {key: [] for key in BATCH_KEYS}
     for _ in range(recipe.scenes_per_step):
-        scene = make_scene(int(rng.integers(2**31)), recipe.size, float(rng.uniform(0, top)), 4)
+        difficulty = float(rng.uniform(min(recipe.min_difficulty, top), top))
+        scene = make_scene(int(rng.integers(2**31)), recipe.size, difficulty, 4)
         owners = owner_map(scene)
         points, point_targets = point_prompts(
             rng, owners, recipe.prompts_per_scene, recipe.background

@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -175,7 +176,7 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
     cfg = OmegaConf.structured(JobConfig)
     try:
         if preset:
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(preset_path(preset)))
+            cfg = OmegaConf.merge(cfg, read_preset(preset_path(preset)))
         for item in overrides or []:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form key=value")
@@ -185,6 +186,27 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
     job: JobConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     validate(job)
     return job
+
+
+def read_preset(path: Path) -> DictConfig:
+    """A preset file's settings.
+
+    Raises:
+        ConfigError: it is not YAML (a syntax error, a key given twice), or not a mapping.
+    """
+    try:
+        loaded = OmegaConf.load(path)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"--config {path} is not valid YAML{where}: {problem}") from error
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(
+            f"--config {path} holds a list, not settings "
+            "(a mapping such as 'amg: {points_per_side: 16}')"
+        )
+    return loaded
 
 
 def preset_path(preset: str) -> Path:

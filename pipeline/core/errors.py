@@ -30,3 +30,12 @@ class UserError(Exception):
     Every such error of the package derives from this (``ConfigError``, ``InputError``,
     ``ModelError`` …), so the CLI needs no hand-kept list of them.
     """
+
+    exit_code = 2
+
+
+class OperationError(UserError, RuntimeError):
+    """Something the command needed failed (a port in use, a folder it cannot write): one
+    line for the user, exit code 1 (``UserError`` s are usage errors, exit code 2)."""
+
+    exit_code = 1

@@ -12,7 +12,9 @@ the same command after a kill resumes with the shards that have no marker (``pen
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -33,7 +35,10 @@ def connect_ray(address: str | None = None) -> None:
     import ray
 
     if not ray.is_initialized():
+        on_sigterm = signal.getsignal(signal.SIGTERM)
         ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False)
+        if threading.current_thread() is threading.main_thread() and callable(on_sigterm):
+            signal.signal(signal.SIGTERM, on_sigterm)  # ray.init put sys.exit in its place
 
 
 def pending(names: Iterable[str], committed: Iterable[str]) -> list[str]:

@@ -177,6 +177,16 @@ def open_location(uri: str, options: Mapping[str, Any] | None = None) -> Locatio
         raise LocationError(f"cannot open {redact(uri)}: {one_line(error)}") from error
 
 
+def as_location(where: Location | str | os.PathLike, options: Mapping[str, Any] | None = None):
+    """``where`` as a ``Location``: one as it is, a path or URI opened with ``options``.
+
+    Args:
+        where: a ``Location``, a local path or an fsspec URI.
+        options: fsspec options for a path or URI (ignored for a ``Location``).
+    """
+    return where if isinstance(where, Location) else open_location(os.fspath(where), options)
+
+
 class Location:
     """A file or folder in storage: its URI, the filesystem that serves it, and the options
     (endpoint, credentials …) that opened it, made once where a URI enters the program.

@@ -12,7 +12,6 @@ import contextlib
 import copy
 import io
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,10 +20,11 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from pipeline.core import rle
-from pipeline.core.errors import UserError
+from pipeline.core.errors import UserError, one_line
 from pipeline.core.pairing import by_path_end, file_key
-from pipeline.core.storage import Location, write_file_atomic
+from pipeline.core.storage import Location, as_location
 from pipeline.results.dataset import open_run
+from pipeline.results.stats import without_nan
 
 METRIC_NAMES = (
     "AP",
@@ -47,12 +47,32 @@ class EvalError(UserError, ValueError):
     """Ground truth and run that cannot be compared; one line for the user."""
 
 
-def class_agnostic(gt_path: str, agnostic: bool = True) -> COCO:
-    """Load a COCO instances file with every annotation moved to one category (``agnostic``)
-    or as it is."""
-    data = json.loads(Path(gt_path).read_text())
+def read_ground_truth(gt: Location) -> dict[str, Any]:
+    """The COCO instances file at ``gt`` (a path or URI), checked to be one.
+
+    Raises:
+        EvalError: it is missing, unreadable, not JSON, or not a COCO instances file.
+    """
+    try:
+        data = json.loads(gt.read_bytes())
+    except FileNotFoundError as error:
+        raise EvalError(f"--gt {gt}: no such file") from error
+    except json.JSONDecodeError as error:
+        raise EvalError(f"--gt {gt} is not JSON: {error}") from error
+    except Exception as error:  # a folder, a permission, an unreachable store
+        raise EvalError(f"cannot read --gt {gt}: {one_line(error)}") from error
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise EvalError(f"--gt {gt} is not a COCO instances file (it has no 'images' list)")
+    return data
+
+
+def class_agnostic(ground_truth: dict[str, Any], agnostic: bool = True) -> COCO:
+    """A COCO index of a ground-truth file's content, every annotation moved to one category
+    (``agnostic``) or as it is; ``ground_truth`` itself is not changed."""
+    data = copy.deepcopy(ground_truth)
+    data.setdefault("annotations", [])
     if agnostic:
-        for ann in data.get("annotations", []):
+        for ann in data["annotations"]:
             ann["category_id"] = 1
         data["categories"] = [{"id": 1, "name": "object"}]
     with contextlib.redirect_stdout(io.StringIO()):
@@ -164,7 +184,7 @@ def coco_metrics(gt: COCO, results: list[dict[str, Any]], image_ids: list[int]) 
 
 
 def per_category_ap(
-    gt_path: str, results: list[dict[str, Any]], image_ids: list[int]
+    ground_truth: dict[str, Any], results: list[dict[str, Any]], image_ids: list[int]
 ) -> dict[str, float]:
     """AP (segm, IoU 0.5:0.95) per ground-truth category, for masks that carry a category
     (prompted runs); empty when none do or the categories do not meet."""
@@ -173,7 +193,7 @@ def per_category_ap(
     ]
     if not typed:  # an automatic run: no second read of the ground truth
         return {}
-    gt = class_agnostic(gt_path, agnostic=False)
+    gt = class_agnostic(ground_truth, agnostic=False)
     if not {r["category_id"] for r in typed} & set(gt.getCatIds()):
         return {}
     with contextlib.redirect_stdout(io.StringIO()):
@@ -228,40 +248,45 @@ def threshold_curves(gt: COCO, results: list[dict[str, Any]], image_ids: list[in
     return curves
 
 
-def evaluate_run(source: Location, gt_path: str, out: str | None = None) -> dict[str, Any]:
+def evaluate_run(
+    source: Location | str, gt: Location | str, out: Location | str | None = None
+) -> dict[str, Any]:
     """COCO metrics of a run against ground truth; with ``out``, a JSON and a plot there.
 
     Args:
-        source: the run.
-        gt_path: a COCO instances JSON whose ``file_name`` s end the run's image URIs.
-        out: a local folder for ``eval.json`` and ``thresholds.png``.
+        source: the run (path, URI or ``Location``).
+        gt: a COCO instances JSON whose ``file_name`` s end the run's image URIs (path, URI
+            or ``Location``; paths and URIs open with the run's storage options).
+        out: a folder (path, URI or ``Location``) for ``eval.json`` and ``thresholds.png``.
     """
-    gt = class_agnostic(gt_path)
-    results, matched = detections(source, gt)
+    source = as_location(source)
+    gt = as_location(gt, source.options)
+    ground_truth = read_ground_truth(gt)
+    gt_index = class_agnostic(ground_truth)
+    results, matched = detections(source, gt_index)
     image_ids = sorted(matched)
     report = {
         "run": str(source),
-        "ground_truth": gt_path,
+        "ground_truth": str(gt),
         "images": len(image_ids),
-        "gt_instances": len(gt.getAnnIds(imgIds=image_ids)),
+        "gt_instances": len(gt_index.getAnnIds(imgIds=image_ids)),
         "masks": len(results),
-        "metrics": coco_metrics(gt, results, image_ids),
-        "per_category_ap": per_category_ap(gt_path, results, image_ids),
+        "metrics": coco_metrics(gt_index, results, image_ids),
+        "per_category_ap": per_category_ap(ground_truth, results, image_ids),
     }
-    prompted = prompted_iou(gt, results, matched)
+    prompted = prompted_iou(gt_index, results, matched)
     if prompted is not None:
         report["prompted"] = prompted
     if out:
-        folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        report["threshold_curves"] = threshold_curves(gt, results, image_ids)
-        payload = json.dumps(report, indent=2).encode()
-        write_file_atomic(folder / "eval.json", lambda f: f.write(payload))
-        plot_curves(report["threshold_curves"], folder / "thresholds.png")
+        folder = as_location(out, source.options)
+        report["threshold_curves"] = threshold_curves(gt_index, results, image_ids)
+        payload = json.dumps(without_nan(report), indent=2).encode()
+        folder.join("eval.json").write_atomic(lambda f: f.write(payload))
+        plot_curves(report["threshold_curves"], folder.join("thresholds.png"))
     return report
 
 
-def plot_curves(curves: dict, path: Path) -> None:
+def plot_curves(curves: dict, path: Location) -> None:
     """Precision and recall against the predicted-IoU and stability thresholds."""
     import matplotlib
 
@@ -278,7 +303,7 @@ def plot_curves(curves: dict, path: Path) -> None:
     axes[0].set_ylabel("fraction")
     figure.suptitle("choose filter thresholds: precision vs recall")
     figure.tight_layout()
-    write_file_atomic(path, lambda f: figure.savefig(f, format="png", dpi=100))
+    path.write_atomic(lambda f: figure.savefig(f, format="png", dpi=100))
     plt.close(figure)
 
 

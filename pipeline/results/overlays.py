@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import random
-from pathlib import Path
+import textwrap
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from pipeline.core.imageio import load_image
-from pipeline.core.storage import Location, write_file_atomic
+from pipeline.core.errors import UserError
+from pipeline.core.imageio import ImageReadError, load_image
+from pipeline.core.storage import Location, as_location
 from pipeline.results.dataset import Run, decode_mask, open_run
 from pipeline.results.filters import MaskFilter
 
@@ -51,6 +54,19 @@ def draw_overlay(pixels: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
     return canvas.clip(0, 255).astype(np.uint8)
 
 
+def placeholder(reason: str, side: int) -> bytes:
+    """A grey square PNG of ``side`` pixels that shows ``reason`` (an image that cannot be
+    read), so the page shows why instead of a broken picture."""
+    picture = Image.new("RGB", (side, side), (70, 70, 70))
+    draw = ImageDraw.Draw(picture)
+    draw.text((10, 10), "cannot show this image:", fill=(255, 210, 120))
+    lines = textwrap.wrap(reason, width=max(12, side // 7))[: max(1, side // 14 - 3)]
+    draw.multiline_text((10, 30), "\n".join(lines), fill=(235, 235, 235), spacing=3)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def render_image(run: Run, image: dict[str, Any], mask_filter: MaskFilter) -> Image.Image:
     """One image's overlay, read at the resolution its masks were made at."""
     settings = run.manifest.get("config", {}).get("image", {})
@@ -89,41 +105,78 @@ def with_image(mask_filter: MaskFilter, image_id: int):
     return expression if extra is None else expression & extra
 
 
+class OverlayError(UserError, ValueError):
+    """Overlays that cannot be drawn as asked (an unknown image id); one line for the user."""
+
+
+@dataclass
+class Overlays:
+    """What ``show`` did.
+
+    Attributes:
+        written: the overlay PNGs written (URIs or local paths, in the order drawn).
+        failed: image URI → why its overlay could not be drawn (an image gone missing).
+    """
+
+    written: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
 def show(
     source: Location,
-    out: str,
+    out: Location | str,
     image_ids: list[int] | None = None,
     sample: int | None = None,
     seed: int = 0,
     mask_filter: MaskFilter | None = None,
-) -> list[Path]:
-    """Write overlay PNGs for chosen images, or for a random sample of ok images.
+) -> Overlays:
+    """Write overlay PNGs for chosen images, or for a random sample of ok images; an image
+    that cannot be read is reported in ``failed`` and the others are drawn.
 
     Args:
         source: the run (its options also open its images).
-        out: local folder for the PNGs (``<image_id>.png``).
-        image_ids: images to draw; unknown ids are an error.
+        out: folder (path, URI or ``Location``) for the PNGs (``<image_id>.png``).
+        image_ids: images to draw; an id that is not an ok image of the run is an error.
         sample: draw this many ok images chosen at random (with ``seed``).
+        seed: the random sample's seed.
         mask_filter: draw only the masks that pass it.
+
+    Raises:
+        OverlayError: an id of ``image_ids`` is not an ok image of the run.
     """
     run = open_run(source)
     mask_filter = mask_filter or MaskFilter()
     table = run.images.to_table(columns=["image_id", "image_uri", "status"])
-    images = {row["image_id"]: row for row in table.to_pylist() if row["status"] == "ok"}
+    rows = {row["image_id"]: row for row in table.to_pylist()}
+    images = {key: row for key, row in rows.items() if row["status"] == "ok"}
     if image_ids:
-        missing = [i for i in image_ids if i not in images]
-        if missing:
-            raise ValueError(f"no ok image with id {missing[0]} in {source}")
+        for image_id in image_ids:
+            check_drawable(image_id, rows, source)
         chosen = image_ids
     else:
         ids = sorted(images)
         chosen = random.Random(seed).sample(ids, min(sample or 8, len(ids)))
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
+    folder = as_location(out, source.options)
+    done = Overlays()
     for image_id in chosen:
-        path = folder / f"{image_id}.png"
-        picture = render_image(run, images[image_id], mask_filter)
-        write_file_atomic(path, lambda f, picture=picture: picture.save(f, format="PNG"))
-        written.append(path)
-    return written
+        try:
+            picture = render_image(run, images[image_id], mask_filter)
+        except ImageReadError as error:
+            done.failed[images[image_id]["image_uri"]] = str(error)
+            continue
+        target = folder.join(f"{image_id}.png")
+        target.write_atomic(lambda f, picture=picture: picture.save(f, format="PNG"))
+        done.written.append(target.uri)
+    return done
+
+
+def check_drawable(image_id: int, rows: dict[int, dict], source: Location) -> None:
+    """Raise ``OverlayError`` unless ``image_id`` is an ok image of the run."""
+    if image_id not in rows:
+        known = f"its ids run from {min(rows)} to {max(rows)}" if rows else "it has no images"
+        raise OverlayError(f"no image with id {image_id} in {source} ({known})")
+    if rows[image_id]["status"] != "ok":
+        raise OverlayError(
+            f"image {image_id} ({rows[image_id]['image_uri']}) has no masks to draw: its "
+            "status is error (autolabel view or the images table say why)"
+        )

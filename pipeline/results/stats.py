@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.core.executor import ShardPool
-from pipeline.core.storage import Location, write_file_atomic
+from pipeline.core.storage import Location, as_location
 from pipeline.results.dataset import Run, open_run, shard_images, shard_masks
 
 SCORE_BINS = np.linspace(0.0, 1.0, 1001)
@@ -142,12 +141,14 @@ def collect(run: Run, pool: ShardPool | None = None) -> RunStats:
     return total
 
 
-def run_stats(source: Location, out: str | None = None, pool: ShardPool | None = None) -> RunStats:
+def run_stats(
+    source: Location, out: Location | str | None = None, pool: ShardPool | None = None
+) -> RunStats:
     """Collect a run's statistics; with ``out``, write ``stats.json`` and the PNG plots there.
 
     Args:
         source: the run.
-        out: a local folder for ``stats.json`` and the plots, or None.
+        out: a folder (path, URI or ``Location``) for ``stats.json`` and the plots, or None.
         pool: where the shards are counted (default: this process; ``ShardPool(use_ray=True)``
             for the cluster).
     """
@@ -156,8 +157,7 @@ def run_stats(source: Location, out: str | None = None, pool: ShardPool | None =
     stats.shards_planned, stats.shards_committed = run.planned_shards, len(run.shards)
     stats.state, stats.state_note = run.state, run.state_note()
     if out:
-        folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = as_location(out, source.options)
         document = {
             "run": str(source),
             "state": stats.state,
@@ -165,10 +165,20 @@ def run_stats(source: Location, out: str | None = None, pool: ShardPool | None =
             **stats.summary(),
             "survival": survival_table(stats),
         }
-        payload = json.dumps(document, indent=2).encode()
-        write_file_atomic(folder / "stats.json", lambda f: f.write(payload))
+        payload = json.dumps(without_nan(document), indent=2).encode()
+        folder.join("stats.json").write_atomic(lambda f: f.write(payload))
         write_plots(stats, folder)
     return stats
+
+
+def without_nan(value: Any) -> Any:
+    """``value`` with every NaN (a quantile of no masks) as None: JSON has no NaN, and strict
+    readers (browsers, jq, DuckDB) reject the ``NaN`` Python writes."""
+    if isinstance(value, dict):
+        return {key: without_nan(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_nan(item) for item in value]
+    return None if isinstance(value, float) and value != value else value
 
 
 def survival_table(stats: RunStats) -> dict[str, Any]:
@@ -183,7 +193,7 @@ def survival_table(stats: RunStats) -> dict[str, Any]:
     }
 
 
-def write_plots(stats: RunStats, folder: Path) -> list[Path]:
+def write_plots(stats: RunStats, folder: Location) -> list[Location]:
     """Histograms (IoU, stability, log-area, masks per image) and the survival plot."""
     import matplotlib
 
@@ -209,8 +219,8 @@ def write_plots(stats: RunStats, folder: Path) -> list[Path]:
     axes[1, 1].set_ylabel("images")
     figure.suptitle(f"{stats.masks} masks on {stats.images_ok} images")
     figure.tight_layout()
-    distributions = folder / "distributions.png"
-    write_file_atomic(distributions, lambda f: figure.savefig(f, format="png", dpi=100))
+    distributions = folder.join("distributions.png")
+    distributions.write_atomic(lambda f: figure.savefig(f, format="png", dpi=100))
     plt.close(figure)
 
     figure, ax = plt.subplots(figsize=(7, 5))
@@ -225,8 +235,8 @@ def write_plots(stats: RunStats, folder: Path) -> list[Path]:
     ax.legend()
     ax.grid(alpha=0.3)
     figure.tight_layout()
-    survival = folder / "survival.png"
-    write_file_atomic(survival, lambda f: figure.savefig(f, format="png", dpi=100))
+    survival = folder.join("survival.png")
+    survival.write_atomic(lambda f: figure.savefig(f, format="png", dpi=100))
     plt.close(figure)
     return [distributions, survival]
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from pipeline.core import rle
+from pipeline.core.storage import Location, as_location
 
 SHAPES = ("ellipse", "rectangle", "polygon", "bar", "star", "ring")
 MIN_VISIBLE_AREA = 24
@@ -150,26 +150,32 @@ def distinct_colour(rng: np.random.Generator, background: np.ndarray, contrast: 
 
 
 def write_dataset(
-    out: str, count: int, seed: int = 0, size: int = 256, difficulty: float = 1.0
+    out: Location | str,
+    count: int,
+    seed: int = 0,
+    size: int = 256,
+    difficulty: float = 1.0,
+    options: dict | None = None,
 ) -> dict[str, int]:
     """Write ``count`` scenes as PNGs plus ``annotations.json`` (COCO instances, RLE masks).
 
     Scene ``i`` uses seed ``seed * 1_000_003 + i``, so two seeds give disjoint scene sets.
 
     Args:
-        out: folder to create (images go to ``out/images``).
+        out: folder to create (path, URI or ``Location``; images go to ``out/images``).
         count: number of scenes.
         seed: dataset seed.
         size: image side in pixels.
         difficulty: see ``make_scene``.
+        options: fsspec options for a URI ``out``.
     """
-    folder = Path(out)
-    (folder / "images").mkdir(parents=True, exist_ok=True)
+    folder = as_location(out, options)
     images, annotations = [], []
     for i in range(count):
         scene = make_scene(seed * 1_000_003 + i, size, difficulty)
         name = f"scene_{seed}_{i:05d}.png"
-        Image.fromarray(scene.image).save(folder / "images" / name)
+        picture = Image.fromarray(scene.image)
+        folder.join("images", name).write_atomic(lambda f, p=picture: p.save(f, format="PNG"))
         images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
         for mask, kind in zip(scene.masks, scene.shapes, strict=True):
             segmentation = rle.encode_mask(mask)
@@ -191,5 +197,6 @@ def write_dataset(
         "annotations": annotations,
         "categories": [{"id": 1, "name": "object", "supercategory": "object"}],
     }
-    (folder / "annotations.json").write_text(json.dumps(coco))
+    payload = json.dumps(coco).encode()
+    folder.join("annotations.json").write_atomic(lambda f: f.write(payload))
     return {"images": len(images), "annotations": len(annotations)}

@@ -23,11 +23,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from pipeline.core.imageio import load_image
+from pipeline.core.imageio import ImageReadError, load_image
 from pipeline.core.storage import Location
 from pipeline.results.dataset import Run, decode_mask, open_run
 from pipeline.results.filters import FilterError, MaskFilter, kept_scores, parse_where
-from pipeline.results.overlays import draw_overlay, image_mask_rows
+from pipeline.results.overlays import draw_overlay, image_mask_rows, placeholder
 
 SORTS = ("image", "masks-desc", "masks-asc", "score-desc", "score-asc")
 HISTOGRAM_BINS = 40
@@ -248,7 +248,10 @@ class RunBrowser:
             if key in self.pictures:
                 self.pictures.move_to_end(key)
                 return self.pictures[key]
-        pixels = self.pixels(image)
+        try:
+            pixels = self.pixels(image)
+        except ImageReadError as error:  # gone, or never readable: say so in its place
+            return placeholder(str(error), side or max(image["width"] or 0, 256))
         if mask_filter is not None and image["status"] == "ok":
             rows = image_mask_rows(self.run, image, mask_filter)
             pixels = draw_overlay(pixels, [decode_mask(row) for row in rows])

@@ -12,6 +12,7 @@ from memory: no path from a request ever reaches the filesystem; run images are 
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import secrets
 import socket
@@ -23,6 +24,7 @@ from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from pipeline.core.config import ConfigError
+from pipeline.core.errors import OperationError
 from pipeline.results.filters import FilterError
 from pipeline.web.browse import ImageNotFoundError, RunBrowser, Sliders
 from pipeline.web.tuning import TUNABLE, Tuner
@@ -216,6 +218,35 @@ def host_name(header: str) -> str:
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
+class ServeError(OperationError):
+    """The page cannot be served at the asked address; one line for the user (exit 1)."""
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (IPv4 or IPv6, as ``host`` resolves).
+
+    Raises:
+        ServeError: ``host`` does not resolve to an address of this machine, or the port is
+            taken or not allowed.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as error:
+        raise ServeError(f"--host {host} does not resolve: {error.strerror}") from error
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise ServeError(
+                f"port {port} on {host} is in use; give another --port (0 picks a free one)"
+            ) from error
+        raise ServeError(f"cannot listen on {host}:{port}: {error.strerror}") from error
+    return sock
+
+
 def serve(app: FastAPI, host: str, port: int, what: str) -> None:
     """Serve ``app`` on ``host:port`` (0: a free port) until interrupted; print the URL.
 
@@ -224,6 +255,7 @@ def serve(app: FastAPI, host: str, port: int, what: str) -> None:
     """
     import uvicorn
 
+    sock = listening_socket(host, port)
     token = None
     if not is_loopback(host):
         token = secrets.token_urlsafe(24)
@@ -232,12 +264,10 @@ def serve(app: FastAPI, host: str, port: int, what: str) -> None:
             "token) and can reach this machine can see these images",
             file=sys.stderr,
         )
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
     guard(app, host, token, sock.getsockname()[1])
     sock.listen(128)  # connections wait from now on: the URL printed next works at once
-    url = f"http://{host}:{sock.getsockname()[1]}/" + (f"?token={token}" if token else "")
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 address
+    url = f"http://{shown}:{sock.getsockname()[1]}/" + (f"?token={token}" if token else "")
     print(f"{what} at {url} (Ctrl-C stops it)", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     server.run(sockets=[sock])

@@ -20,12 +20,12 @@ from PIL import Image
 
 from pipeline.core import rle
 from pipeline.core.config import ConfigError, JobConfig, as_dictconfig, load_config
-from pipeline.core.imageio import load_image
+from pipeline.core.imageio import ImageReadError, load_image
 from pipeline.core.storage import Location
 from pipeline.job.sources import list_images
 from pipeline.model.factory import default_dtype, make_generator
 from pipeline.model.registry import build_model, checkpoint_location, resolve_model
-from pipeline.results.overlays import draw_overlay
+from pipeline.results.overlays import draw_overlay, placeholder
 
 # The settings the page edits: config key → (label, type).
 TUNABLE: dict[str, tuple[str, type]] = {
@@ -128,17 +128,24 @@ class Tuner:
             attempt.preset_yaml = self.preset_yaml(attempt)
             total = 0.0
             for uri in self.uris:
-                pixels = self.pixels(uri, job)
+                name = uri.rsplit("/", 1)[-1]
+                try:
+                    pixels = self.pixels(uri, job)
+                except ImageReadError as error:  # the others are still labelled
+                    attempt.images.append(
+                        {"name": name, "masks": 0, "seconds": 0.0, "error": str(error)}
+                    )
+                    attempt.overlays.append(placeholder(str(error), 256))
+                    continue
                 start = time.perf_counter()
                 records = generator.generate(pixels)
                 seconds = time.perf_counter() - start
                 total += seconds
                 masks = [rle.decode(record["segmentation"]) for record in records]
-                attempt.images.append(
-                    {"name": uri.rsplit("/", 1)[-1], "masks": len(records), "seconds": seconds}
-                )
+                attempt.images.append({"name": name, "masks": len(records), "seconds": seconds})
                 attempt.overlays.append(png(draw_overlay(pixels, masks)))
-            attempt.seconds_per_image = total / max(1, len(self.uris))
+            labelled = sum("error" not in image for image in attempt.images)
+            attempt.seconds_per_image = total / max(1, labelled)
             self.tries.append(attempt)
             del self.tries[:-MAX_TRIES]
         return attempt

@@ -29,7 +29,9 @@ function renderTry(attempt, title) {
   attempt.images.forEach((image, index) => {
     images.append(el("figure", {},
       el("img", { src: `/api/tries/${attempt.number}/${index}.png`, alt: image.name }),
-      el("figcaption", { text: `${image.name}: ${image.masks} masks, ${(image.seconds * 1000).toFixed(0)} ms` })));
+      el("figcaption", image.error
+        ? { class: "error-text", text: `${image.name}: not labelled: ${image.error}` }
+        : { text: `${image.name}: ${image.masks} masks, ${(image.seconds * 1000).toFixed(0)} ms` })));
   });
   box.append(images);
   return box;
