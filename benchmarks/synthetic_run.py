@@ -42,9 +42,17 @@ def mask_pool(count: int, rng: np.random.Generator) -> list[dict]:
 
 
 def shard_tables(
-    first_image: int, images: int, masks_per_image: int, pool: pa.Table, uris: list[str], rng
+    first_image: int,
+    images: int,
+    masks_per_image: int,
+    pool: pa.Table,
+    uris: list[str],
+    rng,
+    categories: int = 0,
 ) -> tuple[pa.Table, pa.Table]:
-    """One shard's mask and image tables (image ids ``first_image`` onwards)."""
+    """One shard's mask and image tables (image ids ``first_image`` onwards); with
+    ``categories``, each mask gets a ``category_id`` from 1 to ``categories`` (as a prompted
+    run's masks do)."""
     ids = np.arange(first_image, first_image + images, dtype=np.int64)
     counts = rng.poisson(masks_per_image, images).astype(np.int32)
     image_of = np.repeat(ids, counts)
@@ -63,6 +71,10 @@ def shard_tables(
         "predicted_iou": pa.array(rng.beta(8, 1.5, n).astype(np.float32)),
         "stability_score": pa.array(rng.beta(12, 1, n).astype(np.float32)),
     }
+    if categories:
+        category = rng.integers(1, categories + 1, n)
+        columns["category_id"] = pa.array(category, pa.int64())
+        columns["category_name"] = pa.array([f"class-{c}" for c in category], pa.string())
     masks = pa.table(
         {
             name: columns.get(name, pa.nulls(n, MASK_SCHEMA.field(name).type))
@@ -99,6 +111,7 @@ def write_synthetic_run(
     shard_size: int = 1000,
     seed: int = 0,
     scenes: Path = SCENES,
+    categories: int = 0,
 ) -> dict[str, int]:
     """Write a run of ``images`` images with about ``masks_per_image`` masks each.
 
@@ -110,6 +123,7 @@ def write_synthetic_run(
         seed: makes the run reproducible.
         scenes: the folder of PNGs the image rows point at, in turn (default: the shipped
             sample scenes).
+        categories: give each mask a ``category_id`` from 1 to this (0: none).
 
     Returns:
         The run's counts (images, masks, shards).
@@ -125,7 +139,7 @@ def write_synthetic_run(
     for number, first in enumerate(range(0, images, shard_size)):
         shard = f"shard-{number:05d}"
         size = min(shard_size, images - first)
-        masks, image_rows = shard_tables(first, size, masks_per_image, pool, uris, rng)
+        masks, image_rows = shard_tables(first, size, masks_per_image, pool, uris, rng, categories)
         image_rows = image_rows.set_column(
             image_rows.schema.get_field_index("shard"), "shard", pa.array([shard] * size)
         )

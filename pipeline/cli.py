@@ -73,14 +73,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_storage_flag(stats)
     add_cluster_flags(stats)
 
-    export = commands.add_parser("export", help="export a run as COCO or SA-1B JSON")
+    export = commands.add_parser(
+        "export", help="export a run as COCO or SA-1B JSON, label-map PNGs or cut-outs"
+    )
     export.add_argument("run", type=path, help="the run (path or URI)")
-    export.add_argument("--format", choices=("coco", "sa1b"), required=True)
+    export.add_argument(
+        "--format",
+        choices=("coco", "sa1b", "png", "cutouts"),
+        required=True,
+        help="coco: one instances JSON; sa1b: a JSON per image; png: a 16-bit instance label "
+        "map per image (with a JSON of mask_index per value); cutouts: an RGBA PNG per mask",
+    )
     export.add_argument(
         "--out",
         required=True,
         type=path,
-        help="coco: the JSON file; sa1b: a folder of per-image JSONs",
+        help="coco: the JSON file; the other formats: a folder",
     )
     export.add_argument(
         "--partial",
@@ -111,6 +119,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--out", type=path, help="folder for eval.json and thresholds.png")
     add_storage_flag(evaluate)
+
+    compare = commands.add_parser(
+        "compare", help="compare two runs over the same images, mask by mask"
+    )
+    compare.add_argument("a", type=path, help="the first run (path or URI)")
+    compare.add_argument("b", type=path, help="the second run (path or URI)")
+    compare.add_argument(
+        "--iou",
+        type=fraction,
+        default=0.5,
+        help="IoU at which a pair of masks counts as the same mask (default 0.5)",
+    )
+    compare.add_argument(
+        "--out", type=path, help="folder for compare.json, images.parquet and iou.png"
+    )
+    add_storage_flag(compare)
+    add_cluster_flags(compare)
 
     view = commands.add_parser(
         "view",
@@ -528,10 +553,16 @@ def stats_command(args: argparse.Namespace) -> int:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    """``autolabel export``: COCO instances JSON or SA-1B per-image JSONs."""
+    """``autolabel export``: COCO or SA-1B JSON, label-map PNGs or cut-outs."""
     from pipeline.results.export import export_coco, export_sa1b
+    from pipeline.results.maps import export_cutouts, export_png
 
-    exporter = export_coco if args.format == "coco" else export_sa1b
+    exporter = {
+        "coco": export_coco,
+        "sa1b": export_sa1b,
+        "png": export_png,
+        "cutouts": export_cutouts,
+    }[args.format]
     kind = "file" if args.format == "coco" else "folder"
     writable_as("--out", args.out, kind, storage_options(args.storage_option))
     counts = exporter(
@@ -540,8 +571,11 @@ def export_command(args: argparse.Namespace) -> int:
         pool=shard_pool(args),
         partial=args.partial,
     )
+    failed = counts.pop("failed", {})
+    for uri, reason in failed.items():
+        print(f"not cut out: {uri}: {reason}", file=sys.stderr)
     print(", ".join(f"{value} {key}" for key, value in counts.items()) + f"; output: {args.out}")
-    return 0
+    return 1 if failed else 0
 
 
 def show_command(args: argparse.Namespace) -> int:
@@ -571,6 +605,21 @@ def eval_command(args: argparse.Namespace) -> int:
     print(metrics_caption(report))
     if args.out:
         print(f"wrote {args.out}/eval.json, thresholds.png")
+    return 0
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    """``autolabel compare``: two runs matched mask by mask; JSON, table and plot with --out."""
+    from rich.console import Console
+
+    from pipeline.results.compare import compare_runs, comparison_table
+
+    writable_as("--out", args.out, "folder", storage_options(args.storage_option))
+    a, b = locations(args, args.a, args.b)
+    comparison = compare_runs(a, b, args.iou, args.out, pool=shard_pool(args))
+    Console().print(comparison_table(comparison, f"autolabel compare: A={args.a} B={args.b}"))
+    if args.out:
+        print(f"wrote {args.out}/compare.json, images.parquet, iou.png")
     return 0
 
 
@@ -612,6 +661,7 @@ def synth_command(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "eval": eval_command,
+    "compare": compare_command,
     "synth": synth_command,
     "view": view_command,
     "tune": tune_command,

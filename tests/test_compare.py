@@ -1,0 +1,90 @@
+"""``autolabel compare`` (issue 23): two runs over the same images, matched mask by mask."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from benchmarks.synthetic_run import write_synthetic_run
+from pipeline.core.executor import ShardPool
+from pipeline.results.compare import compare_runs
+from pipeline.results.dataset import open_run
+from tests.conftest import autolabel
+
+SUMMARY_KEYS = {"mean_iou", "matched", "only_a", "only_b", "count_mismatches", "images"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("compare") / "run"
+    write_synthetic_run(str(out), images=6, masks_per_image=8, shard_size=4, seed=3)
+    return out
+
+
+def test_a_run_compared_with_itself_agrees_everywhere(run, tmp_path):
+    result = autolabel("compare", str(run), str(run), "--out", str(tmp_path / "c"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "mean IoU of matched pairs" in result.stdout and "1.0000" in result.stdout
+    report = json.loads((tmp_path / "c" / "compare.json").read_text())
+    masks = open_run(str(run)).masks.count_rows()
+    assert SUMMARY_KEYS | {"settings_diff"} <= set(report)
+    assert report["mean_iou"] == 1.0 and report["matched"] == masks == report["masks_a"]
+    assert report["only_a"] == report["only_b"] == report["count_mismatches"] == 0
+    assert report["images"] == 6 and report["settings_diff"] == {}
+    per_image = pq.read_table(tmp_path / "c" / "images.parquet").to_pylist()
+    assert len(per_image) == 6 and sum(row["matched"] for row in per_image) == masks
+    assert (tmp_path / "c" / "iou.png").stat().st_size > 0
+    missing = autolabel("compare", str(run), str(tmp_path / "nothing"))
+    assert missing.returncode == 2
+    assert len(missing.stderr.strip().splitlines()) == 1 and "no autolabel run" in missing.stderr
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_filtered_copy_lacks_exactly_the_removed_masks(run, tmp_path):
+    kept = tmp_path / "kept"
+    done = autolabel("filter", str(run), str(kept), "--min-predicted-iou", "0.9", "--no-progress")
+    assert done.returncode == 0, done.stderr[-2000:]
+    before = open_run(str(run)).masks.to_table(columns=["image_id"]).column("image_id")
+    after = open_run(str(kept)).masks.to_table(columns=["image_id"]).column("image_id")
+    assert 0 < len(after) < len(before)
+    here = compare_runs(str(run), str(kept))
+    assert here.only_a == len(before) - len(after) and here.only_b == 0
+    assert here.matched == len(after) and here.mean_iou == 1.0
+    removed = {}
+    for image_id in before.to_pylist():
+        removed[image_id] = removed.get(image_id, 0) + 1
+    for image_id in after.to_pylist():
+        removed[image_id] -= 1
+    assert {row["image_id"]: row["only_a"] for row in here.rows} == removed
+    on_ray = compare_runs(str(run), str(kept), pool=ShardPool(use_ray=True))
+    assert on_ray.summary() == here.summary() and on_ray.rows == here.rows
+
+
+@pytest.mark.slow
+def test_fast_and_reference_generators_compared_show_the_parity(tmp_path):
+    """``generator.impl=reference`` (sam2's own generator) against the fast one on unseen
+    synthetic scenes, both through ``autolabel run``: the parity the parity tests assert, and
+    the one setting that differs."""
+    from pipeline.synthetic.scenes import write_dataset
+
+    write_dataset(str(tmp_path / "scenes"), 2, seed=90_011)
+    runs = {}
+    for impl in ("fast", "reference"):
+        runs[impl] = tmp_path / impl
+        args = ["run", "--input", str(tmp_path / "scenes" / "images"), "--output", str(runs[impl])]
+        args += ["--no-progress", "model.name=sam2-tiny-synthetic", "model.dtype=float32"]
+        done = autolabel(*args, f"generator.impl={impl}")
+        assert done.returncode == 0, done.stderr[-2000:]
+    result = autolabel("compare", str(runs["reference"]), str(runs["fast"]), "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "compare.json").read_text())
+    assert report["masks_a"] >= 4 and report["images"] == 2
+    assert report["count_mismatches"] == report["only_a"] == report["only_b"] == 0
+    assert report["mean_iou"] > 0.999
+    assert report["max_predicted_iou_diff"] < 1e-4 and report["max_stability_diff"] < 1e-3
+    assert report["settings_diff"] == {"config.generator.impl": ["reference", "fast"]}
+    assert ds.dataset(tmp_path / "images.parquet").count_rows() == 2
