@@ -112,6 +112,7 @@ def write_synthetic_run(
     seed: int = 0,
     scenes: Path = SCENES,
     categories: int = 0,
+    first_id: int = 0,
 ) -> dict[str, int]:
     """Write a run of ``images`` images with about ``masks_per_image`` masks each.
 
@@ -124,6 +125,8 @@ def write_synthetic_run(
         scenes: the folder of PNGs the image rows point at, in turn (default: the shipped
             sample scenes).
         categories: give each mask a ``category_id`` from 1 to this (0: none).
+        first_id: the first image's id (the others follow): runs with ids apart share no
+            image.
 
     Returns:
         The run's counts (images, masks, shards).
@@ -139,7 +142,9 @@ def write_synthetic_run(
     for number, first in enumerate(range(0, images, shard_size)):
         shard = f"shard-{number:05d}"
         size = min(shard_size, images - first)
-        masks, image_rows = shard_tables(first, size, masks_per_image, pool, uris, rng, categories)
+        masks, image_rows = shard_tables(
+            first_id + first, size, masks_per_image, pool, uris, rng, categories
+        )
         image_rows = image_rows.set_column(
             image_rows.schema.get_field_index("shard"), "shard", pa.array([shard] * size)
         )

@@ -410,14 +410,18 @@ INTERRUPTED = {
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``autolabel`` command; returns the exit code: 0 done, 1 failed,
-    2 a usage error, 130 Ctrl-C, 143 SIGTERM. Every error is one line on stderr (set
-    ``AUTOLABEL_TRACEBACK=1`` to see the traceback of an unexpected one)."""
+    2 a usage error, 130 Ctrl-C, 143 SIGTERM. Every expected error (bad input, storage,
+    permissions) is one line on stderr (``AUTOLABEL_TRACEBACK=1`` shows an OSError's
+    traceback); an unexpected exception is a bug and keeps its traceback."""
     args = parse(argv)
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
         return COMMANDS[args.command](args)
     except UserError as error:
-        print(f"autolabel: error: {redact(str(error))}", file=sys.stderr)
+        # raised in a Ray task, it arrives as a RayTaskError that is also the UserError, with
+        # Ray's traceback in its text: the message is the cause's
+        message = str(getattr(error, "cause", None) or error).strip().splitlines() or [""]
+        print(f"autolabel: error: {redact(message[0])}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt as stop:
         print(f"autolabel: {INTERRUPTED.get(args.command, 'interrupted')}", file=sys.stderr)
@@ -613,9 +617,18 @@ def compare_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from pipeline.results.compare import compare_runs, comparison_table
+    from pipeline.results.dataset import open_run
 
     writable_as("--out", args.out, "folder", storage_options(args.storage_option))
     a, b = locations(args, args.a, args.b)
+    for name, run in (("A", a), ("B", b)):
+        note = open_run(run).state_note()
+        if note:
+            print(
+                f"warning: run {name} is {note}: images of its missing shards count as "
+                "only in the other run",
+                file=sys.stderr,
+            )
     comparison = compare_runs(a, b, args.iou, args.out, pool=shard_pool(args))
     Console().print(comparison_table(comparison, f"autolabel compare: A={args.a} B={args.b}"))
     if args.out:

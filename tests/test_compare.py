@@ -88,3 +88,40 @@ def test_fast_and_reference_generators_compared_show_the_parity(tmp_path):
     assert report["max_predicted_iou_diff"] < 1e-4 and report["max_stability_diff"] < 1e-3
     assert report["settings_diff"] == {"config.generator.impl": ["reference", "fast"]}
     assert ds.dataset(tmp_path / "images.parquet").count_rows() == 2
+
+
+def test_runs_of_other_masks_and_other_images_add_up(run, tmp_path):
+    """B: other masks over the first 4 of A's 6 images and 3 more, sharded otherwise. Every
+    mask is matched or counted as only in one run, pairs meet the bound, and the images in
+    one run only are counted."""
+    other = tmp_path / "other"
+    write_synthetic_run(str(other), images=9, masks_per_image=8, shard_size=2, seed=4)
+    ids_a = open_run(str(run)).images.to_table().column("image_id").to_pylist()
+    ids_b = open_run(str(other)).images.to_table().column("image_id").to_pylist()
+    assert len(set(ids_a) & set(ids_b)) == 6  # the synthetic runs number images 0, 1, 2 …
+    comparison = compare_runs(str(run), str(other), iou=0.3)
+    assert comparison.images == 6 and comparison.images_only_b == 3
+    assert comparison.images_only_a == 0
+    masks_b = sum(r["masks_b"] for r in comparison.rows)
+    assert comparison.masks_a == open_run(str(run)).masks.count_rows()
+    assert comparison.matched + comparison.only_a == comparison.masks_a
+    assert comparison.matched + comparison.only_b == comparison.masks_b == masks_b
+    assert 0 < comparison.matched < comparison.masks_a  # random masks: some pairs, not all
+    assert 0.3 <= comparison.mean_iou < 1.0
+    strict = compare_runs(str(run), str(other), iou=0.9)
+    assert strict.matched < comparison.matched
+    assert strict.mean_iou >= 0.9 if strict.matched else strict.mean_iou == 0.0
+    swapped = compare_runs(str(other), str(run), iou=0.3)
+    assert (swapped.only_a, swapped.only_b) == (comparison.only_b, comparison.only_a)
+    assert swapped.images_only_a == 3 and swapped.images_only_b == 0
+
+
+def test_runs_without_a_common_image_are_refused(run, tmp_path):
+    other = tmp_path / "other"
+    write_synthetic_run(str(other), images=2, masks_per_image=3, seed=9, first_id=1000)
+    result = autolabel("compare", str(run), str(other), "--no-progress")
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "have no labelled image in common (6 and 2 ok images" in line
+    inside = autolabel("compare", str(run), str(other), "--out", str(run / "cmp"))
+    assert inside.returncode == 2 and "lies inside the run A" in inside.stderr

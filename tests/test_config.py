@@ -170,6 +170,7 @@ def test_storage_options_have_one_spelling_on_every_command():
     bad = autolabel("config", "--storage-option", "anon")
     assert bad.returncode == 2 and "is not KEY=VALUE" in bad.stderr
     commands = ("run", "config", "tune", "filter", "stats", "export", "show", "eval", "view")
+    commands += ("synth", "compare")
     for command in commands:
         shown = autolabel(command, "--help")
         assert "--storage-option" in shown.stdout, command

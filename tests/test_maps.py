@@ -131,3 +131,20 @@ def test_cutouts_of_a_gone_image_are_reported_and_the_rest_written(tmp_path):
     written = sorted(p.name for p in (tmp_path / "c").glob("*.png"))
     assert written == sorted(f"{Path(r['image_uri']).stem}.{r['mask_index']}.png" for r in left)
     assert f"{len(left)} cutouts" in done.stdout
+
+
+def test_maps_never_replace_the_images(tmp_path):
+    """``--out`` that is the images' folder (where ``a.png``'s map would be ``a.png``) is
+    refused before anything is written."""
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    for source in sorted(Path(__file__).parents[1].glob("samples/scenes/images/*.png"))[:2]:
+        (scenes / source.name).write_bytes(source.read_bytes())
+    before = {p.name: p.read_bytes() for p in scenes.iterdir()}
+    run = tmp_path / "run"
+    write_synthetic_run(str(run), images=2, masks_per_image=3, scenes=scenes)
+    for fmt in ("png", "cutouts"):
+        done = autolabel("export", str(run), "--format", fmt, "--out", str(scenes))
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert "is the images' folder or a folder above it" in done.stderr
+    assert {p.name: p.read_bytes() for p in scenes.iterdir()} == before

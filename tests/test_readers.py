@@ -9,7 +9,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import duckdb
 import numpy as np
+import polars
 import pyarrow.dataset as ds
 import pytest
 from pycocotools import mask as mask_utils
@@ -64,7 +66,6 @@ def test_pyarrow_dataset_reads_the_folders(run):
 
 
 def test_duckdb_reads_the_folders(run):
-    duckdb = pytest.importorskip("duckdb")
     connection = duckdb.connect()
     query = f"SELECT * FROM read_parquet('{run}/masks/*.parquet')"
     cursor = connection.execute(query)
@@ -82,7 +83,6 @@ def test_duckdb_reads_the_folders(run):
 
 
 def test_polars_reads_the_folders(run):
-    polars = pytest.importorskip("polars")
     for source in (run / "masks", f"{run}/masks/*.parquet"):
         frame = polars.read_parquet(source)
         same_masks(by_key(frame.to_dicts()), pyarrow_rows(run))
@@ -92,8 +92,6 @@ def test_polars_reads_the_folders(run):
 
 
 def test_the_readme_globs_skip_a_killed_writers_leftover(interrupted, run):
-    duckdb = pytest.importorskip("duckdb")
-    polars = pytest.importorskip("polars")
     reference = pyarrow_rows(run)
     assert pyarrow_rows(interrupted) == reference  # pyarrow skips "_" names in a folder
     glob = f"{interrupted}/masks/*.parquet"

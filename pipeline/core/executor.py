@@ -37,7 +37,7 @@ def connect_ray(address: str | None = None) -> None:
     if not ray.is_initialized():
         on_sigterm = signal.getsignal(signal.SIGTERM)
         ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False)
-        if threading.current_thread() is threading.main_thread() and callable(on_sigterm):
+        if threading.current_thread() is threading.main_thread() and on_sigterm is not None:
             signal.signal(signal.SIGTERM, on_sigterm)  # ray.init put sys.exit in its place
 
 

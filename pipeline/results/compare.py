@@ -18,7 +18,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from pipeline.core.errors import OperationError
 from pipeline.core.executor import ShardPool
+from pipeline.core.guard import check_apart
 from pipeline.core.storage import Location, as_location
 from pipeline.model.parity import match
 from pipeline.results.dataset import Run, open_run, shard_images, shard_masks
@@ -26,8 +28,9 @@ from pipeline.results.stats import without_nan
 
 MASK_COLUMNS = ["image_id", "mask_index", "segmentation", "predicted_iou", "stability_score"]
 IOU_BINS = np.linspace(0.0, 1.0, 21)
-# Settings that name where a run is, not how its masks were made.
-NOT_SETTINGS = ("config.input", "config.output", "config.storage")
+# Not settings of the masks: where the run read and wrote, how its files are laid out, and
+# its storage options (which may hold secrets).
+NOT_SETTINGS = ("config.output", "config.storage", "prompts.source")
 
 PER_IMAGE_SCHEMA = pa.schema(
     [
@@ -43,6 +46,10 @@ PER_IMAGE_SCHEMA = pa.schema(
         ("max_stability_diff", pa.float64()),
     ]
 )
+
+
+class CompareError(OperationError):
+    """Two runs that cannot be compared; one line for the user (exit 1)."""
 
 
 @dataclass
@@ -113,7 +120,8 @@ class Comparison:
         )
 
     def merge(self, other: Comparison) -> None:
-        """Add another shard's comparison."""
+        """Add another shard's comparison (``images_only_b`` is counted over the whole runs,
+        after the merge)."""
         for name in (
             "images",
             "images_only_a",
@@ -144,7 +152,7 @@ class Comparison:
         return sorted(self.rows, key=lambda row: (row["mean_iou"], -row["only_a"] - row["only_b"]))
 
 
-def ok_images(location: Location, shard: str) -> dict[int, dict[str, Any]]:
+def shard_ok_images(location: Location, shard: str) -> dict[int, dict[str, Any]]:
     """A shard's ok images by id."""
     table = shard_images(location, shard).select(["image_id", "image_uri", "status"])
     return {row["image_id"]: row for row in table.to_pylist() if row["status"] == "ok"}
@@ -169,13 +177,13 @@ def compare_shard(
         b_shards: the shards of B that hold images of ``shard`` (B may be sharded otherwise).
         bound: the IoU a pair needs to count as matched.
     """
-    images = ok_images(a, shard)
+    images = shard_ok_images(a, shard)
     in_a = by_image(shard_masks(a, shard, MASK_COLUMNS))
     wanted = ds.field("image_id").isin(pa.array(sorted(images), pa.int64()))
     in_b_ok: set[int] = set()
     in_b: dict[int, list[dict[str, Any]]] = {}
     for name in b_shards:
-        in_b_ok |= set(ok_images(b, name)) & set(images)
+        in_b_ok |= set(shard_ok_images(b, name)) & set(images)
         for key, rows in by_image(shard_masks(b, name, MASK_COLUMNS, wanted)).items():
             in_b.setdefault(key, []).extend(rows)
     comparison = Comparison(iou_bound=bound)
@@ -192,7 +200,7 @@ def image_shards(run: Run) -> dict[int, str]:
     shards' image files, so a copied or filtered run is placed by its own files)."""
     placed: dict[int, str] = {}
     for shard in run.shards:
-        placed |= dict.fromkeys(ok_images(run.location, shard), shard)
+        placed |= dict.fromkeys(shard_ok_images(run.location, shard), shard)
     return placed
 
 
@@ -215,6 +223,9 @@ def compare_runs(
     """
     a = as_location(a)
     b = as_location(b, a.options)
+    folder = as_location(out, a.options) if out else None
+    if folder is not None:
+        check_apart(folder, {"run A": a, "run B": b}, inside_ok=False, flag="--out")
     run_a, run_b = open_run(a), open_run(b)
     placed_a, placed_b = image_shards(run_a), image_shards(run_b)
     needed: dict[str, set[str]] = {shard: set() for shard in run_a.shards}
@@ -226,10 +237,15 @@ def compare_runs(
     for part in (pool or ShardPool()).map(compare_shard, iter(tasks), len(tasks), "compare"):
         total.merge(part)
     total.images_only_b = len(set(placed_b) - set(placed_a))
+    if total.images == 0:
+        raise CompareError(
+            f"{a} and {b} have no labelled image in common ({len(placed_a)} and "
+            f"{len(placed_b)} ok images; images are paired by their URI)"
+        )
     total.rows.sort(key=lambda row: row["image_id"])
     total.settings_diff = settings_diff(run_a.manifest, run_b.manifest)
-    if out:
-        write_report(total, as_location(out, a.options), str(a), str(b))
+    if folder is not None:
+        write_report(total, folder, str(a), str(b))
     return total
 
 
@@ -271,7 +287,7 @@ def settings_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, list[Any]]:
     the resolved config, the model it loaded and the package versions (where the runs read
     and wrote, and their storage options, left out)."""
     flat_a, flat_b = (
-        flatten({k: m.get(k) for k in ("config", "model", "versions")}) for m in (a, b)
+        flatten({k: m.get(k) for k in ("config", "model", "versions", "prompts")}) for m in (a, b)
     )
     return {
         key: [flat_a.get(key), flat_b.get(key)]

@@ -28,12 +28,19 @@ import numpy as np
 from PIL import Image
 
 from pipeline.core import rle
+from pipeline.core.errors import OperationError
 from pipeline.core.executor import ShardPool
+from pipeline.core.guard import OutputConflictError, check_apart
 from pipeline.core.imageio import ImageReadError, load_image
 from pipeline.core.storage import Location
 from pipeline.results.dataset import Run, open_source_run
 from pipeline.results.export import common_root, image_masks_of_shard, ok_images
 from pipeline.results.filters import MaskFilter
+
+
+class MapError(OperationError):
+    """An image's masks do not fit a 16-bit map; one line for the user (exit 1)."""
+
 
 OVERLAP_RULE = "where masks overlap, the higher predicted_iou wins (ties: the higher mask_index)"
 MAX_LABEL = np.iinfo(np.uint16).max
@@ -72,7 +79,16 @@ def label_maps(
         rows: its kept mask rows, in ``mask_index`` order.
     """
     if len(rows) > MAX_LABEL:
-        raise ValueError(f"{image['image_uri']}: {len(rows)} masks do not fit a 16-bit map")
+        raise MapError(
+            f"{image['image_uri']}: {len(rows)} masks do not fit a 16-bit map (at most "
+            f"{MAX_LABEL}); keep fewer with --top-k"
+        )
+    ids = [row["category_id"] for row in rows if row.get("category_id") is not None]
+    if ids and not 0 < min(ids) <= max(ids) <= MAX_LABEL:
+        raise MapError(
+            f"{image['image_uri']}: category ids from {min(ids)} to {max(ids)} do not fit a "
+            f"16-bit category map (1 to {MAX_LABEL})"
+        )
     height, width = rows[0]["segmentation"]["size"] if rows else (image["height"], image["width"])
     instances = np.zeros((height, width), np.uint16)
     categorised = any(row.get("category_id") is not None for row in rows)
@@ -153,9 +169,9 @@ def export_png(
     """
     run, images, names = prepare(source, out, partial)
     mask_filter, pool = mask_filter or MaskFilter(), pool or ShardPool()
+    shared_images, shared_names = pool.share(images), pool.share(names)
     tasks = (
-        (run.location, shard, mask_filter, out, pool.share(images), pool.share(names))
-        for shard in run.shards
+        (run.location, shard, mask_filter, out, shared_images, shared_names) for shard in run.shards
     )
     written: set[int] = set()
     masks = 0
@@ -171,11 +187,25 @@ def export_png(
 def prepare(
     source: Location, out: Location, partial: bool
 ) -> tuple[Run, dict[int, dict], dict[int, str]]:
-    """The run, its ok images by id and their output names; ``out`` made."""
+    """The run, its ok images by id and their output names; ``out`` made. An ``out`` that
+    is the images' folder or above it is refused (a map named like its image would replace
+    it), as is one where a file written would be an image of the run."""
     run = open_source_run(source, out, "--out", "export", partial)
     listed = ok_images(run)
+    root = common_root([row["image_uri"] for row in listed])
+    if root:
+        check_apart(out, {"images' folder": source.at(root)}, inside_ok=True, flag="--out")
+    names = image_names(listed)
+    images = {row["image_uri"] for row in listed}
+    for name in names.values():
+        for suffix in (".png", ".json", ".categories.png"):
+            if out.join(name + suffix).uri in images:
+                raise OutputConflictError(
+                    f"--out {out}: {name}{suffix} would replace an image of the run; write "
+                    "to a folder of its own"
+                )
     out.fs.makedirs(out.path, exist_ok=True)
-    return run, {row["image_id"]: row for row in listed}, image_names(listed)
+    return run, {row["image_id"]: row for row in listed}, names
 
 
 def cutout(pixels: np.ndarray, row: dict[str, Any]) -> np.ndarray:
@@ -217,6 +247,13 @@ def cutouts_shard(
         except ImageReadError as error:
             failed[image["image_uri"]] = str(error)
             continue
+        size = list(rows[0]["segmentation"]["size"])
+        if list(pixels.shape[:2]) != size:
+            failed[image["image_uri"]] = (
+                f"the image reads as {pixels.shape[0]}x{pixels.shape[1]}, its masks are "
+                f"{size[0]}x{size[1]}: it changed since the run"
+            )
+            continue
         for row in rows:
             payload = png_bytes(cutout(pixels, row))
             name = f"{names[image_id]}.{row['mask_index']}.png"
@@ -251,8 +288,9 @@ def export_cutouts(
     mask_filter, pool = mask_filter or MaskFilter(), pool or ShardPool()
     settings = run.manifest.get("config", {}).get("image", {})
     settings = {key: settings.get(key, 0) for key in ("max_short_side", "max_pixels")}
+    shared_images, shared_names = pool.share(images), pool.share(names)
     tasks = (
-        (run.location, shard, mask_filter, out, pool.share(images), pool.share(names), settings)
+        (run.location, shard, mask_filter, out, shared_images, shared_names, settings)
         for shard in run.shards
     )
     cutouts, failed = 0, {}

@@ -251,7 +251,7 @@ class RunBrowser:
         try:
             pixels = self.pixels(image)
         except ImageReadError as error:  # gone, or never readable: say so in its place
-            return placeholder(str(error), side or max(image["width"] or 0, 256))
+            return placeholder(str(error), side or min(max(image["width"] or 0, 256), 1024))
         if mask_filter is not None and image["status"] == "ok":
             rows = image_mask_rows(self.run, image, mask_filter)
             pixels = draw_overlay(pixels, [decode_mask(row) for row in rows])

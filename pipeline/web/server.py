@@ -253,9 +253,17 @@ def serve(app: FastAPI, host: str, port: int, what: str) -> None:
     On loopback (the default) the pages answer requests addressed to loopback names only;
     on any other address they also need the token in the printed URL.
     """
+    sock = listening_socket(host, port)
+    try:
+        serve_on(app, sock, host, what)
+    finally:
+        sock.close()
+
+
+def serve_on(app: FastAPI, sock: socket.socket, host: str, what: str) -> None:
+    """Serve ``app`` on the bound ``sock`` until interrupted (see ``serve``)."""
     import uvicorn
 
-    sock = listening_socket(host, port)
     token = None
     if not is_loopback(host):
         token = secrets.token_urlsafe(24)
