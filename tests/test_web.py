@@ -464,7 +464,9 @@ def test_tune_labels_the_others_and_shows_a_broken_samples_error(page, serving, 
     captions = [c.inner_text() for c in page.query_selector_all('.try[data-try="1"] figcaption')]
     assert len(captions) == 3
     broken = [c for c in captions if c.startswith("broken.png")]
-    assert broken == ["broken.png: not labelled: not an image format Pillow reads"], captions
+    assert broken == [
+        "broken.png: not labelled: cannot decode image: not an image format Pillow reads"
+    ], captions
     labelled = [c for c in captions if not c.startswith("broken.png")]
     assert all(re.fullmatch(r"\S+\.png: [1-9]\d* masks, \d+ ms", c) for c in labelled), captions
     assert page.query_selector('.try[data-try="1"] figcaption.error-text')
