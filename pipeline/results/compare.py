@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 from pipeline.core.errors import OperationError
 from pipeline.core.executor import ShardPool
 from pipeline.core.guard import check_apart
+from pipeline.core.matching import match
 from pipeline.core.storage import Location, as_location
-from pipeline.model.parity import match
 from pipeline.results.dataset import Run, open_run, shard_images, shard_masks
 from pipeline.results.stats import without_nan
 
