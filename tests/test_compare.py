@@ -79,15 +79,16 @@ def test_fast_and_reference_generators_compared_show_the_parity(tmp_path):
         args += ["--no-progress", "model.name=sam2-tiny-synthetic", "model.dtype=float32"]
         done = autolabel(*args, f"generator.impl={impl}")
         assert done.returncode == 0, done.stderr[-2000:]
-    result = autolabel("compare", str(runs["reference"]), str(runs["fast"]), "--out", str(tmp_path))
+    out = tmp_path / "compared"
+    result = autolabel("compare", str(runs["reference"]), str(runs["fast"]), "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads((tmp_path / "compare.json").read_text())
+    report = json.loads((out / "compare.json").read_text())
     assert report["masks_a"] >= 4 and report["images"] == 2
     assert report["count_mismatches"] == report["only_a"] == report["only_b"] == 0
     assert report["mean_iou"] > 0.999
     assert report["max_predicted_iou_diff"] < 1e-4 and report["max_stability_diff"] < 1e-3
     assert report["settings_diff"] == {"config.generator.impl": ["reference", "fast"]}
-    assert ds.dataset(tmp_path / "images.parquet").count_rows() == 2
+    assert ds.dataset(out / "images.parquet").count_rows() == 2
 
 
 def test_runs_of_other_masks_and_other_images_add_up(run, tmp_path):
