@@ -23,7 +23,13 @@ from pipeline.core.executor import ShardPool
 from pipeline.core.guard import check_apart
 from pipeline.core.matching import match
 from pipeline.core.storage import Location, as_location
-from pipeline.results.dataset import Run, open_run, shard_images, shard_masks
+from pipeline.results.dataset import (
+    Run,
+    masks_by_image,
+    open_run,
+    shard_images,
+    shard_masks,
+)
 from pipeline.results.stats import without_nan
 
 MASK_COLUMNS = ["image_id", "mask_index", "segmentation", "predicted_iou", "stability_score"]
@@ -158,16 +164,8 @@ def shard_ok_images(location: Location, shard: str) -> dict[int, dict[str, Any]]
     return {row["image_id"]: row for row in table.to_pylist() if row["status"] == "ok"}
 
 
-def by_image(table: pa.Table) -> dict[int, list[dict[str, Any]]]:
-    """Mask rows grouped by image, each image's in ``mask_index`` order."""
-    grouped: dict[int, list[dict[str, Any]]] = {}
-    for row in table.sort_by("mask_index").to_pylist():
-        grouped.setdefault(row["image_id"], []).append(row)
-    return grouped
-
-
 def compare_shard(
-    a: Location, shard: str, b: Location, b_shards: list[str], bound: float
+    a: Location, shard: str, b: Location, b_shards: list[str], in_both: list[int], bound: float
 ) -> Comparison:
     """Compare the images of A's ``shard`` with B's masks of them.
 
@@ -175,22 +173,19 @@ def compare_shard(
         a, b: the two runs.
         shard: a shard of A.
         b_shards: the shards of B that hold images of ``shard`` (B may be sharded otherwise).
+        in_both: the ids of ``shard``'s images that are ok in B too (the driver placed them).
         bound: the IoU a pair needs to count as matched.
     """
     images = shard_ok_images(a, shard)
-    in_a = by_image(shard_masks(a, shard, MASK_COLUMNS))
-    wanted = ds.field("image_id").isin(pa.array(sorted(images), pa.int64()))
-    in_b_ok: set[int] = set()
+    in_a = masks_by_image(shard_masks(a, shard, MASK_COLUMNS))
+    wanted = ds.field("image_id").isin(pa.array(in_both, pa.int64()))
     in_b: dict[int, list[dict[str, Any]]] = {}
     for name in b_shards:
-        in_b_ok |= set(shard_ok_images(b, name)) & set(images)
-        for key, rows in by_image(shard_masks(b, name, MASK_COLUMNS, wanted)).items():
+        for key, rows in masks_by_image(shard_masks(b, name, MASK_COLUMNS, wanted)).items():
             in_b.setdefault(key, []).extend(rows)
     comparison = Comparison(iou_bound=bound)
-    for image_id in sorted(images):
-        if image_id not in in_b_ok:
-            comparison.images_only_a += 1
-            continue
+    comparison.images_only_a = len(images) - len(in_both)
+    for image_id in in_both:
         comparison.add_image(images[image_id], in_a.get(image_id, []), in_b.get(image_id, []))
     return comparison
 
@@ -229,10 +224,12 @@ def compare_runs(
     run_a, run_b = open_run(a), open_run(b)
     placed_a, placed_b = image_shards(run_a), image_shards(run_b)
     needed: dict[str, set[str]] = {shard: set() for shard in run_a.shards}
-    for image_id, shard in placed_a.items():  # B's shards that hold A's images
+    in_both: dict[str, list[int]] = {shard: [] for shard in run_a.shards}
+    for image_id, shard in sorted(placed_a.items()):  # B's shards that hold A's images
         if image_id in placed_b:
             needed[shard].add(placed_b[image_id])
-    tasks = [(a, shard, b, sorted(needed[shard]), iou) for shard in run_a.shards]
+            in_both[shard].append(image_id)
+    tasks = [(a, s, b, sorted(needed[s]), in_both[s], iou) for s in run_a.shards]
     total = Comparison(iou_bound=iou)
     for part in (pool or ShardPool()).map(compare_shard, iter(tasks), len(tasks), "compare"):
         total.merge(part)

@@ -202,6 +202,17 @@ def open_source_run(
     return run
 
 
+def masks_by_image(table: pa.Table) -> dict[int, list[dict[str, Any]]]:
+    """Mask rows (of one shard, say) grouped by image, the images in the order they first
+    appear in ``table``, each image's rows in ``mask_index`` order."""
+    grouped: dict[int, list[dict[str, Any]]] = {}
+    for row in table.to_pylist():
+        grouped.setdefault(row["image_id"], []).append(row)
+    for rows in grouped.values():
+        rows.sort(key=lambda row: row["mask_index"])
+    return grouped
+
+
 def decode_mask(row: dict[str, Any]) -> np.ndarray:
     """A mask row (or its ``segmentation``) → binary (h, w) uint8 array."""
     return rle.decode(row.get("segmentation", row))

@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from pipeline.core.executor import ShardPool
 from pipeline.core.storage import Location
-from pipeline.results.dataset import Run, open_source_run
+from pipeline.results.dataset import Run, masks_by_image, open_source_run
 from pipeline.results.filters import MaskFilter, filtered_shard, shard_kept_count
 
 CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
@@ -46,12 +46,7 @@ def image_masks_of_shard(
 ) -> list[tuple[int, list[dict]]]:
     """Each image's kept masks in one shard (sorted by ``mask_index``)."""
     masks, _ = filtered_shard(source, shard, mask_filter)
-    grouped: dict[int, list[dict]] = {}
-    for row in masks.to_pylist():
-        grouped.setdefault(row["image_id"], []).append(row)
-    for rows in grouped.values():
-        rows.sort(key=lambda row: row["mask_index"])
-    return list(grouped.items())
+    return list(masks_by_image(masks).items())
 
 
 def first_ids(run: Run, mask_filter: MaskFilter, pool: ShardPool) -> list[int] | None:
