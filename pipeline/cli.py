@@ -144,6 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
         "for the score and area filters with live counts, and the matching filter command.",
     )
     view.add_argument("run", type=path, help="the run (path or URI); committed shards only")
+    view.add_argument(
+        "--compare",
+        metavar="B",
+        type=path,
+        help="a second run over the same images: show both runs' masks side by side, with "
+        "each image's agreement (sort worst first); the numbers of autolabel compare",
+    )
+    view.add_argument(
+        "--iou",
+        type=fraction,
+        default=0.5,
+        help="with --compare: IoU at which a pair of masks counts as the same mask (default 0.5)",
+    )
     add_server_flags(view)
     add_storage_flag(view)
 
@@ -638,13 +651,25 @@ def compare_command(args: argparse.Namespace) -> int:
 
 def view_command(args: argparse.Namespace) -> int:
     """``autolabel view``: the run browser page, until Ctrl-C."""
+    from pipeline.core.executor import ShardPool
     from pipeline.web.browse import RunBrowser
+    from pipeline.web.comparing import RunComparer
     from pipeline.web.server import serve, view_app
 
     [run] = locations(args, args.run)
     browser = RunBrowser(run, storage_flags=args.storage_option)
     say_state(browser.run.state_note())
-    serve(view_app(browser), args.host, args.port, f"autolabel view of {run}")
+    comparer = None
+    if args.compare:
+        [other] = locations(args, args.compare)
+        pool = ShardPool(show_progress=sys.stderr.isatty())
+        comparer = RunComparer(browser, other, args.iou, pool)
+        if comparer.b.run.state_note():
+            print(f"note: run B is {comparer.b.run.state_note()}", file=sys.stderr)
+        what = f"autolabel view of {run} compared with {other}"
+    else:
+        what = f"autolabel view of {run}"
+    serve(view_app(browser, comparer), args.host, args.port, what)
     return 0
 
 

@@ -60,6 +60,11 @@ def test_a_filtered_copy_lacks_exactly_the_removed_masks(run, tmp_path):
     for image_id in after.to_pylist():
         removed[image_id] -= 1
     assert {row["image_id"]: row["only_a"] for row in here.rows} == removed
+    # Identical kept masks: an image's agreement is the share of its masks the filter kept.
+    for row in here.rows:
+        assert row["agreement"] == pytest.approx(row["masks_b"] / row["masks_a"])
+    share = {row["image_id"]: row["masks_b"] / row["masks_a"] for row in here.rows}
+    assert [row["image_id"] for row in here.worst] == sorted(share, key=lambda i: (share[i], i))
     on_ray = compare_runs(str(run), str(kept), pool=ShardPool(use_ray=True))
     assert on_ray.summary() == here.summary() and on_ray.rows == here.rows
 

@@ -198,6 +198,7 @@ def test_view_sorts_pages_and_shows_one_image_with_its_scores(demo_run, page, se
     page.wait_for_timeout(300)
     counts = [int(t.inner_text().split("/")[0]) for t in page.query_selector_all(".tile .kept")]
     assert counts == sorted(counts, reverse=True) and len(counts) == 8
+    assert not page.query_selector_all('#sort option[value^="agreement"], .tile .agreement')
 
     page.click(".tile >> nth=0")
     page.wait_for_selector("#detail.open")
@@ -222,6 +223,64 @@ def test_view_sorts_pages_and_shows_one_image_with_its_scores(demo_run, page, se
     index = rows[0].query_selector("td").inner_text()
     first = page.query_selector(f'#detail-svg path[data-mask-index="{index}"]')
     assert "active" in (first.get_attribute("class") or "")
+
+
+def test_view_compare_opens_on_the_worst_agreeing_image_with_both_runs_masks(
+    demo_run, page, serving, tmp_path
+):
+    """``view A --compare B`` with B the demo run filtered at its median predicted IoU: B's
+    masks are A's own, so each image's agreement is the share of its masks B kept, and the
+    masks B lacks are exactly A's unpaired ones."""
+    scores = open_run(str(demo_run)).masks.to_table(columns=["predicted_iou"]).column(0)
+    median = float(np.median(scores.to_numpy()))
+    b = tmp_path / "b"
+    done = autolabel("filter", str(demo_run), str(b), "--min-predicted-iou", f"{median:.4f}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    counts = {}
+    for run in (demo_run, b):
+        ids = open_run(str(run)).masks.to_table(columns=["image_id"]).column(0).to_pylist()
+        counts[run] = {str(i): ids.count(i) for i in set(ids)}
+    images = open_run(str(demo_run)).images.to_table(columns=["image_id"]).column(0)
+    assert {str(i) for i in images.to_pylist()} == set(counts[demo_run]), "masks on every image"
+    share = {i: counts[b].get(i, 0) / n for i, n in counts[demo_run].items()}
+    worst_first = sorted(share, key=lambda i: (share[i], int(i)))
+
+    page.goto(serving("view", str(demo_run), "--compare", str(b)))
+    wait_ready(page, "all")
+    assert page.input_value("#sort") == "agreement-asc"
+    tiles = page.query_selector_all(".tile")
+    shown = [float(t.query_selector(".agreement").get_attribute("data-agreement")) for t in tiles]
+    assert [t.get_attribute("data-image-id") for t in tiles] == worst_first
+    assert shown == pytest.approx([share[i] for i in worst_first]) and shown[0] < shown[-1]
+    removed = sum(counts[demo_run].values()) - sum(counts[b].values())
+    header = page.inner_text("#compare-summary")
+    assert float(page.get_attribute("#compare-summary", "data-mean-iou")) == 1.0
+    assert ", 0 only in B" in header and f"{removed} only in A" in header, header
+
+    tiles[0].click()  # the worst image: A's masks beside B's, A's unpaired ones marked
+    page.wait_for_selector("#detail.open.compare")
+    worst = worst_first[0]
+    in_a, in_b = counts[demo_run][worst], counts[b].get(worst, 0)
+    assert len(page.query_selector_all("#detail-svg path")) == in_a
+    assert len(page.query_selector_all("#detail-svg path.only")) == in_a - in_b
+    assert len(page.query_selector_all("#detail-svg-b path")) == in_b
+    assert not page.query_selector_all("#detail-svg-b path.only")
+    colours = {
+        side: {p.get_attribute("style") for p in page.query_selector_all(f"{side} path:not(.only)")}
+        for side in ("#detail-svg", "#detail-svg-b")
+    }
+    assert colours["#detail-svg"] == colours["#detail-svg-b"], "a pair shares its colour"
+    assert f"{in_a - in_b} only in A" in page.inner_text("#compare-info")
+    page.screenshot(path=str(tmp_path / "view-compare.png"))
+
+    page.check("#overlay")  # one picture: B's masks filled, A's outlines over them
+    page.wait_for_selector("#detail.overlaid")
+    page.wait_for_function(
+        f"document.querySelectorAll('#detail-svg path.outline').length === {in_a}"
+    )
+    assert page.is_hidden("#panel-b")
+    assert len(page.query_selector_all("#detail-svg path:not(.outline)")) == in_b
+    page.screenshot(path=str(tmp_path / "view-compare-overlay.png"))
 
 
 # A point of the page where this SVG path is the topmost element and covers the pixel.

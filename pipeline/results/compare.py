@@ -46,6 +46,7 @@ PER_IMAGE_SCHEMA = pa.schema(
         ("masks_b", pa.int32()),
         ("matched", pa.int32()),
         ("mean_iou", pa.float64()),
+        ("agreement", pa.float64()),
         ("only_a", pa.int32()),
         ("only_b", pa.int32()),
         ("max_predicted_iou_diff", pa.float64()),
@@ -118,6 +119,7 @@ class Comparison:
                 "masks_b": len(b),
                 "matched": len(pairs),
                 "mean_iou": float(ious.mean()) if len(pairs) else (1.0 if not a and not b else 0.0),
+                "agreement": agreement(ious, len(a), len(b)),
                 "only_a": len(a) - len(pairs),
                 "only_b": len(b) - len(pairs),
                 "max_predicted_iou_diff": diffs["predicted_iou"],
@@ -154,8 +156,17 @@ class Comparison:
 
     @property
     def worst(self) -> list[dict[str, Any]]:
-        """Per-image rows, the least agreeing first."""
-        return sorted(self.rows, key=lambda row: (row["mean_iou"], -row["only_a"] - row["only_b"]))
+        """Per-image rows, the least agreeing first (see ``agreement``)."""
+        return sorted(self.rows, key=lambda row: (row["agreement"], row["image_id"]))
+
+
+def agreement(ious: np.ndarray, masks_a: int, masks_b: int) -> float:
+    """One image's agreement: the matched pairs' IoU summed over the masks of the union
+    (matched pairs once, unmatched masks of either run with IoU 0). 1 when both runs gave the
+    same masks (or none); it falls both when matched masks differ and when one run has masks
+    the other lacks, which the mean IoU of matched pairs alone does not show."""
+    union = masks_a + masks_b - len(ious)
+    return float(ious.sum() / union) if union else 1.0
 
 
 def shard_ok_images(location: Location, shard: str) -> dict[int, dict[str, Any]]:
@@ -327,9 +338,10 @@ def comparison_table(comparison: Comparison, title: str, worst: int = 5):
     for key, (left, right) in c.settings_diff.items():
         table.add_row(f"setting {key}", f"{left} → {right}")
     for row in c.worst[:worst]:
-        if row["only_a"] or row["only_b"] or row["mean_iou"] < 1.0:
+        if row["agreement"] < 1.0:
             table.add_row(
                 f"image {row['image_uri'].rsplit('/', 1)[-1]}",
-                f"IoU {row['mean_iou']:.3f}, only A {row['only_a']}, only B {row['only_b']}",
+                f"agreement {row['agreement']:.3f} (IoU {row['mean_iou']:.3f}, only A "
+                f"{row['only_a']}, only B {row['only_b']})",
             )
     return table

@@ -29,7 +29,17 @@ from pipeline.results.dataset import Run, decode_mask, open_run
 from pipeline.results.filters import FilterError, MaskFilter, kept_scores, parse_where
 from pipeline.results.overlays import draw_overlay, image_mask_rows, placeholder
 
-SORTS = ("image", "masks-desc", "masks-asc", "score-desc", "score-asc")
+SORTS = (
+    "image",
+    "masks-desc",
+    "masks-asc",
+    "score-desc",
+    "score-asc",
+    "agreement-asc",
+    "agreement-desc",
+)
+# What a page item tells of its image's agreement with the compared run.
+AGREEMENT_FIELDS = ("agreement", "mean_iou", "matched", "masks_a", "masks_b", "only_a", "only_b")
 HISTOGRAM_BINS = 40
 THUMBNAIL_SIDE = 256
 CACHED_FILTERS = 8
@@ -91,6 +101,7 @@ class RunBrowser:
         self.storage_flags = list(storage_flags or [])
         self.lock = threading.Lock()
         self.pictures: OrderedDict[tuple, bytes] = OrderedDict()
+        self.agreements: dict[int, dict[str, Any]] = {}
         self.reload()
 
     def reload(self) -> Run:
@@ -114,7 +125,16 @@ class RunBrowser:
         self.kept_cache: OrderedDict[MaskFilter, dict[str, Any]] = OrderedDict()
         self.prompted = bool(self.run.manifest.get("prompts"))
         self.category_list = self.categories() if self.prompted else []
+        self.agree_with(self.agreements)
         return self.run
+
+    def agree_with(self, rows: dict[int, dict[str, Any]]) -> None:
+        """Take the per-image rows of a comparison with another run (``image_id`` → row of
+        ``results.compare``): pages can then sort by agreement and show it."""
+        self.agreements = rows
+        self.agreement = np.array(
+            [rows[int(i)]["agreement"] if int(i) in rows else np.nan for i in self.image_ids]
+        )
 
     def categories(self) -> list[dict[str, Any]]:
         """The run's categories (id, name, masks), for prompted runs; [] otherwise."""
@@ -197,8 +217,10 @@ class RunBrowser:
         """One page of images under ``sliders``, in ``sort`` order (see ``SORTS``)."""
         if sort not in SORTS:
             raise FilterError(f"sort must be one of {', '.join(SORTS)}")
+        if sort.startswith("agreement") and not self.agreements:
+            raise FilterError("sorting by agreement needs a second run: view A --compare B")
         kept = self.kept(sliders)
-        order = sort_order(sort, kept["counts"], kept["means"])
+        order = sort_order(sort, kept["counts"], kept["means"], self.agreement)
         start = page * per_page
         rows = order[start : start + per_page]
         page_images = self.images.take(pa.array(rows, pa.int64())).to_pylist() if len(rows) else []
@@ -212,6 +234,7 @@ class RunBrowser:
                 "masks": int(image["num_masks"] or 0),
                 "kept": int(kept["counts"][row]),
                 "mean_iou": None if np.isnan(kept["means"][row]) else float(kept["means"][row]),
+                "agreement": self.agreement_of(image["image_id"]),
             }
             for row, image in zip(rows, page_images, strict=True)
         ]
@@ -222,6 +245,11 @@ class RunBrowser:
             "images": items,
             "kept_on_page": sum(item["kept"] for item in items),
         }
+
+    def agreement_of(self, image_id: int) -> dict[str, Any] | None:
+        """An image's agreement with the compared run (None: not compared, or not in both)."""
+        row = self.agreements.get(image_id)
+        return {key: row[key] for key in AGREEMENT_FIELDS} if row else None
 
     def image_row(self, image_id: int) -> dict[str, Any]:
         """The run's row of one image (raises ``ImageNotFoundError``)."""
@@ -268,6 +296,10 @@ class RunBrowser:
 
     def image_masks(self, image_id: int, sliders: Sliders) -> dict[str, Any]:
         """One image's kept masks: scores, boxes and outlines (SVG paths in image pixels)."""
+        return self.image_detail(image_id, sliders)[0]
+
+    def image_detail(self, image_id: int, sliders: Sliders) -> tuple[dict[str, Any], list[dict]]:
+        """``image_masks`` and the mask rows it was made from (in the same order)."""
         image = self.image_row(image_id)
         rows = (
             image_mask_rows(self.run, image, sliders.mask_filter())
@@ -287,7 +319,7 @@ class RunBrowser:
             }
             for row in rows
         ]
-        return {
+        detail = {
             "image_id": str(image_id),
             "name": image["image_uri"].rsplit("/", 1)[-1],
             "width": image["width"],
@@ -296,14 +328,23 @@ class RunBrowser:
             "error": image["error"],
             "masks": masks,
         }
+        return detail, rows
 
 
-def sort_order(sort: str, counts: np.ndarray, means: np.ndarray) -> np.ndarray:
-    """Row order of the images for ``sort`` (ties keep image-id order)."""
+def sort_order(
+    sort: str, counts: np.ndarray, means: np.ndarray, agreement: np.ndarray | None = None
+) -> np.ndarray:
+    """Row order of the images for ``sort`` (ties keep image-id order). By agreement, images
+    the compared run lacks come last either way."""
+    rows = np.arange(len(counts))
     if sort == "image":
-        return np.arange(len(counts))
+        return rows
+    if sort.startswith("agreement"):
+        missing = np.isnan(agreement)
+        key = np.nan_to_num(agreement, nan=0.0)
+        return np.lexsort((rows, -key if sort.endswith("desc") else key, missing))
     key = counts if sort.startswith("masks") else np.nan_to_num(means, nan=-1.0)
-    return np.lexsort((np.arange(len(key)), -key if sort.endswith("desc") else key))
+    return np.lexsort((rows, -key if sort.endswith("desc") else key))
 
 
 def histograms(everything: pa.Table, kept: pa.Table, prompted: bool) -> dict[str, Any]:

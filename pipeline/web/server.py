@@ -27,6 +27,7 @@ from pipeline.core.config import ConfigError
 from pipeline.core.errors import OperationError
 from pipeline.results.filters import FilterError
 from pipeline.web.browse import ImageNotFoundError, RunBrowser, Sliders
+from pipeline.web.comparing import RunComparer
 from pipeline.web.tuning import TUNABLE, Tuner
 
 ASSET_TYPES = {".css": "text/css", ".js": "text/javascript", ".html": "text/html"}
@@ -99,18 +100,22 @@ def png(data: bytes) -> Response:
     return Response(data, media_type="image/png", headers={"Cache-Control": PNG_CACHE})
 
 
-def view_app(browser: RunBrowser) -> FastAPI:
-    """The ``autolabel view`` app over one run."""
+def view_app(browser: RunBrowser, comparer: RunComparer | None = None) -> FastAPI:
+    """The ``autolabel view`` app over one run (``comparer``: and its comparison with a
+    second run, ``--compare``)."""
     app = page_app("view.html")
 
     @app.get("/api/summary")
     def summary(filter: Filter) -> dict[str, Any]:
-        return browser.summary(filter)
+        return {**browser.summary(filter), "compare": comparer.summary() if comparer else None}
 
     @app.post("/api/reload")
     def reload() -> dict[str, Any]:
-        run = browser.reload()
-        return {"shards": len(run.shards), "images": len(browser.image_ids)}
+        if comparer:
+            comparer.reload()
+        else:
+            browser.reload()
+        return {"shards": len(browser.run.shards), "images": len(browser.image_ids)}
 
     @app.get("/api/images")
     def images(
@@ -132,6 +137,12 @@ def view_app(browser: RunBrowser) -> FastAPI:
     @app.get("/api/images/{image_id}/masks")
     def masks(image_id: int, filter: Filter) -> dict[str, Any]:
         return browser.image_masks(image_id, filter)
+
+    @app.get("/api/images/{image_id}/compare")
+    def compared(image_id: int, filter: Filter) -> dict[str, Any]:
+        if comparer is None:
+            raise HTTPException(404, "no second run: autolabel view A --compare B")
+        return comparer.image(image_id, filter)
 
     return app
 

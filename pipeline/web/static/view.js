@@ -1,6 +1,6 @@
 // autolabel view: sliders → query string → counts, histograms, command, thumbnails.
 const SVG = "http://www.w3.org/2000/svg";
-const state = { page: 0, perPage: 24, pages: 1, summary: null, detailId: null, seq: 0 };
+const state = { page: 0, perPage: 24, pages: 1, summary: null, detailId: null, seq: 0, compare: null };
 
 function filterParams() {
   const params = new URLSearchParams();
@@ -79,6 +79,7 @@ async function refreshSummary(seq) {
     on ${summary.kept_images.toLocaleString()} of ${summary.images.toLocaleString()} images
     <span class="muted">(${summary.shards} shards, ${summary.images_error} error rows)</span>`;
   $("command").textContent = summary.command;
+  if (summary.compare) showComparison(summary.compare);
   const value = (id) => (Number($(id).value) > 0 ? Number($(id).value) : null);
   drawHistogram($("hist-predicted_iou"), summary.histograms.predicted_iou, value("min_predicted_iou"));
   drawHistogram($("hist-stability_score"), summary.histograms.stability_score, value("min_stability_score"));
@@ -104,6 +105,16 @@ async function refreshSummary(seq) {
       }
     }
   }
+}
+
+function showComparison(c) {
+  const box = $("compare-summary");
+  box.hidden = false;
+  box.dataset.meanIou = c.mean_iou;
+  const settings = Object.keys(c.settings_diff);
+  box.replaceChildren("vs B ", el("b", { text: c.b }), ` · mean IoU of matched pairs ${c.mean_iou.toFixed(3)} · ` +
+    `${c.matched} matched, ${c.only_a} only in A, ${c.only_b} only in B (IoU ≥ ${c.iou_bound}) · ` +
+    (settings.length ? `settings that differ: ${settings.join(", ")}` : "same settings"));
 }
 
 async function refreshGrid(seq) {
@@ -132,52 +143,128 @@ async function refreshGrid(seq) {
       el("span", { class: "name", text: image.name, title: image.name }),
       el("span", { class: "kept", title: "kept / all masks · mean predicted IoU of the kept",
                    text: `${image.kept}/${image.masks} · ${mean}` })));
+    if (state.compare) tile.append(agreementCaption(image.agreement));
     tile.addEventListener("click", () => openDetail(image.image_id));
     return tile;
   });
   $("grid").replaceChildren(...tiles);
 }
 
+function maskText(mask, run) {
+  return `${run}mask ${mask.mask_index}: predicted IoU ${mask.predicted_iou.toFixed(3)}, ` +
+    `stability ${mask.stability_score.toFixed(3)}, area ${mask.area} px` +
+    (mask.box_iou !== null ? `, box IoU ${mask.box_iou.toFixed(3)}` : "") +
+    (mask.category ? `, ${mask.category}` : "") +
+    (mask.match !== undefined ? `, pair IoU ${mask.pair_iou.toFixed(3)} with mask ${mask.match}` : "");
+}
+
+// One mask's outline and (optionally) its table row, pointing at each other on hover.
+function maskPath(mask, hue, classes, text, row) {
+  const path = document.createElementNS(SVG, "path");
+  path.setAttribute("d", mask.path);
+  if (classes) path.setAttribute("class", classes);
+  if (hue !== null) path.setAttribute("style", `fill: hsl(${hue} 85% 55%)`);
+  path.dataset.maskIndex = mask.mask_index;
+  const activate = (on) => { path.classList.toggle("active", on); row?.classList.toggle("active", on); };
+  path.addEventListener("mouseenter", (event) => { activate(true); showTooltip(event, text); });
+  path.addEventListener("mousemove", (event) => showTooltip(event, text));
+  path.addEventListener("mouseleave", () => { activate(false); $("tooltip").style.display = "none"; });
+  path.addEventListener("click", () => { $("detail-info").textContent = text; });
+  row?.addEventListener("mouseenter", () => activate(true));
+  row?.addEventListener("mouseleave", () => activate(false));
+  return path;
+}
+
+function maskRow(first, mask, last) {
+  return el("tr", {},
+    el("td", { text: first }), el("td", { text: mask.predicted_iou.toFixed(3) }),
+    el("td", { text: mask.stability_score.toFixed(3) }), el("td", { text: mask.area }),
+    el("td", { text: last }));
+}
+
+// Large masks first, so that every smaller one lies on top and can be pointed at.
+function drawPaths(svg, detail, paths) {
+  svg.setAttribute("viewBox", `0 0 ${detail.width} ${detail.height}`);
+  paths.sort((a, b) => b[0] - a[0]);
+  svg.replaceChildren(...paths.map(([, path]) => path));
+}
+
+function agreementCaption(agreement) {
+  if (!agreement) return el("div", { class: "caption agreement", "data-agreement": "", text: "not in B" });
+  return el("div", { class: "caption agreement", "data-agreement": agreement.agreement,
+    title: "agreement with B: matched pairs' IoU over the masks of both runs · masks only in A / only in B",
+    text: `agreement ${agreement.agreement.toFixed(3)} · −${agreement.only_a} +${agreement.only_b}` });
+}
+
 async function openDetail(imageId) {
   state.detailId = imageId;
+  if (state.compare) return openCompared(imageId);
   const detail = await getJSON(`/api/images/${imageId}/masks?${filterParams()}`);
   $("detail-title").textContent = detail.name;
   $("detail-info").textContent = detail.status === "error"
     ? `error: ${detail.error}` : `${detail.width}×${detail.height}, ${detail.masks.length} kept masks`;
   $("detail-image").src = `/api/images/${imageId}/image.png`;
-  const svg = $("detail-svg");
-  svg.setAttribute("viewBox", `0 0 ${detail.width} ${detail.height}`);
-  svg.replaceChildren();
   const extra = state.summary && state.summary.prompted ? "box IoU / category" : "";
   $("detail-extra-head").textContent = extra;
   const rows = [], paths = [];
   detail.masks.forEach((mask, i) => {
-    const hue = (i * 137.5) % 360;
-    const path = document.createElementNS(SVG, "path");
-    path.setAttribute("d", mask.path);
-    path.setAttribute("style", `fill: hsl(${hue} 85% 55%)`);
-    path.dataset.maskIndex = mask.mask_index;
-    const text = `mask ${mask.mask_index}: predicted IoU ${mask.predicted_iou.toFixed(3)}, ` +
-      `stability ${mask.stability_score.toFixed(3)}, area ${mask.area} px` +
-      (mask.box_iou !== null ? `, box IoU ${mask.box_iou.toFixed(3)}` : "") +
-      (mask.category ? `, ${mask.category}` : "");
-    const row = el("tr", {},
-      el("td", { text: mask.mask_index }), el("td", { text: mask.predicted_iou.toFixed(3) }),
-      el("td", { text: mask.stability_score.toFixed(3) }), el("td", { text: mask.area }),
-      el("td", { text: extra ? `${mask.box_iou?.toFixed(3) ?? ""} ${mask.category ?? ""}` : "" }));
-    const activate = (on) => { path.classList.toggle("active", on); row.classList.toggle("active", on); };
-    path.addEventListener("mouseenter", (event) => { activate(true); showTooltip(event, text); });
-    path.addEventListener("mousemove", (event) => showTooltip(event, text));
-    path.addEventListener("mouseleave", () => { activate(false); $("tooltip").style.display = "none"; });
-    path.addEventListener("click", () => { $("detail-info").textContent = text; });
-    row.addEventListener("mouseenter", () => activate(true));
-    row.addEventListener("mouseleave", () => activate(false));
-    paths.push([mask.area, path]);
+    const row = maskRow(mask.mask_index, mask,
+      extra ? `${mask.box_iou?.toFixed(3) ?? ""} ${mask.category ?? ""}` : "");
+    paths.push([mask.area, maskPath(mask, (i * 137.5) % 360, "", maskText(mask, ""), row)]);
     rows.push(row);
   });
-  // Large masks first, so that every smaller one lies on top and can be pointed at.
-  paths.sort((a, b) => b[0] - a[0]);
-  svg.append(...paths.map(([, path]) => path));
+  drawPaths($("detail-svg"), detail, paths);
+  $("detail-masks").replaceChildren(...rows);
+  $("detail").classList.add("open");
+}
+
+// --compare: A's masks and B's side by side (or A's outlines over B's masks); a matched
+// pair shares its colour, a mask with no partner is red and dashed.
+async function openCompared(imageId) {
+  const view = await getJSON(`/api/images/${imageId}/compare?${filterParams()}`);
+  const a = view.a, b = view.b, overlaid = $("overlay").checked;
+  $("detail").classList.toggle("overlaid", overlaid);
+  $("detail-title").textContent = a.name;
+  const shown = view.shown, runs = view.runs;
+  $("detail-info").textContent = a.status === "error" ? `error in A: ${a.error}`
+    : `${a.width}×${a.height}, ${a.masks.length} kept masks in A, ${b ? b.masks.length : 0} in B`;
+  $("compare-info").dataset.agreement = shown.agreement;
+  $("compare-info").textContent = (b ? `shown masks: agreement ${shown.agreement.toFixed(3)}, ` +
+    `${shown.matched} matched, ${shown.only_a} only in A, ${shown.only_b} only in B` : "run B lacks this image") +
+    (runs ? ` · whole runs: agreement ${runs.agreement.toFixed(3)}` : "");
+  $("detail-extra-head").textContent = "pair in B (IoU)";
+  const hueOf = new Map(), rows = [], pathsA = [], pathsB = [];
+  a.masks.forEach((mask, i) => {
+    const hue = (i * 137.5) % 360;
+    if (mask.match !== undefined) hueOf.set(mask.match, hue);
+    const row = maskRow(mask.mask_index, mask,
+      mask.match !== undefined ? `B ${mask.match} (${mask.pair_iou.toFixed(3)})` : "only in A");
+    const classes = (overlaid ? "outline " : "") + (mask.match === undefined ? "only" : "");
+    pathsA.push([mask.area, maskPath(mask, hue, classes.trim(), maskText(mask, "A "), row)]);
+    rows.push(row);
+  });
+  for (const mask of b ? b.masks : []) {
+    const row = mask.match === undefined ? maskRow(`B ${mask.mask_index}`, mask, "only in B") : null;
+    const hue = mask.match === undefined ? null : hueOf.get(mask.mask_index);
+    const classes = mask.match === undefined ? "only" : "";
+    pathsB.push([mask.area, maskPath(mask, hue, classes, maskText(mask, "B "), row)]);
+    if (row) rows.push(row);
+  }
+  $("detail-image").src = `/api/images/${imageId}/image.png`;
+  $("detail-image-b").src = `/api/images/${imageId}/image.png`;
+  $("stage-title-a").textContent = overlaid ? `outlines: A ${state.summary.run} · fills: B ${state.compare.b}`
+    : `A: ${state.summary.run}`;
+  $("stage-title-b").textContent = `B: ${state.compare.b}`;
+  $("panel-b").hidden = overlaid;
+  if (overlaid) {
+    // B's masks filled underneath, A's outlines on top (both still in area order).
+    drawPaths($("detail-svg"), a, pathsB);
+    $("detail-svg").append(...pathsA.sort((x, y) => y[0] - x[0]).map(([, path]) => path));
+    $("detail-svg-b").replaceChildren();
+  } else {
+    drawPaths($("detail-svg"), a, pathsA);
+    drawPaths($("detail-svg-b"), b ?? a, pathsB);
+  }
   $("detail-masks").replaceChildren(...rows);
   $("detail").classList.add("open");
 }
@@ -220,4 +307,19 @@ $("copy-command").addEventListener("click", () => copyText($("command").textCont
 $("close-detail").addEventListener("click", closeDetail);
 document.addEventListener("keydown", (event) => { if (event.key === "Escape") closeDetail(); });
 $("reload").addEventListener("click", async () => { await getJSON("/api/reload", { method: "POST" }); refresh(); });
-refresh();
+// With --compare, the page opens on the images that agree least.
+async function start() {
+  const summary = await getJSON("/api/summary");
+  if (summary.compare) {
+    state.compare = summary.compare;
+    for (const [value, text] of [["agreement-asc", "worst agreement with B"], ["agreement-desc", "best agreement with B"]])
+      $("sort").append(el("option", { value, text }));
+    $("sort").value = "agreement-asc";
+    $("detail").classList.add("compare");
+    $("stage-title-a").hidden = false;
+    $("overlay-control").hidden = false;
+    $("overlay").addEventListener("change", () => { if (state.detailId) openDetail(state.detailId); });
+  }
+  refresh();
+}
+start();
