@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.report import report
-from benchmarks.synthetic_run import write_synthetic_run
+from benchmarks.synthetic_run import SCENES, write_synthetic_run
 from pipeline.core.executor import ShardPool
 from pipeline.core.storage import Location
 from pipeline.results.compare import compare_runs
@@ -54,6 +54,16 @@ def commands(
     }
 
 
+def unique_scenes(folder: Path, count: int) -> Path:
+    """``count`` links to the sample scenes, in turn, so that each image row of the run has a
+    file of its own (label maps and cut-outs are named by image, and are all written)."""
+    scenes = sorted(SCENES.glob("*.png"))
+    folder.mkdir()
+    for number in range(count):
+        (folder / f"img_{number:08d}.png").symlink_to(scenes[number % len(scenes)])
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=500_000)
@@ -65,12 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder)
         start = time.perf_counter()
-        counts = write_synthetic_run(str(scratch / "run"), args.images)
+        scenes = unique_scenes(scratch / "scenes", args.images)
+        counts = write_synthetic_run(str(scratch / "run"), args.images, scenes=scenes)
         measured = commands(Location(str(scratch / "run")), Location(str(scratch / "b")), scratch)
         if args.only:
             measured = {k: v for k, v in measured.items() if any(w in k for w in args.only)}
         if any(command.startswith("compare") for command in measured):
-            write_synthetic_run(str(scratch / "b"), args.images, seed=1)
+            write_synthetic_run(str(scratch / "b"), args.images, seed=1, scenes=scenes)
         print(f"built {counts} in {time.perf_counter() - start:.0f} s", flush=True)
         pools = {"one process": ShardPool(), "Ray tasks": ShardPool(use_ray=True)}
         rows = []

@@ -1,10 +1,11 @@
 """Screenshots of the two pages for the README, taken in headless Chromium like the tests.
 
-    make demo && .venv/bin/python docs/screenshots.py
+    make demo && .venv/bin/python docs/screenshots.py [--only compare]
 
 Starts ``autolabel view demo-output`` and ``autolabel tune`` on the sample scenes, sets a
 threshold and tries two settings, and writes ``docs/view_page.png``, ``docs/view_detail.png``
-and ``docs/tune_page.png``.
+and ``docs/tune_page.png``; then ``autolabel view demo-output --compare demo-output-boxes``
+(the automatic run against the box-prompted one) and writes ``docs/view_compare.png``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,28 @@ def start(*args: str) -> tuple[subprocess.Popen, str]:
     return server, re.search(r"http://\S+/", server.stdout.readline()).group(0)
 
 
+def compare_screenshot(browser) -> None:
+    """``view --compare``: the worst-agreeing image of the automatic run and the boxes run."""
+    server, url = start("view", "demo-output", "--compare", "demo-output-boxes")
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 860})
+        page.goto(url)
+        page.wait_for_selector('body[data-ready="all"]')
+        page.click(".tile >> nth=1")
+        page.wait_for_selector("#detail.open.compare")
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(ROOT / "docs" / "view_compare.png"))
+    finally:
+        server.terminate()
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--only", "compare"]:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=FLAGS)
+            compare_screenshot(browser)
+            browser.close()
+        return
     view, view_url = start("view", "demo-output")
     tune, tune_url = start(
         "tune", "--input", "samples/scenes/images", "--sample", "3",
@@ -61,6 +83,7 @@ def main() -> None:
             page.wait_for_selector('.try[data-try="2"]', timeout=300_000)
             page.wait_for_timeout(500)
             page.screenshot(path=str(ROOT / "docs" / "tune_page.png"))
+            compare_screenshot(browser)
             browser.close()
     finally:
         view.terminate()

@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the input has grown: label the images no shard holds into new shards",
     )
     run.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list and plan as the run would (images, shards, what an append adds, prompts "
+        "matched) and print the plan; writes nothing, exits 2 where the run would be refused",
+    )
     add_storage_flag(run)
     run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
@@ -460,8 +466,17 @@ def run_command(args: argparse.Namespace) -> int:
     source, output = (open_location(uri, job.storage.options) for uri in (args.input, args.output))
     prompts = open_location(args.prompts, job.storage.options) if args.prompts else None
     plan = plan_run(
-        job, source, output, overwrite=args.overwrite, prompts=prompts, append=args.append
+        job,
+        source,
+        output,
+        overwrite=args.overwrite,
+        prompts=prompts,
+        append=args.append,
+        dry_run=args.dry_run,
     )
+    if plan.dry_run:
+        print("\n".join(dry_run_report(plan)))
+        return 0
     try:
         say_plan(plan)
     except BaseException:
@@ -505,6 +520,51 @@ def say_plan(plan) -> None:
             f"(e.g. {removed['examples'][0]}); their rows stay in the run",
             file=sys.stderr,
         )
+
+
+MODES = {
+    "new": "a new run",
+    "resume": "resumes the run there (same input and settings)",
+    "append": "appends to the run there (--append)",
+    "replace": "replaces the run there (--overwrite; its files go once the workers start)",
+}
+
+
+def dry_run_report(plan) -> list[str]:
+    """What ``run --dry-run`` prints: the plan a run with these arguments would execute."""
+    from pipeline.job.sources import Tally, skipped_note
+
+    listing = plan.manifest["listing"]
+    done = len(plan.shards) - len(plan.todo)
+    lines = [
+        "dry run: nothing was written and nothing labelled",
+        f"input:   {plan.source}",
+        f"output:  {plan.output}: {MODES[plan.mode]}",
+        f"model:   {plan.model.name or plan.model.config}",
+        f"images:  {plan.num_images} in {len(plan.shards)} shards of up to "
+        f"{plan.job.runtime.shard_size}",
+        f"to do:   {len(plan.todo)} shard(s), {sum(s.size for s in plan.todo)} images; "
+        f"{done} shard(s) already committed",
+    ]
+    if plan.mode == "append":
+        lines.append(f"append:  {plan.added[0]} new image(s) in {plan.added[1]} new shard(s)")
+    removed = listing.get("removed") or {"count": 0}
+    if removed["count"]:
+        lines.append(
+            f"removed: {removed['count']} image(s) of the run no longer listed (e.g. "
+            f"{removed['examples'][0]}); their rows stay"
+        )
+    skipped = listing.get("skipped") or {}
+    note = skipped_note({kind: Tally(**tally) for kind, tally in skipped.items()})
+    if note:
+        lines.append(f"skipped: {note}")
+    prompts = plan.manifest.get("prompts")
+    if prompts:
+        line = f"prompts: {prompts['matched']} matched to input images, {prompts['unmatched']} not"
+        if prompts["unmatched"]:
+            line += f" (e.g. {prompts['unmatched_examples'][0]})"
+        lines.append(line)
+    return lines
 
 
 def say_state(note: str | None) -> None:

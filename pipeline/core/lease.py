@@ -169,6 +169,21 @@ class Lease:
         self._writing = threading.Lock()  # a heartbeat's read-and-write vs release
         self._thread: threading.Thread | None = None
 
+    def check_free(self) -> LeaseRecord | None:
+        """Refuse when a live holder has the lease; takes nothing and writes nothing (what
+        ``acquire`` checks first, and all ``autolabel run --dry-run`` checks).
+
+        Returns:
+            The record of an expired holder, or None when there is no lease file.
+
+        Raises:
+            OutputBusyError: another command holds the lease.
+        """
+        current = read_lease(self.root)
+        if current is not None and current.is_live(expiry_s=self.expiry_s):
+            raise OutputBusyError(busy_message(self.root, current, self.expiry_s))
+        return current
+
     def acquire(self) -> Lease:
         """Take the lease, or refuse when a live holder has it; starts the heartbeat.
 
@@ -176,10 +191,7 @@ class Lease:
             OutputBusyError: another command holds the lease (the message names it and says
                 how to take over).
         """
-        current = read_lease(self.root)
-        if current is not None and current.is_live(expiry_s=self.expiry_s):
-            raise OutputBusyError(busy_message(self.root, current, self.expiry_s))
-        self.took_over = current
+        self.took_over = current = self.check_free()
         if current is None and self.root.is_local:
             self.create()  # a free local output: created only if still absent
         else:

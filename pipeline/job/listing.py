@@ -58,22 +58,24 @@ def write_batch(
     shard_size: int,
     only: pa.Array | None = None,
     folder: str = "",
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """Write the sorted URIs of ``listing`` (with ``only``, a boolean per listed URI, those it
     marks) as shards ``first_shard`` onwards, into block files; returns the batch's
-    description for the manifest."""
+    description for the manifest (``dry_run``: the same description, nothing written)."""
     rows_per_block = SHARDS_PER_BLOCK * shard_size
     pending: list[pa.Array] = []
     state = {"images": 0, "next_shard": first_shard}
 
     def write_block(uris: pa.Array) -> None:
-        shards = state["next_shard"] + np.arange(len(uris), dtype=np.int32) // shard_size
-        table = pa.table({"shard": shards, "uri": uris}, LISTING_SCHEMA)
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer, row_group_size=shard_size, compression="zstd")
-        layout.listing_file(block_name(state["next_shard"], folder)).write_atomic(
-            lambda f: f.write(buffer.getvalue())
-        )
+        if not dry_run:
+            shards = state["next_shard"] + np.arange(len(uris), dtype=np.int32) // shard_size
+            table = pa.table({"shard": shards, "uri": uris}, LISTING_SCHEMA)
+            buffer = io.BytesIO()
+            pq.write_table(table, buffer, row_group_size=shard_size, compression="zstd")
+            layout.listing_file(block_name(state["next_shard"], folder)).write_atomic(
+                lambda f: f.write(buffer.getvalue())
+            )
         state["images"] += len(uris)
         state["next_shard"] += -(-len(uris) // shard_size)
 
@@ -144,10 +146,13 @@ def run_uris(layout: RunLayout, info: dict[str, Any]) -> pa.Array:
     return dataset.to_table(columns=["uri"]).column("uri").combine_chunks()
 
 
-def new_listing(layout: RunLayout, listing: InputListing, shard_size: int) -> dict[str, Any]:
-    """A fresh run's listing: every image, written as shards 0 onwards into a new folder."""
+def new_listing(
+    layout: RunLayout, listing: InputListing, shard_size: int, dry_run: bool = False
+) -> dict[str, Any]:
+    """A fresh run's listing: every image, written as shards 0 onwards into a new folder
+    (``dry_run``: described, not written)."""
     folder = new_folder(layout)
-    batch = write_batch(layout, listing, 0, shard_size, folder=folder)
+    batch = write_batch(layout, listing, 0, shard_size, folder=folder, dry_run=dry_run)
     return {
         "folder": folder,
         "input_digest": listing.digest,
@@ -165,12 +170,14 @@ def continued_listing(
     listing: InputListing,
     shard_size: int,
     append: bool,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """The listing of a rerun over the same output.
 
     The same input resumes the run as it stands. Another input is refused unless ``append``:
     then images no shard holds become new shards after the last, and images the input no
-    longer lists are reported in ``removed`` (their rows stay).
+    longer lists are reported in ``removed`` (their rows stay). ``dry_run``: the new shards
+    are described, not written.
 
     Raises:
         RunConflictError: the input changed and ``append`` is off (the message names it).
@@ -187,8 +194,9 @@ def continued_listing(
         raise RunConflictError(change_message(added, removed["count"]))
     info = {**stored, "input_digest": listing.digest, "removed": removed}
     if added:
+        folder = stored.get("folder", "")
         batch = write_batch(
-            layout, listing, stored["shards"], shard_size, only=new, folder=stored.get("folder", "")
+            layout, listing, stored["shards"], shard_size, new, folder, dry_run=dry_run
         )
         info["batches"] = [*stored["batches"], batch]
         info["images"] = stored["images"] + batch["images"]

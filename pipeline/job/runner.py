@@ -66,7 +66,9 @@ class RunPlan:
 
     ``replaces``: the manifest of the run that ``--overwrite`` replaces; its files are removed
     only once a worker has loaded the model (``execute``), so a run that cannot start leaves
-    it whole.
+    it whole. ``mode``: ``new``, ``resume`` (the same input over the output's run), ``append``
+    or ``replace``. ``dry_run``: planned without writing anything or taking the lease; not to
+    be executed.
     """
 
     job: JobConfig
@@ -79,6 +81,9 @@ class RunPlan:
     manifest: dict[str, Any]
     lease: Lease | None = None
     replaces: dict[str, Any] | None = None
+    mode: str = "new"
+    dry_run: bool = False
+    added: tuple[int, int] = (0, 0)  # an append's new images and shards
 
     @property
     def num_images(self) -> int:
@@ -120,6 +125,7 @@ def plan_run(
     overwrite: bool = False,
     prompts: Location | None = None,
     append: bool = False,
+    dry_run: bool = False,
 ) -> RunPlan:
     """Check model, input, prompts and output, take the output's lease, write the run's
     listing and plan the shards: everything that can fail does so here, before any worker
@@ -134,6 +140,8 @@ def plan_run(
         prompts: label from these prompts (``--prompts``) instead of the automatic grid.
         append: the output's run may have been planned over fewer images: label the new ones
             into new shards (``--append``).
+        dry_run: plan all the same (the same checks, refusals and counts) but write nothing
+            and take no lease (``--dry-run``); the plan is only to be looked at.
 
     Returns:
         The plan, holding the output's lease until ``execute`` ends (a plan that will not be
@@ -160,6 +168,10 @@ def plan_run(
     listing = list_input(source, exclude=output)
     found, prompts_info = read_run_prompts(prompts, listing) if prompts else (None, None)
     manifest = new_manifest(job, model, source.uri, prompts_info)
+    if dry_run:
+        Lease(output, "autolabel run").check_free()
+        plan = RunPlan(job, model, source, output, checkpoint, [], [], manifest, dry_run=True)
+        return planned(plan, listing, found, overwrite, append)
     lease = Lease(output, "autolabel run").acquire()
     plan = RunPlan(job, model, source, output, checkpoint, [], [], manifest, lease)
     try:
@@ -182,21 +194,25 @@ def planned(
     existing = layout.manifest.read_json()
     skipped = {kind: tally.as_dict() for kind, tally in listing.skipped.items() if tally.count}
     if overwrite and existing is not None:
-        plan.replaces, existing = existing, None
+        plan.replaces, existing, plan.mode = existing, None, "replace"
     check_compatible(existing, plan.manifest)
     if existing is None:
-        info = {**new_listing(layout, listing, shard_size), "skipped": skipped}
+        info = {**new_listing(layout, listing, shard_size, plan.dry_run), "skipped": skipped}
         try:
             return plan_shards(plan, info, found, resume=False)
         except BaseException:
-            remove_listing(layout, info)
+            if not plan.dry_run:
+                remove_listing(layout, info)
             raise
     if "listing" not in existing:
         raise RunConflictError(
             f"{plan.output} holds a run of an older autolabel (no stored listing); "
             "use another --output, or --overwrite"
         )
-    info = continued_listing(layout, existing["listing"], listing, shard_size, append)
+    stored = existing["listing"]
+    info = continued_listing(layout, stored, listing, shard_size, append, plan.dry_run)
+    plan.mode = "resume" if info is stored else "append"
+    plan.added = (info["images"] - stored["images"], info["shards"] - stored["shards"])
     info = {**info, "skipped": skipped}
     return plan_shards(plan, info, found, resume=True)
 
@@ -208,7 +224,7 @@ def plan_shards(
     ones without a marker; else all)."""
     layout = RunLayout(plan.output)
     shards = listing_shards(info, plan.job.runtime.shard_size)
-    if found is not None:
+    if found is not None and not plan.dry_run:  # a dry run wrote no listing to read them by
         shards = [replace(s, prompts=shard_prompts(layout, s, found)) for s in shards]
     plan.manifest["listing"] = info
     plan.manifest["planned"] = {"images": info["images"], "shards": info["shards"]}
@@ -268,6 +284,8 @@ def execute(plan: RunPlan, show_progress: bool = True) -> RunSummary:
         plan: from ``plan_run``.
         show_progress: draw the live progress bar.
     """
+    if plan.dry_run:
+        raise ValueError("a dry run's plan is for looking at; plan again to execute")
     try:
         return execute_plan(plan, show_progress)
     except BaseException:  # e.g. Ctrl-C before a replaced run was removed: drop the new plan
