@@ -82,6 +82,37 @@ def test_an_interrupted_append_resumes_its_own_shards(image_folder, tmp_path, mi
     assert len(image_rows(output)) == 13
 
 
+def test_an_append_merges_the_listing_with_the_runs_listing_files(tmp_path):
+    """The streaming merge (issue 24) finds the same new and gone images as sets do, with
+    listing chunks of any size against a run of two batches (each sorted on its own)."""
+    import random
+
+    from pipeline.core.storage import Location
+    from pipeline.core.writer import RunLayout
+    from pipeline.job.listing import continued_listing, merge_with_run, new_listing
+
+    rng = random.Random(7)
+    names = [f"s3://bucket/{n:06d}.jpg" for n in rng.sample(range(10**6), 300)]
+    first, later = names[:120], names[120:200]
+    layout = RunLayout(Location(str(tmp_path / "run")))
+    stored = new_listing(layout, sorted_listing(pa.array(first)), shard_size=7)
+    grown = first[30:] + later + later[:10]  # 30 gone, 80 new (interleaved), repeats
+    rng.shuffle(grown)
+    info = continued_listing(layout, stored, sorted_listing(pa.array(grown)), 7, append=True)
+    assert len(info["batches"]) == 2 and info["removed"]["count"] == len(set(first[:30]))
+    held_uris = set(first) | set(later)
+    now = first[:10] + first[60:] + later[40:] + names[200:]
+    listing = sorted_listing(pa.array(now))
+    in_order = [ref.uri for ref in listing.refs()]
+    for chunk in (1, 3, 50, 65_536):
+        held, removed = merge_with_run(layout, info, listing, chunk)
+        assert [uri for uri, h in zip(in_order, held, strict=True) if h] == [
+            uri for uri in in_order if uri in held_uris
+        ]
+        assert removed["count"] == len(held_uris - set(now))
+        assert set(removed["examples"]) <= held_uris - set(now) and len(removed["examples"]) == 5
+
+
 def test_repeats_across_listing_chunks_are_dropped():
     uris = pa.array(["c", "a", "b", "a", "c", "c", "b", "d"])
     listing = sorted_listing(uris, chunk=2)

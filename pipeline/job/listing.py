@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.writer import RunLayout
 from pipeline.job.manifest import RunConflictError
-from pipeline.job.sources import InputListing, Shard, as_array
+from pipeline.job.sources import InputListing, Shard
 
 SHARDS_PER_BLOCK = 64
 LISTING_SCHEMA = pa.schema([("shard", pa.int32()), ("uri", pa.string())])
@@ -131,21 +132,6 @@ def batch_blocks(batch: dict[str, Any], folder: str = "") -> list[str]:
     return [block_name(first + k, folder) for k in range(0, count, SHARDS_PER_BLOCK)]
 
 
-def run_uris(layout: RunLayout, info: dict[str, Any]) -> pa.Array:
-    """Every URI the run's listing holds (the files its manifest names; a block an
-    interrupted plan left behind is not part of the run)."""
-    folder = info.get("folder", "")
-    files = [
-        layout.listing_file(name)
-        for batch in info["batches"]
-        for name in batch_blocks(batch, folder)
-    ]
-    dataset = ds.dataset(
-        [f.path for f in files], schema=LISTING_SCHEMA, format="parquet", filesystem=layout.root.fs
-    )
-    return dataset.to_table(columns=["uri"]).column("uri").combine_chunks()
-
-
 def new_listing(
     layout: RunLayout, listing: InputListing, shard_size: int, dry_run: bool = False
 ) -> dict[str, Any]:
@@ -184,12 +170,13 @@ def continued_listing(
     """
     if stored["input_digest"] == listing.digest:
         return stored
-    held = run_uris(layout, stored)
-    # A boolean per listed URI (repeats too): not in the run yet.
-    new = as_array(pc.invert(pc.is_in(listing.uris, value_set=held)))
-    added = pc.sum(new.take(listing.order)).as_py() or 0  # each listed image once
-    gone = pc.invert(pc.is_in(held, value_set=listing.uris))
-    removed = {"count": pc.sum(gone).as_py() or 0, "examples": held.filter(gone)[:5].to_pylist()}
+    held, removed = merge_with_run(layout, stored, listing)
+    added = int(len(held) - held.sum())
+    # A boolean per listed URI (repeats too): not in the run yet (only the sorted positions,
+    # the ones ``write_batch`` looks at, are filled in).
+    new = np.ones(len(listing.uris), bool)
+    new[listing.order.to_numpy()[held]] = False
+    new = pa.array(new)
     if not append:
         raise RunConflictError(change_message(added, removed["count"]))
     info = {**stored, "input_digest": listing.digest, "removed": removed}
@@ -202,6 +189,81 @@ def continued_listing(
         info["images"] = stored["images"] + batch["images"]
         info["shards"] = stored["shards"] + batch["shards"]
     return info
+
+
+def merge_with_run(
+    layout: RunLayout, stored: dict[str, Any], listing: InputListing, chunk: int = 65_536
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Which listed images the run holds already, and which of its images the input no
+    longer lists, by a streaming merge: each batch's listing files are sorted, like the
+    listing, so both are walked once per batch, a chunk at a time (memory: a flag per listed
+    image, not the run's URIs).
+
+    Returns:
+        A flag per URI of the sorted listing (True: a shard of the run holds it), and the
+        run's images no longer listed (``count`` and a few ``examples``).
+    """
+    held = np.zeros(len(listing), bool)
+    removed: dict[str, Any] = {"count": 0, "examples": []}
+
+    def gone(uris: pa.Array) -> None:
+        removed["count"] += len(uris)
+        removed["examples"] += uris[: max(0, 5 - len(removed["examples"]))].to_pylist()
+
+    for batch in stored["batches"]:
+        stream = SortedStream(batch_files(layout, batch, stored.get("folder", "")))
+        position = 0
+        for part in listing.chunks(chunk):
+            window = stream.through(part[len(part) - 1])  # the run's URIs up to this part's last
+            held[position : position + len(part)] |= as_numpy(pc.is_in(part, value_set=window))
+            gone(window.filter(pc.invert(pc.is_in(window, value_set=part))))
+            position += len(part)
+        for rest in stream.rest():
+            gone(rest)
+    return held, removed
+
+
+def as_numpy(flags: pa.Array) -> np.ndarray:
+    return flags.to_numpy(zero_copy_only=False).astype(bool)
+
+
+def batch_files(layout: RunLayout, batch: dict[str, Any], folder: str) -> Iterator[pa.Array]:
+    """The URIs of one batch's listing files, in order (sorted), a row group at a time."""
+    for name in batch_blocks(batch, folder):
+        file = layout.listing_file(name)
+        with file.fs.open(file.path, "rb") as handle:
+            for group in pq.ParquetFile(handle).iter_batches(columns=["uri"]):
+                yield group.column(0)
+
+
+class SortedStream:
+    """A sorted stream of URI arrays, taken up to a bound at a time."""
+
+    def __init__(self, arrays: Iterator[pa.Array]) -> None:
+        self.arrays = arrays
+        self.pending = pa.array([], pa.string())
+
+    def through(self, top: pa.Scalar) -> pa.Array:
+        """The stream's next URIs that sort at or before ``top``."""
+        parts = []
+        while True:
+            if len(self.pending) == 0:
+                self.pending = next(self.arrays, None)
+                if self.pending is None:
+                    self.pending = pa.array([], pa.string())
+                    break
+            count = pc.sum(pc.less_equal(self.pending, top)).as_py() or 0
+            parts.append(self.pending.slice(0, count))
+            self.pending = self.pending.slice(count)
+            if len(self.pending):
+                break
+        return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+
+    def rest(self) -> Iterator[pa.Array]:
+        """What is left of the stream."""
+        if len(self.pending):
+            yield self.pending
+        yield from self.arrays
 
 
 def change_message(added: int, removed: int) -> str:
