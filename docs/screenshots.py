@@ -35,7 +35,7 @@ def compare_screenshot(browser) -> None:
         page = browser.new_page(viewport={"width": 1400, "height": 860})
         page.goto(url)
         page.wait_for_selector('body[data-ready="all"]')
-        page.click(".tile >> nth=1")
+        page.click(".tile >> nth=0")
         page.wait_for_selector("#detail.open.compare")
         page.wait_for_timeout(500)
         page.screenshot(path=str(ROOT / "docs" / "view_compare.png"))

@@ -160,7 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument(
         "--iou",
         type=fraction,
-        default=0.5,
         help="with --compare: IoU at which a pair of masks counts as the same mask (default 0.5)",
     )
     add_server_flags(view)
@@ -564,6 +563,15 @@ def dry_run_report(plan) -> list[str]:
         if prompts["unmatched"]:
             line += f" (e.g. {prompts['unmatched_examples'][0]})"
         lines.append(line)
+        if prompts.get("names_file"):
+            lines.append(f"classes: names from {prompts['names_file']}")
+    if not plan.weights_checked:
+        lines.append(
+            f"weights: {plan.checkpoint} is reachable, not fetched (the run downloads it and "
+            "checks it against the config before it starts)"
+        )
+    if plan.expired_lease:
+        lines.append(f"lease:   the run would take over the expired lease of {plan.expired_lease}")
     return lines
 
 
@@ -716,6 +724,8 @@ def view_command(args: argparse.Namespace) -> int:
     from pipeline.web.comparing import RunComparer
     from pipeline.web.server import serve, view_app
 
+    if args.iou is not None and not args.compare:
+        raise UserError("--iou is for --compare B: give the second run, or leave --iou out")
     [run] = locations(args, args.run)
     browser = RunBrowser(run, storage_flags=args.storage_option)
     say_state(browser.run.state_note())
@@ -723,7 +733,7 @@ def view_command(args: argparse.Namespace) -> int:
     if args.compare:
         [other] = locations(args, args.compare)
         pool = ShardPool(show_progress=sys.stderr.isatty())
-        comparer = RunComparer(browser, other, args.iou, pool)
+        comparer = RunComparer(browser, other, 0.5 if args.iou is None else args.iou, pool)
         if comparer.b.run.state_note():
             print(f"note: run B is {comparer.b.run.state_note()}", file=sys.stderr)
         what = f"autolabel view of {run} compared with {other}"

@@ -63,13 +63,12 @@ def test_a_dry_run_on_a_new_output_plans_the_images_and_creates_nothing(
     assert "prompts: 3 matched to input images, 1 not (e.g. not_in_the_input.png)" in done.stdout
     assert not (tmp_path / "out").exists()
 
-    bad = dry_run(image_folder, output, *micro_overrides, "amg.points_per_side=0")
-    real = autolabel(
-        "run", "--input", str(image_folder), "--output", str(output), *micro_overrides,
-        "amg.points_per_side=0",
-    )  # fmt: skip
-    assert bad.returncode == real.returncode == 2
+    missing = [*micro_overrides, f"model.checkpoint={tmp_path / 'gone.pt'}"]
+    bad = dry_run(image_folder, output, *missing)
+    real = autolabel("run", "--input", str(image_folder), "--output", str(output), *missing)
+    assert bad.returncode == real.returncode == 2 and "checkpoint not found" in real.stderr
     assert bad.stderr == real.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -112,7 +111,26 @@ def test_a_dry_run_over_a_run_says_what_a_resume_or_an_append_would_do(
     with Lease(Location(str(output)), "another autolabel run"):
         busy = dry_run(image_folder, output, "--append", *overrides)
     assert busy.returncode == 2 and "another autolabel run" in busy.stderr, busy.stderr
-    assert files_of(output) == before, "the dry runs wrote nothing, took no lease"
+
+    # --overwrite with other settings: the plan replaces the run, which stays as it is.
+    replaced = dry_run(image_folder, output, "--overwrite", *overrides, "amg.points_per_side=6")
+    assert replaced.returncode == 0, replaced.stderr[-2000:]
+    assert "replaces the run there (--overwrite" in replaced.stdout
+    assert "to do:   4 shard(s), 11 images; 0 shard(s) already committed" in replaced.stdout
+    assert files_of(output) == before, "the dry runs wrote nothing"
 
     plan, summary = run(image_folder, output, overrides, append=True)
     assert summary.succeeded and [s.size for s in plan.todo] == [3, 1]
+
+
+def test_a_dry_run_takes_no_lease(image_folder, tmp_path, micro_overrides, monkeypatch, capsys):
+    """In process, with taking a lease made to fail: the dry run never tries."""
+    from pipeline.cli import main
+
+    def taken(self):
+        raise AssertionError("a dry run took the lease")
+
+    monkeypatch.setattr(Lease, "acquire", taken)
+    args = ["run", "--input", str(image_folder), "--output", str(tmp_path / "out"), "--dry-run"]
+    assert main([*args, *micro_overrides]) == 0
+    assert "a new run" in capsys.readouterr().out and not (tmp_path / "out").exists()

@@ -245,6 +245,8 @@ def test_view_compare_opens_on_the_worst_agreeing_image_with_both_runs_masks(
     share = {i: counts[b].get(i, 0) / n for i, n in counts[demo_run].items()}
     worst_first = sorted(share, key=lambda i: (share[i], int(i)))
 
+    lone = autolabel("view", str(demo_run), "--iou", "0.7")
+    assert lone.returncode == 2 and "--iou is for --compare B" in lone.stderr, lone.stderr
     page.goto(serving("view", str(demo_run), "--compare", str(b)))
     wait_ready(page, "all")
     assert page.input_value("#sort") == "agreement-asc"
@@ -257,19 +259,23 @@ def test_view_compare_opens_on_the_worst_agreeing_image_with_both_runs_masks(
     assert float(page.get_attribute("#compare-summary", "data-mean-iou")) == 1.0
     assert ", 0 only in B" in header and f"{removed} only in A" in header, header
 
-    tiles[0].click()  # the worst image: A's masks beside B's, A's unpaired ones marked
+    # The worst image that kept some masks: A's masks beside B's, A's unpaired ones marked.
+    worst = next(i for i in worst_first if 0 < share[i] < 1)
+    page.click(f'.tile[data-image-id="{worst}"]')
     page.wait_for_selector("#detail.open.compare")
-    worst = worst_first[0]
     in_a, in_b = counts[demo_run][worst], counts[b].get(worst, 0)
     assert len(page.query_selector_all("#detail-svg path")) == in_a
     assert len(page.query_selector_all("#detail-svg path.only")) == in_a - in_b
     assert len(page.query_selector_all("#detail-svg-b path")) == in_b
     assert not page.query_selector_all("#detail-svg-b path.only")
-    colours = {
-        side: {p.get_attribute("style") for p in page.query_selector_all(f"{side} path:not(.only)")}
-        for side in ("#detail-svg", "#detail-svg-b")
-    }
-    assert colours["#detail-svg"] == colours["#detail-svg-b"], "a pair shares its colour"
+    paired = page.query_selector_all("#detail-svg path[data-match]")
+    assert len(paired) == in_b
+    for path in paired:  # each pair shares one colour, its own
+        partner = page.query_selector(
+            f'#detail-svg-b path[data-mask-index="{path.get_attribute("data-match")}"]'
+        )
+        assert partner.get_attribute("style") == path.get_attribute("style")
+    assert len({path.get_attribute("style") for path in paired}) == in_b
     assert f"{in_a - in_b} only in A" in page.inner_text("#compare-info")
     page.screenshot(path=str(tmp_path / "view-compare.png"))
 

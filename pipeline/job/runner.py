@@ -62,7 +62,8 @@ PATIENT = {"attempts": 7, "first_delay": 1.0, "what": "manifest"}
 @dataclass
 class RunPlan:
     """A run ready to execute: checked before anything of an existing run was touched (only
-    the lease and the new listing are written), holding the output's lease.
+    the lease and the new listing are written), holding the output's lease (a dry run's plan:
+    nothing written, no lease).
 
     ``replaces``: the manifest of the run that ``--overwrite`` replaces; its files are removed
     only once a worker has loaded the model (``execute``), so a run that cannot start leaves
@@ -84,6 +85,8 @@ class RunPlan:
     mode: str = "new"
     dry_run: bool = False
     added: tuple[int, int] = (0, 0)  # an append's new images and shards
+    weights_checked: bool = True  # False: a dry run did not fetch a remote checkpoint
+    expired_lease: str | None = None  # a dry run: the dead holder a run would take over from
 
     @property
     def num_images(self) -> int:
@@ -145,7 +148,7 @@ def plan_run(
 
     Returns:
         The plan, holding the output's lease until ``execute`` ends (a plan that will not be
-        executed gives it back with ``plan.lease.release()``).
+        executed gives it back with ``plan.lease.release()``; a dry run's holds none).
 
     Raises:
         UserError: ModelError, InputError, PromptsError, RunConflictError, OutputBusyError,
@@ -158,9 +161,10 @@ def plan_run(
         job.model.name, job.model.config, job.model.checkpoint, job.model.image_size
     )
     checkpoint = checkpoint_location(model.checkpoint, source) if model.checkpoint else None
+    weights_checked = True
     if checkpoint is not None:
         check_checkpoint(checkpoint)
-        check_weights(model, checkpoint)
+        weights_checked = check_weights(model, checkpoint, fetch=not dry_run)
     if append and prompts is not None:
         raise RunConflictError(
             "--append extends automatic runs; label new prompts into another --output"
@@ -169,8 +173,10 @@ def plan_run(
     found, prompts_info = read_run_prompts(prompts, listing) if prompts else (None, None)
     manifest = new_manifest(job, model, source.uri, prompts_info)
     if dry_run:
-        Lease(output, "autolabel run").check_free()
+        expired = Lease(output, "autolabel run").check_free()
         plan = RunPlan(job, model, source, output, checkpoint, [], [], manifest, dry_run=True)
+        plan.weights_checked = weights_checked
+        plan.expired_lease = expired.describe() if expired else None
         return planned(plan, listing, found, overwrite, append)
     lease = Lease(output, "autolabel run").acquire()
     plan = RunPlan(job, model, source, output, checkpoint, [], [], manifest, lease)
@@ -188,7 +194,8 @@ def planned(
     overwrite: bool,
     append: bool,
 ) -> RunPlan:
-    """The rest of ``plan_run``, under the lease: the listing and the shards to do."""
+    """The rest of ``plan_run``, under the lease (a dry run: none): the listing and the shards
+    to do."""
     layout = RunLayout(plan.output)
     shard_size = plan.job.runtime.shard_size
     existing = layout.manifest.read_json()

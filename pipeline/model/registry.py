@@ -164,7 +164,7 @@ def reach_error(checkpoint: Location) -> str | None:
     return None
 
 
-def check_weights(spec: ModelSpec, checkpoint: Location) -> None:
+def check_weights(spec: ModelSpec, checkpoint: Location, fetch: bool = True) -> bool:
     """Fail fast (before any output is touched) when the checkpoint cannot be loaded or does
     not fit the model config: the same test sam2's strict ``load_state_dict`` makes, on a model
     built without weights (no memory for them). A remote checkpoint is fetched into this
@@ -173,22 +173,31 @@ def check_weights(spec: ModelSpec, checkpoint: Location) -> None:
     Args:
         spec: the resolved config (and input size).
         checkpoint: where ``spec.checkpoint`` is.
+        fetch: False (``run --dry-run``): write nothing, so a remote checkpoint is not
+            fetched (nor checked) and no "verified" stamp is left.
+
+    Returns:
+        Whether the weights were checked (False only for a remote one with ``fetch`` off).
 
     Raises:
         ModelError: unreadable (corrupt, truncated, not a torch file), not in the official
             layout, or with missing, unexpected or misshapen weights; one line.
     """
+    if not fetch and not checkpoint.is_local:
+        return False
     try:
         path = local_checkpoint(checkpoint)
     except Exception as error:
         raise ModelError(f"cannot read checkpoint {checkpoint}: {one_line(error)}") from error
     stamp = verified_stamp(spec, path)
     if stamp.exists():  # this file was checked against this config before, on this node
-        return
+        return True
     load_weights_for(spec, checkpoint, path)
-    with contextlib.suppress(OSError):  # a read-only cache only costs the next run the check
-        stamp.parent.mkdir(parents=True, exist_ok=True)
-        stamp.touch()
+    if fetch:
+        with contextlib.suppress(OSError):  # a read-only cache only costs the next run the check
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            stamp.touch()
+    return True
 
 
 def verified_stamp(spec: ModelSpec, path: str) -> Path:

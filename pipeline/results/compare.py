@@ -10,7 +10,7 @@ differently.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -151,7 +151,9 @@ class Comparison:
 
     def summary(self) -> dict[str, Any]:
         """The totals as plain numbers (no per-image rows)."""
-        document = {k: v for k, v in asdict(self).items() if k not in ("rows", "iou_sum")}
+        document = {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("rows", "iou_sum")
+        }
         return {**document, "mean_iou": self.mean_iou}
 
     @property

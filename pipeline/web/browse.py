@@ -102,6 +102,7 @@ class RunBrowser:
         self.lock = threading.Lock()
         self.pictures: OrderedDict[tuple, bytes] = OrderedDict()
         self.agreements: dict[int, dict[str, Any]] = {}
+        self.not_compared: dict[int, str] = {}
         self.reload()
 
     def reload(self) -> Run:
@@ -125,13 +126,14 @@ class RunBrowser:
         self.kept_cache: OrderedDict[MaskFilter, dict[str, Any]] = OrderedDict()
         self.prompted = bool(self.run.manifest.get("prompts"))
         self.category_list = self.categories() if self.prompted else []
-        self.agree_with(self.agreements)
+        self.agree_with(self.agreements, self.not_compared)
         return self.run
 
-    def agree_with(self, rows: dict[int, dict[str, Any]]) -> None:
+    def agree_with(self, rows: dict[int, dict[str, Any]], not_compared: dict[int, str]) -> None:
         """Take the per-image rows of a comparison with another run (``image_id`` → row of
-        ``results.compare``): pages can then sort by agreement and show it."""
-        self.agreements = rows
+        ``results.compare``) and why the other images have none (``image_id`` → reason):
+        pages can then sort by agreement and show it."""
+        self.agreements, self.not_compared = rows, not_compared
         self.agreement = np.array(
             [rows[int(i)]["agreement"] if int(i) in rows else np.nan for i in self.image_ids]
         )
@@ -235,6 +237,7 @@ class RunBrowser:
                 "kept": int(kept["counts"][row]),
                 "mean_iou": None if np.isnan(kept["means"][row]) else float(kept["means"][row]),
                 "agreement": self.agreement_of(image["image_id"]),
+                "not_compared": self.not_compared.get(image["image_id"]),
             }
             for row, image in zip(rows, page_images, strict=True)
         ]

@@ -9,6 +9,7 @@ the masks the sliders keep, in both runs alike, so its outlines show what the fi
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -44,10 +45,29 @@ class RunComparer:
         self.compare()
 
     def compare(self) -> Comparison:
-        """Compare the two runs as they are now; A's pages then show and sort by agreement."""
+        """Compare the two runs as they are now; A's pages then show and sort by agreement,
+        and say why an image was not compared."""
         self.comparison = compare_runs(self.a.location, self.b.location, self.iou, pool=self.pool)
-        self.a.agree_with({row["image_id"]: row for row in self.comparison.rows})
+        rows = {row["image_id"]: row for row in self.comparison.rows}
+        self.a.agree_with(rows, self.not_compared(rows))
         return self.comparison
+
+    def not_compared(self, rows: dict[int, dict]) -> dict[int, str]:
+        """Why each of A's images without a comparison row has none: an error row in A or in
+        B, or no such image in B."""
+        status_a = self.a.images.column("status").to_pylist()
+        status_b = self.b.images.column("status").to_pylist()
+        reasons = {}
+        for n, image_id in enumerate(self.a.image_ids.tolist()):
+            if image_id in rows:
+                continue
+            if status_a[n] != "ok":
+                reasons[image_id] = "error in A"
+            elif image_id in self.b.row_of:
+                reasons[image_id] = f"{status_b[self.b.row_of[image_id]]} in B"
+            else:
+                reasons[image_id] = "not in B"
+        return reasons
 
     def reload(self) -> None:
         """Reopen both runs (shards committed since join) and compare them again."""
@@ -65,8 +85,11 @@ class RunComparer:
         """One image in both runs: each run's kept masks (as ``RunBrowser.image_masks``), each
         mask's partner in the other run (``match``: its ``mask_index``, ``pair_iou``: their
         IoU; absent when it has none at or above the bound), the agreement of these masks and
-        that of the whole runs. ``b`` is None when run B has no such image."""
+        that of the whole runs. ``b`` is None when run B has no such image. The sliders keep
+        B's masks as A's; a run B without prompts ignores the box IoU and category ones."""
         a, rows_a = self.a.image_detail(image_id, sliders)
+        if not self.b.prompted:  # B has no box IoU nor categories to keep masks by
+            sliders = replace(sliders, min_box_iou=None, categories=None)
         try:
             b, rows_b = self.b.image_detail(image_id, sliders)
         except ImageNotFoundError:

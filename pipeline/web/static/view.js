@@ -143,7 +143,7 @@ async function refreshGrid(seq) {
       el("span", { class: "name", text: image.name, title: image.name }),
       el("span", { class: "kept", title: "kept / all masks · mean predicted IoU of the kept",
                    text: `${image.kept}/${image.masks} · ${mean}` })));
-    if (state.compare) tile.append(agreementCaption(image.agreement));
+    if (state.compare) tile.append(agreementCaption(image));
     tile.addEventListener("click", () => openDetail(image.image_id));
     return tile;
   });
@@ -165,6 +165,7 @@ function maskPath(mask, hue, classes, text, row) {
   if (classes) path.setAttribute("class", classes);
   if (hue !== null) path.setAttribute("style", `fill: hsl(${hue} 85% 55%)`);
   path.dataset.maskIndex = mask.mask_index;
+  if (mask.match !== undefined) path.dataset.match = mask.match;
   const activate = (on) => { path.classList.toggle("active", on); row?.classList.toggle("active", on); };
   path.addEventListener("mouseenter", (event) => { activate(true); showTooltip(event, text); });
   path.addEventListener("mousemove", (event) => showTooltip(event, text));
@@ -189,8 +190,10 @@ function drawPaths(svg, detail, paths) {
   svg.replaceChildren(...paths.map(([, path]) => path));
 }
 
-function agreementCaption(agreement) {
-  if (!agreement) return el("div", { class: "caption agreement", "data-agreement": "", text: "not in B" });
+function agreementCaption(image) {
+  const agreement = image.agreement;
+  if (!agreement) return el("div", { class: "caption agreement", "data-agreement": "",
+    text: `not compared: ${image.not_compared ?? "not in B"}` });
   return el("div", { class: "caption agreement", "data-agreement": agreement.agreement,
     title: "agreement with B: matched pairs' IoU over the masks of both runs · masks only in A / only in B",
     text: `agreement ${agreement.agreement.toFixed(3)} · −${agreement.only_a} +${agreement.only_b}` });
@@ -229,8 +232,11 @@ async function openCompared(imageId) {
   $("detail-info").textContent = a.status === "error" ? `error in A: ${a.error}`
     : `${a.width}×${a.height}, ${a.masks.length} kept masks in A, ${b ? b.masks.length : 0} in B`;
   $("compare-info").dataset.agreement = shown.agreement;
-  $("compare-info").textContent = (b ? `shown masks: agreement ${shown.agreement.toFixed(3)}, ` +
-    `${shown.matched} matched, ${shown.only_a} only in A, ${shown.only_b} only in B` : "run B lacks this image") +
+  let compared = `shown masks: agreement ${shown.agreement.toFixed(3)}, ` +
+    `${shown.matched} matched, ${shown.only_a} only in A, ${shown.only_b} only in B`;
+  if (!b) compared = "run B lacks this image";
+  else if (b.status === "error") compared = `run B could not read this image: ${b.error}`;
+  $("compare-info").textContent = compared +
     (runs ? ` · whole runs: agreement ${runs.agreement.toFixed(3)}` : "");
   $("detail-extra-head").textContent = "pair in B (IoU)";
   const hueOf = new Map(), rows = [], pathsA = [], pathsB = [];
@@ -255,7 +261,7 @@ async function openCompared(imageId) {
   $("stage-title-a").textContent = overlaid ? `outlines: A ${state.summary.run} · fills: B ${state.compare.b}`
     : `A: ${state.summary.run}`;
   $("stage-title-b").textContent = `B: ${state.compare.b}`;
-  $("panel-b").hidden = overlaid;
+  $("panel-b").hidden = overlaid || !b;
   if (overlaid) {
     // B's masks filled underneath, A's outlines on top (both still in area order).
     drawPaths($("detail-svg"), a, pathsB);
@@ -309,7 +315,14 @@ document.addEventListener("keydown", (event) => { if (event.key === "Escape") cl
 $("reload").addEventListener("click", async () => { await getJSON("/api/reload", { method: "POST" }); refresh(); });
 // With --compare, the page opens on the images that agree least.
 async function start() {
-  const summary = await getJSON("/api/summary");
+  let summary;
+  try {
+    summary = await getJSON("/api/summary");
+  } catch (error) {
+    $("run-count").textContent = "error: " + error.message;
+    return;
+  }
+  state.summary = summary;
   if (summary.compare) {
     state.compare = summary.compare;
     for (const [value, text] of [["agreement-asc", "worst agreement with B"], ["agreement-desc", "best agreement with B"]])
