@@ -4,6 +4,7 @@ and COCO / YOLO / table prompts go through the whole job."""
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from pycocotools.coco import COCO
@@ -131,6 +132,9 @@ def test_coco_boxes_become_a_segmentation_dataset_with_their_categories_and_ids(
     assert "1 for images not in the input" in result.stdout
     manifest = open_run(str(out)).manifest["prompts"]
     assert (manifest["matched"], manifest["unmatched"]) == (len(truth["annotations"]) + 1, 1)
+    # The actors read their prompts from the run's prompt files, beside the listing files.
+    blocks = list(out.glob("_listing/*/prompts-*.parquet"))
+    assert blocks and sum(pq.read_metadata(b).num_rows for b in blocks) == manifest["matched"]
     masks, reasons = accounted(out)
     assert reasons == ["prompt 5000: the prompt's box has no area inside the image"]
     rows = open_run(str(out)).masks.to_table().to_pylist()

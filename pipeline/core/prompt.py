@@ -70,6 +70,34 @@ class Prompt:
             "source_score": self.score,
         }
 
+    def record(self) -> dict[str, Any]:
+        """The prompt as plain values (a row of the run's prompt blocks); ``from_record``
+        gives it back."""
+        return {
+            "box": list(self.box) if self.box is not None else None,
+            "points": [list(p) for p in self.points],
+            "point_labels": list(self.point_labels),
+            "normalized": self.normalized,
+            "category_id": self.category_id,
+            "category_name": self.category_name,
+            "source_id": self.source_id,
+            "score": self.score,
+        }
+
+    @classmethod
+    def from_record(cls, row: dict[str, Any]) -> Prompt:
+        """The prompt of a ``record`` (extra keys of the row are ignored)."""
+        return cls(
+            tuple(row["box"]) if row["box"] is not None else None,
+            tuple(tuple(p) for p in row["points"] or ()),
+            tuple(row["point_labels"] or ()),
+            bool(row["normalized"]),
+            row["category_id"],
+            row["category_name"],
+            row["source_id"],
+            row["score"],
+        )
+
     def source_fields(self) -> tuple[Any, ...]:
         """``category_id, category_name, source_id, score``."""
         return (self.category_id, self.category_name, self.source_id, self.score)

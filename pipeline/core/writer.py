@@ -35,7 +35,7 @@ SHARD_FILE = re.compile(r"^shard-\d{5,}\.(parquet|json)$")
 PARTIAL_FILE = re.compile(
     "^" + re.escape(PARTIAL_PREFIX) + r"[0-9a-f]{32}\..+" + re.escape(PARTIAL_SUFFIX) + "$"
 )
-BLOCK_FILE = re.compile(r"^block-\d{5,}\.parquet$")
+BLOCK_FILE = re.compile(r"^(block|prompts)-\d{5,}\.parquet$")  # listing and prompt files
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,32 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from pipeline.core.prompt import Prompt
+from pipeline.core.storage import Location
 from pipeline.core.writer import RunLayout
 from pipeline.job.manifest import RunConflictError
 from pipeline.job.sources import InputListing, Shard
 
 SHARDS_PER_BLOCK = 64
 LISTING_SCHEMA = pa.schema([("shard", pa.int32()), ("uri", pa.string())])
+# A prompted run's prompts, one row per prompt, in a file beside each listing block: the
+# shard, the position of its image in the shard's listing, its rank among that image's
+# prompts, and the prompt (``Prompt.record``).
+PROMPT_SCHEMA = pa.schema(
+    [
+        ("shard", pa.int32()),
+        ("position", pa.int32()),
+        ("rank", pa.int32()),
+        ("box", pa.list_(pa.float64())),
+        ("points", pa.list_(pa.list_(pa.float64()))),
+        ("point_labels", pa.list_(pa.int8())),
+        ("normalized", pa.bool_()),
+        ("category_id", pa.int64()),
+        ("category_name", pa.string()),
+        ("source_id", pa.string()),
+        ("score", pa.float64()),
+    ]
+)
 
 
 def block_name(first_shard: int, folder: str = "") -> str:
@@ -72,11 +92,8 @@ def write_batch(
         if not dry_run:
             shards = state["next_shard"] + np.arange(len(uris), dtype=np.int32) // shard_size
             table = pa.table({"shard": shards, "uri": uris}, LISTING_SCHEMA)
-            buffer = io.BytesIO()
-            pq.write_table(table, buffer, row_group_size=shard_size, compression="zstd")
-            layout.listing_file(block_name(state["next_shard"], folder)).write_atomic(
-                lambda f: f.write(buffer.getvalue())
-            )
+            target = layout.listing_file(block_name(state["next_shard"], folder))
+            write_parquet(target, table, row_group_size=shard_size)
         state["images"] += len(uris)
         state["next_shard"] += -(-len(uris) // shard_size)
 
@@ -97,6 +114,14 @@ def write_batch(
         "input_digest": listing.digest,
         "input_images": len(listing),
     }
+
+
+def write_parquet(target: Location, table: pa.Table, **options: Any) -> None:
+    """``table`` as one zstd Parquet file at ``target``, whole or not at all."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd", **options)
+    data = buffer.getvalue()
+    target.write_atomic(lambda f: f.write(data))
 
 
 def batch_shards(batch: dict[str, Any], shard_size: int, folder: str = "") -> list[Shard]:
@@ -124,6 +149,57 @@ def read_shard_uris(layout: RunLayout, shard: Shard) -> list[str]:
     dataset = ds.dataset(file.path, schema=LISTING_SCHEMA, format="parquet", filesystem=file.fs)
     table = dataset.to_table(columns=["uri"], filter=ds.field("shard") == shard.index)
     return table.column("uri").to_pylist()
+
+
+def prompts_name(block: str) -> str:
+    """The prompt file beside a listing block (``plan-000/block-00064.parquet`` →
+    ``plan-000/prompts-00064.parquet``)."""
+    folder, _, name = block.rpartition("/")
+    name = name.replace("block-", "prompts-", 1)
+    return f"{folder}/{name}" if folder else name
+
+
+def write_prompt_blocks(
+    layout: RunLayout, shards: list[Shard], by_uri: dict[str, list[Prompt]]
+) -> None:
+    """Write each listing block's prompts into the file beside it (``prompts_name``), from
+    which the actors read their shard's. A block whose prompt file exists is kept: it was
+    written by an earlier plan of this run, whose prompts' hash was the same.
+
+    Args:
+        layout: the run's layout (its listing files are written).
+        shards: the run's shards.
+        by_uri: each image's prompts, by URI.
+    """
+    for block in sorted({shard.block for shard in shards}):
+        target = layout.listing_file(prompts_name(block))
+        if target.exists():
+            continue
+        file = layout.listing_file(block)
+        listed = ds.dataset(file.path, schema=LISTING_SCHEMA, format="parquet", filesystem=file.fs)
+        table = listed.to_table()
+        rows, position, previous = [], 0, None
+        for shard, uri in zip(
+            table.column("shard").to_pylist(), table.column("uri").to_pylist(), strict=True
+        ):
+            position = position + 1 if shard == previous else 0
+            previous = shard
+            for rank, prompt in enumerate(by_uri.get(uri, ())):
+                rows.append({"shard": shard, "position": position, "rank": rank, **prompt.record()})
+        write_parquet(target, pa.Table.from_pylist(rows, schema=PROMPT_SCHEMA))
+
+
+def read_shard_prompts(layout: RunLayout, shard: Shard, images: int) -> tuple[tuple, ...]:
+    """One shard's prompts from its block's prompt file: a tuple of ``Prompt`` s per image,
+    in the order of the shard's images (``images`` of them; an image without prompts has
+    none)."""
+    file = layout.listing_file(prompts_name(shard.block))
+    dataset = ds.dataset(file.path, schema=PROMPT_SCHEMA, format="parquet", filesystem=file.fs)
+    table = dataset.to_table(filter=ds.field("shard") == shard.index)
+    own: list[list[Prompt]] = [[] for _ in range(images)]
+    for row in sorted(table.to_pylist(), key=lambda r: (r["position"], r["rank"])):
+        own[row["position"]].append(Prompt.from_record(row))
+    return tuple(tuple(prompts) for prompts in own)
 
 
 def batch_blocks(batch: dict[str, Any], folder: str = "") -> list[str]:

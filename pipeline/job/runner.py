@@ -40,7 +40,7 @@ from pipeline.job.listing import (
     continued_listing,
     listing_shards,
     new_listing,
-    read_shard_uris,
+    write_prompt_blocks,
 )
 from pipeline.job.manifest import RunConflictError, check_compatible, new_manifest
 from pipeline.job.progress import ProgressTracker
@@ -231,8 +231,9 @@ def plan_shards(
     ones without a marker; else all)."""
     layout = RunLayout(plan.output)
     shards = listing_shards(info, plan.job.runtime.shard_size)
-    if found is not None and not plan.dry_run:  # a dry run wrote no listing to read them by
-        shards = [replace(s, prompts=shard_prompts(layout, s, found)) for s in shards]
+    if found is not None and not plan.dry_run:  # a dry run writes no prompt files
+        write_prompt_blocks(layout, shards, found.by_uri)
+        shards = [replace(s, prompted=True) for s in shards]
     plan.manifest["listing"] = info
     plan.manifest["planned"] = {"images": info["images"], "shards": info["shards"]}
     todo = set(pending([s.name for s in shards], read_markers(layout) if resume else ()))
@@ -260,11 +261,6 @@ def read_run_prompts(
         "names_file": found.names_file,
     }
     return found, info
-
-
-def shard_prompts(layout: RunLayout, shard: Shard, found: MatchedPrompts) -> tuple:
-    """One shard's prompts, in the order of its images in the listing."""
-    return tuple(tuple(found.by_uri.get(uri, ())) for uri in read_shard_uris(layout, shard))
 
 
 def actor_resources(job: JobConfig) -> tuple[int, dict[str, float]]:

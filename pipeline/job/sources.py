@@ -36,7 +36,6 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.core.errors import UserError, one_line
-from pipeline.core.prompt import Prompt
 from pipeline.core.storage import Location, as_uri, printable_path, with_retries
 
 # Pillow formats that are not pictures to label: stubs that need a handler, vector and video.
@@ -85,8 +84,9 @@ class Shard:
     index: int
     size: int
     block: str
-    # Prompted runs: each image's prompts, in the order of the shard's images.
-    prompts: tuple[tuple[Prompt, ...], ...] | None = None
+    # Prompted runs: the actor reads the shard's prompts from the prompt file beside its
+    # listing block (``job/listing``), as it reads its images.
+    prompted: bool = False
 
     @property
     def name(self) -> str:

@@ -32,7 +32,7 @@ from pipeline.core.imageio import DecodedImage, ImageReadError, load_image
 from pipeline.core.schema import IMAGE_SCHEMA, MASK_SCHEMA, image_row, image_table, mask_rows
 from pipeline.core.storage import Location
 from pipeline.core.writer import RunLayout, commit_shard
-from pipeline.job.listing import read_shard_uris
+from pipeline.job.listing import read_shard_prompts, read_shard_uris
 from pipeline.job.sources import ImageRef, Shard, image_id_for, listing_hash
 from pipeline.model.registry import ModelSpec
 
@@ -185,12 +185,10 @@ class ShardWorker:
         masks_done = 0
         images = tuple(ImageRef(image_id_for(uri), uri) for uri in uris)
         watch = GenerationWatch()
-        if shard.prompts is None:
-            labelled = self.labelled(images)
-        else:
-            labelled = self.prompted(images, shard.prompts)
+        own = read_shard_prompts(self.layout, shard, len(images)) if shard.prompted else None
+        labelled = self.labelled(images) if own is None else self.prompted(images, own)
         for index, (ref, image, outcome, seconds) in enumerate(labelled):
-            prompts = len(shard.prompts[index]) if shard.prompts is not None else None
+            prompts = len(own[index]) if own is not None else None
             row, table = self.image_result(ref, image, outcome, seconds, shard.name, prompts)
             if image is not None:
                 watch.record(outcome if isinstance(outcome, BaseException) else None)
