@@ -92,7 +92,9 @@ def test_an_append_merges_the_listing_with_the_runs_listing_files(tmp_path):
     from pipeline.job.listing import continued_listing, merge_with_run, new_listing
 
     rng = random.Random(7)
-    names = [f"s3://bucket/{n:06d}.jpg" for n in rng.sample(range(10**6), 300)]
+    names = [f"s3://bucket/{n:06d}.jpg" for n in rng.sample(range(10**6), 294)]
+    names += [f"s3://bucket/{name}" for name in ("a", "a/b", "a0", "é.jpg", "Z.jpg", "中.png")]
+    rng.shuffle(names)  # prefixes and non-ASCII names among the others, on both sides
     first, later = names[:120], names[120:200]
     layout = RunLayout(Location(str(tmp_path / "run")))
     stored = new_listing(layout, sorted_listing(pa.array(first)), shard_size=7)

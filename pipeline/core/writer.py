@@ -186,8 +186,8 @@ def run_files(layout: RunLayout, manifest: dict[str, Any] | None) -> list[Locati
 
 
 def listing_files(layout: RunLayout, listing: dict[str, Any]) -> list[Location]:
-    """The listing blocks of a run (in its plan's folder, or directly in ``_listing/`` for
-    runs planned before plan folders)."""
+    """The listing blocks and prompt files of a run (in its plan's folder, or directly in
+    ``_listing/`` for runs planned before plan folders)."""
     folder = layout.listing_dir.join(listing["folder"]) if listing.get("folder") else None
     found = []
     for entry in (folder or layout.listing_dir).listdir():

@@ -12,6 +12,11 @@ its URIs from its block. The manifest's ``listing`` section says what the files 
 - ``batches``: the first plan and each append (when, first shard, shards, images, the input's
   digest and size then); shards of a batch are full but for its last;
 - ``removed``: images of the run that the input no longer lists (reported, never deleted).
+
+A prompted run also has ``prompts-NNNNN.parquet`` beside each block: one row per prompt (its
+shard, its image's position in the shard, its rank, the prompt), a row group per shard, read by
+the actor that labels the shard. An append merges the new sorted listing with the run's
+sorted listing files (``merge_with_run``) instead of holding the run's URIs.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pipeline.core.prompt import Prompt
 from pipeline.core.storage import Location
 from pipeline.core.writer import RunLayout
 from pipeline.job.manifest import RunConflictError
+from pipeline.job.prompts import PromptsError
 from pipeline.job.sources import InputListing, Shard
 
 SHARDS_PER_BLOCK = 64
@@ -45,7 +51,7 @@ PROMPT_SCHEMA = pa.schema(
         ("rank", pa.int32()),
         ("box", pa.list_(pa.float64())),
         ("points", pa.list_(pa.list_(pa.float64()))),
-        ("point_labels", pa.list_(pa.int8())),
+        ("point_labels", pa.list_(pa.int32())),
         ("normalized", pa.bool_()),
         ("category_id", pa.int64()),
         ("category_name", pa.string()),
@@ -159,34 +165,71 @@ def prompts_name(block: str) -> str:
     return f"{folder}/{name}" if folder else name
 
 
+PROMPTS_FORMAT = "autolabel-prompts-1"  # the layout of a prompt file, with the prompts' hash
+
+
 def write_prompt_blocks(
-    layout: RunLayout, shards: list[Shard], by_uri: dict[str, list[Prompt]]
+    layout: RunLayout, shards: list[Shard], by_uri: dict[str, list[Prompt]], fingerprint: str
 ) -> None:
-    """Write each listing block's prompts into the file beside it (``prompts_name``), from
-    which the actors read their shard's. A block whose prompt file exists is kept: it was
-    written by an earlier plan of this run, whose prompts' hash was the same.
+    """Write each listing block's prompts into the file beside it (``prompts_name``), one row
+    group per shard, from which the actors read their shard's. A file written by an earlier
+    plan of this run with the same prompts (``fingerprint``, the prompts' hash, and this
+    format, kept in the file) is kept.
 
     Args:
         layout: the run's layout (its listing files are written).
         shards: the run's shards.
         by_uri: each image's prompts, by URI.
+        fingerprint: the prompts' hash (the manifest's ``prompts.hash``).
+
+    Raises:
+        PromptsError: a prompt has a value that cannot be stored (e.g. a category id that is
+            not an integer).
     """
+    stamp = f"{PROMPTS_FORMAT}:{fingerprint}".encode()
     for block in sorted({shard.block for shard in shards}):
         target = layout.listing_file(prompts_name(block))
-        if target.exists():
+        if target.exists() and prompts_stamp(target) == stamp:
             continue
         file = layout.listing_file(block)
-        listed = ds.dataset(file.path, schema=LISTING_SCHEMA, format="parquet", filesystem=file.fs)
-        table = listed.to_table()
-        rows, position, previous = [], 0, None
+        with file.fs.open(file.path, "rb") as handle:
+            listed = pq.read_table(handle, schema=LISTING_SCHEMA)
+        groups: dict[int, list[dict[str, Any]]] = {}
+        position, previous = 0, None
         for shard, uri in zip(
-            table.column("shard").to_pylist(), table.column("uri").to_pylist(), strict=True
+            listed.column("shard").to_pylist(), listed.column("uri").to_pylist(), strict=True
         ):
             position = position + 1 if shard == previous else 0
             previous = shard
+            rows = groups.setdefault(shard, [])
             for rank, prompt in enumerate(by_uri.get(uri, ())):
                 rows.append({"shard": shard, "position": position, "rank": rank, **prompt.record()})
-        write_parquet(target, pa.Table.from_pylist(rows, schema=PROMPT_SCHEMA))
+        write_prompt_file(target, groups, stamp, block)
+
+
+def write_prompt_file(
+    target: Location, groups: dict[int, list[dict[str, Any]]], stamp: bytes, block: str
+) -> None:
+    """One prompt file: a row group per shard (an actor reads only its own), whole or absent."""
+    schema = PROMPT_SCHEMA.with_metadata({"autolabel": stamp})
+    buffer = io.BytesIO()
+    with pq.ParquetWriter(buffer, schema, compression="zstd") as writer:
+        for shard in sorted(groups):
+            try:
+                table = pa.Table.from_pylist(groups[shard], schema=schema)
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+                raise PromptsError(
+                    f"a prompt of shard {shard} ({block}) cannot be stored: {error}"
+                ) from error
+            writer.write_table(table)
+    data = buffer.getvalue()
+    target.write_atomic(lambda f: f.write(data))
+
+
+def prompts_stamp(file: Location) -> bytes | None:
+    """The format and prompts' hash a prompt file was written with."""
+    with file.fs.open(file.path, "rb") as handle:
+        return (pq.read_schema(handle).metadata or {}).get(b"autolabel")
 
 
 def read_shard_prompts(layout: RunLayout, shard: Shard, images: int) -> tuple[tuple, ...]:
@@ -198,6 +241,11 @@ def read_shard_prompts(layout: RunLayout, shard: Shard, images: int) -> tuple[tu
     table = dataset.to_table(filter=ds.field("shard") == shard.index)
     own: list[list[Prompt]] = [[] for _ in range(images)]
     for row in sorted(table.to_pylist(), key=lambda r: (r["position"], r["rank"])):
+        if row["position"] >= images:
+            raise ValueError(
+                f"{file} does not match the listing: {shard.name} has {images} images, "
+                f"and a prompt for image {row['position']}"
+            )
         own[row["position"]].append(Prompt.from_record(row))
     return tuple(tuple(prompts) for prompts in own)
 
@@ -271,9 +319,9 @@ def merge_with_run(
     layout: RunLayout, stored: dict[str, Any], listing: InputListing, chunk: int = 65_536
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Which listed images the run holds already, and which of its images the input no
-    longer lists, by a streaming merge: each batch's listing files are sorted, like the
-    listing, so both are walked once per batch, a chunk at a time (memory: a flag per listed
-    image, not the run's URIs).
+    longer lists, by a streaming merge: the listing and each batch of the run's listing files
+    are sorted, so they are walked together once, ``chunk`` URIs of either side at a time
+    (memory: a flag per listed image, not the run's URIs).
 
     Returns:
         A flag per URI of the sorted listing (True: a shard of the run holds it), and the
@@ -286,14 +334,17 @@ def merge_with_run(
         removed["count"] += len(uris)
         removed["examples"] += uris[: max(0, 5 - len(removed["examples"]))].to_pylist()
 
-    for batch in stored["batches"]:
-        stream = SortedStream(batch_files(layout, batch, stored.get("folder", "")))
-        position = 0
-        for part in listing.chunks(chunk):
-            window = stream.through(part[len(part) - 1])  # the run's URIs up to this part's last
-            held[position : position + len(part)] |= as_numpy(pc.is_in(part, value_set=window))
-            gone(window.filter(pc.invert(pc.is_in(window, value_set=part))))
-            position += len(part)
+    folder = stored.get("folder", "")
+    streams = [SortedStream(batch_files(layout, batch, folder)) for batch in stored["batches"]]
+    position = 0
+    for part in listing.chunks(chunk):
+        top = part[len(part) - 1]
+        for stream in streams:  # the batches are disjoint: their flags add up
+            while len(piece := stream.next_through(top, chunk)):
+                held[position : position + len(part)] |= as_numpy(pc.is_in(part, value_set=piece))
+                gone(piece.filter(pc.invert(pc.is_in(piece, value_set=part))))
+        position += len(part)
+    for stream in streams:  # the run's URIs after the listing's last
         for rest in stream.rest():
             gone(rest)
     return held, removed
@@ -313,25 +364,29 @@ def batch_files(layout: RunLayout, batch: dict[str, Any], folder: str) -> Iterat
 
 
 class SortedStream:
-    """A sorted stream of URI arrays, taken up to a bound at a time."""
+    """A sorted stream of URI arrays, taken a bounded piece at a time."""
 
     def __init__(self, arrays: Iterator[pa.Array]) -> None:
         self.arrays = arrays
         self.pending = pa.array([], pa.string())
 
-    def through(self, top: pa.Scalar) -> pa.Array:
-        """The stream's next URIs that sort at or before ``top``."""
-        parts = []
-        while True:
+    def next_through(self, top: pa.Scalar, limit: int) -> pa.Array:
+        """Up to ``limit`` of the stream's next URIs, those that sort at or before ``top``
+        (empty: none is left)."""
+        parts, size = [], 0
+        while size < limit:
             if len(self.pending) == 0:
-                self.pending = next(self.arrays, None)
-                if self.pending is None:
-                    self.pending = pa.array([], pa.string())
+                following = next(self.arrays, None)
+                if following is None:
                     break
+                self.pending = following
+                continue
             count = pc.sum(pc.less_equal(self.pending, top)).as_py() or 0
+            count = min(count, limit - size)
             parts.append(self.pending.slice(0, count))
+            size += count
             self.pending = self.pending.slice(count)
-            if len(self.pending):
+            if len(self.pending):  # what is left sorts after top, or the piece is full
                 break
         return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
 

@@ -232,7 +232,7 @@ def plan_shards(
     layout = RunLayout(plan.output)
     shards = listing_shards(info, plan.job.runtime.shard_size)
     if found is not None and not plan.dry_run:  # a dry run writes no prompt files
-        write_prompt_blocks(layout, shards, found.by_uri)
+        write_prompt_blocks(layout, shards, found.by_uri, plan.manifest["prompts"]["hash"])
         shards = [replace(s, prompted=True) for s in shards]
     plan.manifest["listing"] = info
     plan.manifest["planned"] = {"images": info["images"], "shards": info["shards"]}
