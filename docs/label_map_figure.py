@@ -1,7 +1,7 @@
 """The README's label-map figure: one demo scene beside its exported 16-bit instance map.
 
-    make demo && .venv/bin/autolabel export demo-output --format png --out demo-output/maps
-    .venv/bin/python docs/label_map_figure.py
+    make demo && .venv/bin/autolabel export demo-output --format png --out demo-maps
+    .venv/bin/python docs/label_map_figure.py demo-maps
 
 Writes ``docs/label_map.png``: the scene, and its map in false colour (each value 1..N its own
 colour, 0 black; the file itself is greyscale, its values too small to see), with the map's
@@ -31,8 +31,8 @@ def false_colour(labels: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def main(name: str = "scene_90210_00001") -> None:
-    maps = ROOT / "demo-output" / "maps"
+def main(maps: str, name: str = "scene_90210_00001") -> None:
+    maps = Path(maps)
     labels = np.asarray(Image.open(maps / f"{name}.png"))
     legend = json.loads((maps / f"{name}.json").read_text())["mask_index"]
     scene = Image.open(ROOT / "samples" / "scenes" / "images" / f"{name}.png").convert("RGB")
@@ -42,11 +42,12 @@ def main(name: str = "scene_90210_00001") -> None:
     figure.paste(scene, (0, 0))
     figure.paste(coloured.resize(scene.size, Image.NEAREST), (width + 12, 0))
     text = f"{name}.png ({labels.dtype}): " + ", ".join(
-        f"{value}→mask {index}" for value, index in legend.items()
+        f"{value}=mask {index}" for value, index in legend.items()
     )
     ImageDraw.Draw(figure).text((4, height + 12), text, fill="black")
     figure.save(ROOT / "docs" / "label_map.png")
-    print(f"wrote docs/label_map.png: {len(legend)} masks, values {sorted(np.unique(labels))}")
+    values = [int(v) for v in np.unique(labels)]
+    print(f"wrote docs/label_map.png: {len(legend)} masks, values {values}")
 
 
 if __name__ == "__main__":
