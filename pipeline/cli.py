@@ -734,8 +734,9 @@ def view_command(args: argparse.Namespace) -> int:
         [other] = locations(args, args.compare)
         pool = ShardPool(show_progress=sys.stderr.isatty())
         comparer = RunComparer(browser, other, 0.5 if args.iou is None else args.iou, pool)
-        if comparer.b.run.state_note():
-            print(f"note: run B is {comparer.b.run.state_note()}", file=sys.stderr)
+        note = comparer.b.run.state_note()
+        if note:
+            print(f"note: run B is {note}", file=sys.stderr)
         what = f"autolabel view of {run} compared with {other}"
     else:
         what = f"autolabel view of {run}"

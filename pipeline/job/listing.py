@@ -99,7 +99,7 @@ def write_batch(
             shards = state["next_shard"] + np.arange(len(uris), dtype=np.int32) // shard_size
             table = pa.table({"shard": shards, "uri": uris}, LISTING_SCHEMA)
             target = layout.listing_file(block_name(state["next_shard"], folder))
-            write_parquet(target, table, row_group_size=shard_size)
+            write_parquet(target, LISTING_SCHEMA, [table], row_group_size=shard_size)
         state["images"] += len(uris)
         state["next_shard"] += -(-len(uris) // shard_size)
 
@@ -122,10 +122,15 @@ def write_batch(
     }
 
 
-def write_parquet(target: Location, table: pa.Table, **options: Any) -> None:
-    """``table`` as one zstd Parquet file at ``target``, whole or not at all."""
+def write_parquet(
+    target: Location, schema: pa.Schema, tables: list[pa.Table], row_group_size: int | None = None
+) -> None:
+    """``tables`` (each its own row groups, of ``row_group_size`` rows at most) as one zstd
+    Parquet file at ``target``, whole or not at all."""
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd", **options)
+    with pq.ParquetWriter(buffer, schema, compression="zstd") as writer:
+        for table in tables:
+            writer.write_table(table, row_group_size=row_group_size)
     data = buffer.getvalue()
     target.write_atomic(lambda f: f.write(data))
 
@@ -212,18 +217,15 @@ def write_prompt_file(
 ) -> None:
     """One prompt file: a row group per shard (an actor reads only its own), whole or absent."""
     schema = PROMPT_SCHEMA.with_metadata({"autolabel": stamp})
-    buffer = io.BytesIO()
-    with pq.ParquetWriter(buffer, schema, compression="zstd") as writer:
-        for shard in sorted(groups):
-            try:
-                table = pa.Table.from_pylist(groups[shard], schema=schema)
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-                raise PromptsError(
-                    f"a prompt of shard {shard} ({block}) cannot be stored: {error}"
-                ) from error
-            writer.write_table(table)
-    data = buffer.getvalue()
-    target.write_atomic(lambda f: f.write(data))
+    tables = []
+    for shard in sorted(groups):
+        try:
+            tables.append(pa.Table.from_pylist(groups[shard], schema=schema))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            raise PromptsError(
+                f"a prompt of shard {shard} ({block}) cannot be stored: {error}"
+            ) from error
+    write_parquet(target, schema, tables)
 
 
 def prompts_stamp(file: Location) -> bytes | None:

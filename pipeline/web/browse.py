@@ -134,9 +134,13 @@ class RunBrowser:
         ``results.compare``) and why the other images have none (``image_id`` → reason):
         pages can then sort by agreement and show it."""
         self.agreements, self.not_compared = rows, not_compared
-        self.agreement = np.array(
-            [rows[int(i)]["agreement"] if int(i) in rows else np.nan for i in self.image_ids]
-        )
+        self.agreement = np.full(len(self.image_ids), np.nan)  # a plain view: no Python loop
+        if rows:
+            ids = np.fromiter(rows, np.int64, len(rows))
+            places = np.searchsorted(self.image_ids, ids)
+            inside = places < len(self.image_ids)
+            found = inside & (self.image_ids[np.where(inside, places, 0)] == ids)
+            self.agreement[places[found]] = [rows[int(i)]["agreement"] for i in ids[found]]
 
     def categories(self) -> list[dict[str, Any]]:
         """The run's categories (id, name, masks), for prompted runs; [] otherwise."""
