@@ -61,6 +61,8 @@ class Recipe:
         scenes_per_step: scenes encoded per step.
         prompts_per_scene: single-point prompts per scene (they share the scene's encoding).
         boxes_per_scene: jittered box prompts per scene (0: points only).
+        tight_boxes: share of the box prompts given tight, without SAM's jitter (a detector's
+            boxes are close to tight; 0 keeps the stream of earlier recipes unchanged).
         pixels_per_scene: extra random pixels per scene, used as negative clicks for the
             prompts whose target they are not in, and by the instance head.
         background: share of point prompts on the background (target: everything else).
@@ -82,6 +84,7 @@ class Recipe:
     scenes_per_step: int = 4
     prompts_per_scene: int = 16
     boxes_per_scene: int = 0
+    tight_boxes: float = 0.0
     pixels_per_scene: int = 0
     background: float = 0.2
     size: int = 256
@@ -135,9 +138,12 @@ def point_prompts(rng: np.random.Generator, owners: np.ndarray, count: int, back
     return np.array(points, np.float32), np.array(targets, np.int64)
 
 
-def box_prompts(rng: np.random.Generator, owners: np.ndarray, count: int):
-    """``count`` box prompts (x0, y0, x1, y1) around objects, jittered as SAM does (noise of
-    std 10 % of the side, at most 20 px), and the object each targets."""
+def box_prompts(rng: np.random.Generator, owners: np.ndarray, count: int, tight: float = 0.0):
+    """``count`` box prompts (x0, y0, x1, y1) around objects, and the object each targets.
+
+    Each box is jittered as SAM does (noise of std 10 % of the side, at most 20 px), except a
+    share ``tight`` of them (drawn per box), which are left tight.
+    """
     objects = int(owners.max()) + 1
     if objects == 0 or count == 0:
         return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
@@ -146,7 +152,8 @@ def box_prompts(rng: np.random.Generator, owners: np.ndarray, count: int):
     for index in rng.permutation(np.arange(count) % objects):
         box = np.array(mask_box(owners == index), np.float32)
         side = np.array([box[2] - box[0], box[3] - box[1]] * 2, np.float32)
-        box += np.clip(rng.normal(0, 0.1 * side), -20, 20)
+        if not (tight and rng.random() < tight):
+            box += np.clip(rng.normal(0, 0.1 * side), -20, 20)
         boxes.append(np.clip(box, 0, [w, h, w, h]))
         targets.append(int(index))
     return np.stack(boxes).astype(np.float32), np.array(targets, np.int64)
@@ -174,7 +181,7 @@ def make_batch(recipe: Recipe, seed: int, step: int) -> dict[str, np.ndarray]:
         points, point_targets = point_prompts(
             rng, owners, recipe.prompts_per_scene, recipe.background
         )
-        boxes, box_targets = box_prompts(rng, owners, recipe.boxes_per_scene)
+        boxes, box_targets = box_prompts(rng, owners, recipe.boxes_per_scene, recipe.tight_boxes)
         if len(boxes) < recipe.boxes_per_scene:  # no object: dummy boxes whose target is no pixel
             boxes = np.zeros((recipe.boxes_per_scene, 4), np.float32)
             box_targets = np.full(recipe.boxes_per_scene, -2, np.int64)  # matches no pixel
