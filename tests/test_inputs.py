@@ -15,7 +15,8 @@ from pipeline.core.config import load_config
 from pipeline.core.imageio import ImageReadError, load_image
 from pipeline.core.prompt import Prompt
 from pipeline.core.storage import Location
-from pipeline.job.prompts import PromptsError, read_prompts
+from pipeline.job.prompt_plan import read_prompts
+from pipeline.job.prompts import PromptsError
 from pipeline.job.sources import InputError, list_images, list_input
 from tests.conftest import ROOT, autolabel, make_scene
 

@@ -14,9 +14,10 @@ its URIs from its block. The manifest's ``listing`` section says what the files 
 - ``removed``: images of the run that the input no longer lists (reported, never deleted).
 
 A prompted run also has ``prompts-NNNNN.parquet`` beside each block: one row per prompt (its
-shard, its image's position in the shard, its rank, the prompt), a row group per shard, read by
-the actor that labels the shard. An append merges the new sorted listing with the run's
-sorted listing files (``merge_with_run``) instead of holding the run's URIs.
+shard, its image's position in the shard, its rank, the prompt), a row group per shard, written
+by ``prompt_plan`` and read by the actor that labels the shard. An append merges the new
+sorted listing with the run's sorted listing files (``merge_with_run``) instead of holding
+the run's URIs.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from pipeline.core.prompt import Prompt
 from pipeline.core.storage import Location
 from pipeline.core.writer import RunLayout
 from pipeline.job.manifest import RunConflictError
-from pipeline.job.prompts import PromptsError
 from pipeline.job.sources import InputListing, Shard
 
 SHARDS_PER_BLOCK = 64
@@ -171,61 +171,6 @@ def prompts_name(block: str) -> str:
 
 
 PROMPTS_FORMAT = "autolabel-prompts-1"  # the layout of a prompt file, with the prompts' hash
-
-
-def write_prompt_blocks(
-    layout: RunLayout, shards: list[Shard], by_uri: dict[str, list[Prompt]], fingerprint: str
-) -> None:
-    """Write each listing block's prompts into the file beside it (``prompts_name``), one row
-    group per shard, from which the actors read their shard's. A file written by an earlier
-    plan of this run with the same prompts (``fingerprint``, the prompts' hash, and this
-    format, kept in the file) is kept.
-
-    Args:
-        layout: the run's layout (its listing files are written).
-        shards: the run's shards.
-        by_uri: each image's prompts, by URI.
-        fingerprint: the prompts' hash (the manifest's ``prompts.hash``).
-
-    Raises:
-        PromptsError: a prompt has a value that cannot be stored (e.g. a category id that is
-            not an integer).
-    """
-    stamp = f"{PROMPTS_FORMAT}:{fingerprint}".encode()
-    for block in sorted({shard.block for shard in shards}):
-        target = layout.listing_file(prompts_name(block))
-        if target.exists() and prompts_stamp(target) == stamp:
-            continue
-        file = layout.listing_file(block)
-        with file.fs.open(file.path, "rb") as handle:
-            listed = pq.read_table(handle, schema=LISTING_SCHEMA)
-        groups: dict[int, list[dict[str, Any]]] = {}
-        position, previous = 0, None
-        for shard, uri in zip(
-            listed.column("shard").to_pylist(), listed.column("uri").to_pylist(), strict=True
-        ):
-            position = position + 1 if shard == previous else 0
-            previous = shard
-            rows = groups.setdefault(shard, [])
-            for rank, prompt in enumerate(by_uri.get(uri, ())):
-                rows.append({"shard": shard, "position": position, "rank": rank, **prompt.record()})
-        write_prompt_file(target, groups, stamp, block)
-
-
-def write_prompt_file(
-    target: Location, groups: dict[int, list[dict[str, Any]]], stamp: bytes, block: str
-) -> None:
-    """One prompt file: a row group per shard (an actor reads only its own), whole or absent."""
-    schema = PROMPT_SCHEMA.with_metadata({"autolabel": stamp})
-    tables = []
-    for shard in sorted(groups):
-        try:
-            tables.append(pa.Table.from_pylist(groups[shard], schema=schema))
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-            raise PromptsError(
-                f"a prompt of shard {shard} ({block}) cannot be stored: {error}"
-            ) from error
-    write_parquet(target, schema, tables)
 
 
 def prompts_stamp(file: Location) -> bytes | None:

@@ -1,7 +1,9 @@
 """Prompts users already have (boxes and points from a detection dataset), matched to images.
 
-Three formats, read whole before any model loads (a malformed file is a one-line
-``PromptsError``):
+Three formats, each opened for streaming (``open_prompts``): the keys that name images come
+first, then the prompts one at a time, so a file of GBs is never held (``prompt_plan`` matches
+them to the listing and writes them into the run). A malformed file is a one-line
+``PromptsError``, before any model loads:
 
 - a COCO instances JSON: each annotation's ``bbox`` (XYWH) becomes a box prompt with its
   ``category_id``, the category's name, the annotation ``id`` (``source_id``) and its ``score``
@@ -39,15 +41,18 @@ import csv
 import io
 import json
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import ijson
+import pyarrow.parquet as pq
 
 from pipeline.core.errors import UserError, one_line
 from pipeline.core.pairing import Pairing, by_path_end, file_key
 from pipeline.core.prompt import Prompt
 from pipeline.core.storage import Location, as_uri
-from pipeline.job.sources import ImageRef, Tally
+from pipeline.job.sources import Tally
 
 TABLE_EXTENSIONS = (".parquet", ".csv")
 YOLO_NAME_FILES = ("classes.txt", "obj.names", "data.yaml")
@@ -58,36 +63,27 @@ class PromptsError(UserError, ValueError):
 
 
 @dataclass
-class MatchedPrompts:
-    """Prompts by image URI, and what could not be matched."""
-
-    by_uri: dict[str, list[Prompt]] = field(default_factory=dict)
-    unmatched: int = 0  # prompts whose image is not in the input
-    unmatched_examples: list[str] = field(default_factory=list)  # a few of their image keys
-    unknown_categories: Tally = field(default_factory=Tally)  # ids the file does not name
-    names_file: str | None = None  # YOLO: where the class names came from
-
-    @property
-    def count(self) -> int:
-        """Prompts matched to an input image."""
-        return sum(len(prompts) for prompts in self.by_uri.values())
-
-
-@dataclass
 class PromptsFile:
-    """A prompts file read whole, before matching.
+    """A prompts file opened for streaming: the keys that name its images, and its prompts
+    one at a time (``prompts``), never all at once.
 
     Attributes:
         kind: ``coco``, ``yolo`` or ``table``.
-        keyed: prompts by the key that names their image (a ``file_name``, a label path
-            relative to the label folder without ``.txt``, an absolute ``image_uri``).
-        unknown_categories: category ids the file's names do not list.
+        source: where it is.
+        keys: COCO and YOLO: every key that names an image (a ``file_name``; a label's path
+            relative to the label folder without ``.txt``), paired with the listing before the
+            prompts stream; None for a table, whose keys are the image URIs themselves.
+        stream: yields ``(key, prompt)`` in the file's order (``prompts`` wraps it).
+        unknown_categories: category ids the file's names do not list (counted as the
+            prompts stream).
         label_paths: YOLO: each label file's full path without ``.txt`` → its key.
         names_file: YOLO: the class-names file used, if any.
     """
 
     kind: str
-    keyed: dict[str, list[Prompt]]
+    source: Location
+    keys: set[str] | None
+    stream: Callable[[PromptsFile], Iterator[tuple[str, Prompt]]]
     unknown_categories: Tally = field(default_factory=Tally)
     label_paths: dict[str, str] = field(default_factory=dict)
     names_file: str | None = None
@@ -96,39 +92,29 @@ class PromptsFile:
         """The key as the user wrote it (a YOLO key with its ``.txt``)."""
         return f"{key}.txt" if self.kind == "yolo" else key
 
-
-def read_prompts(source: Location, images: list[ImageRef]) -> MatchedPrompts:
-    """Read a prompts file or folder and match its prompts to the listed images.
-
-    Args:
-        source: a COCO JSON, a YOLO label folder, or a Parquet/CSV table.
-        images: the run's listed images.
-
-    Raises:
-        PromptsError: the source is missing, unreadable or malformed; a key fits two images;
-            no prompt fits an image of the input.
-    """
-    file = read_prompts_file(source)
-    uris = [ref.uri for ref in images]
-    pairing = MATCHERS[file.kind](file, uris)
-    refuse_ambiguous(file, pairing)
-    result = matched(file, pairing.found)
-    refuse_unmatched(file, result, uris, source)
-    return result
+    def prompts(self) -> Iterator[tuple[str, Prompt]]:
+        """Each prompt with the key of its image, in the file's order (a file found unreadable
+        midway is a one-line ``PromptsError``)."""
+        try:
+            yield from self.stream(self)
+        except PromptsError:
+            raise
+        except Exception as error:
+            raise PromptsError(f"cannot read prompts {self.source}: {one_line(error)}") from error
 
 
-def read_prompts_file(source: Location) -> PromptsFile:
-    """Read a prompts file of any of the three formats (one-line ``PromptsError`` when it
-    cannot be used)."""
+def open_prompts(source: Location) -> PromptsFile:
+    """Open a prompts file of any of the three formats for streaming (a one-line
+    ``PromptsError`` when it cannot be used)."""
     try:
         if not source.exists():
             raise PromptsError(f"prompts not found: {source}")
         if source.fs.isdir(source.path):
-            return read_yolo(source)
+            return open_yolo(source)
         if source.path.lower().endswith(".json"):
-            return read_coco(source)
+            return open_coco(source)
         if source.path.lower().endswith(TABLE_EXTENSIONS):
-            return read_table(source)
+            return PromptsFile("table", source, None, table_stream)
     except PromptsError:
         raise
     except Exception as error:
@@ -138,57 +124,107 @@ def read_prompts_file(source: Location) -> PromptsFile:
     )
 
 
-def read_coco(source: Location) -> PromptsFile:
-    """COCO instances (or detections with ``images``): prompts by normalised ``file_name``."""
-    document = json.loads(source.read_bytes())
-    if not isinstance(document, dict) or "annotations" not in document or "images" not in document:
+@dataclass
+class CocoHead:
+    """What a COCO file says besides its annotations: each image's key by id, each category's
+    name by id, and how many annotations it has."""
+
+    files: dict[Any, str] = field(default_factory=dict)
+    names: dict[Any, str | None] = field(default_factory=dict)
+    annotations: int = 0
+
+
+def open_coco(source: Location) -> PromptsFile:
+    """COCO instances (or detections with ``images``), read by a streaming JSON parser: one
+    pass for the images and categories (the keys: each image's normalised ``file_name``), then
+    the annotations stream as box prompts; a file of GBs is never held."""
+    head = coco_head(source)
+    if not head.files and not head.annotations:
         raise PromptsError(f"prompts {source} is not a COCO instances file (images, annotations)")
-    names = {c["id"]: c.get("name") for c in document.get("categories", [])}
-    files = {image["id"]: file_key(image["file_name"]) for image in document["images"]}
-    file = PromptsFile("coco", {name: [] for name in files.values()})
-    for index, ann in enumerate(document["annotations"]):
-        if ann.get("image_id") not in files:
-            raise PromptsError(f"annotation {ann.get('id', index)} of {source} has no image")
-        bbox = ann.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4):
-            raise PromptsError(f"annotation {ann.get('id', index)} of {source} has no [x, y, w, h]")
-        category = ann.get("category_id")
-        if names and category is not None and category not in names:
-            file.unknown_categories.add(str(category))
-        file.keyed[files[ann["image_id"]]].append(
-            Prompt(
-                box=tuple(float(v) for v in bbox),
-                category_id=category,
-                category_name=names.get(category),
-                source_id=str(ann["id"]) if "id" in ann else None,
-                score=ann.get("score"),
-            )
-        )
-    return file
+
+    def stream(file: PromptsFile) -> Iterator[tuple[str, Prompt]]:
+        with source.fs.open(source.path, "rb") as handle:
+            annotations = ijson.items(handle, "annotations.item", use_float=True)
+            for index, ann in enumerate(annotations):
+                yield coco_prompt(ann, index, head, file)
+
+    return PromptsFile("coco", source, set(head.files.values()), stream)
 
 
-def read_yolo(folder: Location) -> PromptsFile:
-    """YOLO label files (``<stem>.txt``: ``class cx cy w h`` per line): prompts by the label's
-    path under ``folder`` without ``.txt``; hidden files are skipped."""
+def coco_head(source: Location, chunk: int = 1 << 20) -> CocoHead:
+    """Images, categories and the number of annotations of a COCO file, in one streaming
+    pass (the annotations are counted, not kept)."""
+    images, categories, annotations = (ijson.sendable_list() for _ in range(3))
+    parsers = [
+        ijson.items_coro(images, "images.item", use_float=True),
+        ijson.items_coro(categories, "categories.item", use_float=True),
+        ijson.items_coro(annotations, "annotations.item", use_float=True),
+    ]
+    head = CocoHead()
+    with source.fs.open(source.path, "rb") as handle:
+        while data := handle.read(chunk):
+            for parser in parsers:
+                parser.send(data)
+            head.annotations += len(annotations)
+            del annotations[:]
+    for parser in parsers:
+        parser.close()
+    head.annotations += len(annotations)
+    for image in images:
+        if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
+            raise PromptsError(f"an image of {source} has no id or file_name: {image!r:.80}")
+        head.files[image["id"]] = file_key(image["file_name"])
+    head.names = {c["id"]: c.get("name") for c in categories if isinstance(c, dict) and "id" in c}
+    return head
+
+
+def coco_prompt(ann: Any, index: int, head: CocoHead, file: PromptsFile) -> tuple[str, Prompt]:
+    """One COCO annotation as a box prompt, with its image's key."""
+    where = f"annotation {ann.get('id', index) if isinstance(ann, dict) else index}"
+    if not isinstance(ann, dict) or ann.get("image_id") not in head.files:
+        raise PromptsError(f"{where} of {file.source} has no image")
+    bbox = ann.get("bbox")
+    if not (isinstance(bbox, list) and len(bbox) == 4):
+        raise PromptsError(f"{where} of {file.source} has no [x, y, w, h]")
+    category = ann.get("category_id")
+    if head.names and category is not None and category not in head.names:
+        file.unknown_categories.add(str(category))
+    prompt = Prompt(
+        box=tuple(float(v) for v in bbox),
+        category_id=category,
+        category_name=head.names.get(category),
+        source_id=str(ann["id"]) if "id" in ann else None,
+        score=ann.get("score"),
+    )
+    return head.files[ann["image_id"]], prompt
+
+
+def open_yolo(folder: Location) -> PromptsFile:
+    """YOLO label files (``<stem>.txt``: ``class cx cy w h`` per line): keys are the labels'
+    paths under ``folder`` without ``.txt`` (hidden files skipped); each file is read when the
+    prompts stream."""
     names, names_file = yolo_class_names(folder)
-    file = PromptsFile("yolo", {}, names_file=names_file)
     top = folder.path.rstrip("/")
+    paths: dict[str, str] = {}  # key → the label file's path
     for path in sorted(folder.fs.find(top)):
         relative = path[len(top) + 1 :]
         base = posixpath.basename(relative)
         hidden = any(part.startswith(".") for part in relative.split("/"))
-        if hidden or not base.endswith(".txt") or base in YOLO_NAME_FILES:
-            continue
-        text = folder.fs.cat_file(path).decode("utf-8-sig")
-        key = relative[: -len(".txt")]
-        file.label_paths[as_uri(folder.fs, path[: -len(".txt")])] = key
-        file.keyed[key] = [
-            yolo_prompt(line, names, f"{relative}:{number}", file.unknown_categories)
-            for number, line in enumerate(text.splitlines(), start=1)
-            if line.strip()
-        ]
-    if not file.keyed:
+        if not hidden and base.endswith(".txt") and base not in YOLO_NAME_FILES:
+            paths[relative[: -len(".txt")]] = path
+    if not paths:
         raise PromptsError(f"no YOLO label files (*.txt) in {folder}")
+
+    def stream(file: PromptsFile) -> Iterator[tuple[str, Prompt]]:
+        for key, path in paths.items():
+            text = folder.fs.cat_file(path).decode("utf-8-sig")
+            for number, line in enumerate(text.splitlines(), start=1):
+                if line.strip():
+                    where = f"{key}.txt:{number}"
+                    yield key, yolo_prompt(line, names, where, file.unknown_categories)
+
+    file = PromptsFile("yolo", folder, set(paths), stream, names_file=names_file)
+    file.label_paths = {as_uri(folder.fs, path[: -len(".txt")]): key for key, path in paths.items()}
     return file
 
 
@@ -246,36 +282,31 @@ def names_in(file: Location) -> dict[int, str | None]:
     return {number: None if value is None else str(value) for number, value in enumerate(names)}
 
 
-def read_table(source: Location) -> PromptsFile:
-    """A Parquet or CSV table of prompts: prompts by ``image_uri`` (a relative one read from
-    the table's folder)."""
-    rows = table_rows(source)
-    file = PromptsFile("table", {})
-    for number, row in enumerate(rows, start=1):
+def table_stream(file: PromptsFile) -> Iterator[tuple[str, Prompt]]:
+    """A Parquet or CSV table's prompts, a batch of rows at a time, by ``image_uri`` (a
+    relative one read from the table's folder)."""
+    source = file.source
+    for number, row in enumerate(table_rows(source), start=1):
         uri = row.get("image_uri")
         if not uri:
             raise PromptsError(f"row {number} of {source} has no image_uri")
-        prompt = table_prompt(row, f"row {number} of {source}")
-        file.keyed.setdefault(source.resolve(str(uri)), []).append(prompt)
-    return file
+        yield source.resolve(str(uri)), table_prompt(row, f"row {number} of {source}")
 
 
-def table_rows(source: Location) -> list[dict[str, Any]]:
-    """The table's rows as dicts (CSV cells holding JSON lists are parsed)."""
-    data = source.read_bytes()
-    if source.path.lower().endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        return pq.read_table(io.BytesIO(data)).to_pylist()
-    rows = [
-        {key: value if value != "" else None for key, value in row.items()}
-        for row in csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
-    ]
-    for row in rows:
-        for key, parse in CSV_CELLS.items():
-            if row.get(key) is not None:
-                row[key] = parse(row[key])
-    return rows
+def table_rows(source: Location, batch: int = 65_536) -> Iterator[dict[str, Any]]:
+    """The table's rows as dicts, read in batches (CSV cells holding JSON lists are parsed)."""
+    with source.fs.open(source.path, "rb") as handle:
+        if source.path.lower().endswith(".parquet"):
+            for part in pq.ParquetFile(handle).iter_batches(batch_size=batch):
+                yield from part.to_pylist()
+            return
+        text = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")
+        for row in csv.DictReader(text):
+            row = {key: value if value != "" else None for key, value in row.items()}
+            for key, parse in CSV_CELLS.items():
+                if row.get(key) is not None:
+                    row[key] = parse(row[key])
+            yield row
 
 
 # CSV cells that are not text: JSON lists and numbers.
@@ -313,26 +344,17 @@ def table_prompt(row: dict[str, Any], where: str) -> Prompt:
     )
 
 
-def by_uri(file: PromptsFile, uris: Iterable[str]) -> Pairing:
-    """Pair each image with its exact URI (tables)."""
-    pairing = Pairing()
-    for uri in uris:
-        if uri in file.keyed:
-            pairing.pair(uri, uri)
-    return pairing
+def by_file_path(file: PromptsFile, uris: Callable[[], Iterable[str]]) -> Pairing:
+    """Pair each image (``uris()``: the listed URIs, streamed) with the longest key that ends
+    its path at a folder boundary (COCO keys with the extension, YOLO keys without)."""
+    return by_path_end(file.keys or (), uris(), strip_extension=file.kind == "yolo")
 
 
-def by_file_path(file: PromptsFile, uris: Iterable[str]) -> Pairing:
-    """Pair each image with the longest key that ends its path at a folder boundary (COCO
-    keys with the extension, YOLO keys without)."""
-    return by_path_end(file.keyed, uris, strip_extension=file.kind == "yolo")
-
-
-def by_yolo_rule(file: PromptsFile, uris: Iterable[str]) -> Pairing:
+def by_yolo_rule(file: PromptsFile, uris: Callable[[], Iterable[str]]) -> Pairing:
     """Pair images by YOLO's own rule when any label file sits where it says
     (``…/images/a/b.jpg`` ↔ ``…/labels/a/b.txt``), else by the end of their path."""
     pairing = Pairing(rule="yolo-rule")
-    for uri in uris:
+    for uri in uris():
         head, images, tail = posixpath.splitext(uri)[0].rpartition("/images/")
         key = file.label_paths.get(f"{head}/labels/{tail}") if images else None
         if key is not None:
@@ -340,7 +362,7 @@ def by_yolo_rule(file: PromptsFile, uris: Iterable[str]) -> Pairing:
     return pairing if pairing.found else by_file_path(file, uris)
 
 
-MATCHERS = {"coco": by_file_path, "yolo": by_yolo_rule, "table": by_uri}
+MATCHERS = {"coco": by_file_path, "yolo": by_yolo_rule}
 
 # How to lay a prompts file out so its keys fit one image each, by format.
 ADVICE = {
@@ -350,47 +372,3 @@ ADVICE = {
     "table": "image_uri must be the image's path or URI as listed (a relative one is read "
     "from the table's folder)",
 }
-
-
-def refuse_ambiguous(file: PromptsFile, pairing: Pairing) -> None:
-    """Refuse a key with prompts that fits two images (they would be copied to both, or
-    go to one of them by chance)."""
-    shared = pairing.shared(key for key, prompts in file.keyed.items() if prompts)
-    if shared is not None:
-        key, fits = shared
-        raise PromptsError(
-            f"{file.shown(key)} fits {len(fits)} images ({fits[0]}, {fits[1]}), so its "
-            f"prompts could go to either; {ADVICE[pairing.rule or file.kind]}"
-        )
-
-
-def refuse_unmatched(
-    file: PromptsFile, result: MatchedPrompts, uris: list[str], source: Location
-) -> None:
-    """Refuse prompts none of which fits an image of the input, with examples of both."""
-    if result.count:
-        return
-    total = sum(len(prompts) for prompts in file.keyed.values())
-    if not total:
-        raise PromptsError(f"prompts {source} hold no prompt (no box, no points)")
-    theirs = ", ".join(result.unmatched_examples[:2])
-    raise PromptsError(
-        f"none of the {total} prompt(s) in {source} is for an image of the input: the prompts "
-        f"name {theirs}; the input lists {', '.join(uris[:2])}; {ADVICE[file.kind]}"
-    )
-
-
-def matched(file: PromptsFile, found: dict[str, str]) -> MatchedPrompts:
-    """``MatchedPrompts`` from the keys found for each URI; the rest counts as unmatched."""
-    result = MatchedPrompts(
-        by_uri={uri: file.keyed[key] for uri, key in found.items()},
-        unknown_categories=file.unknown_categories,
-        names_file=file.names_file,
-    )
-    used = set(found.values())
-    for key, prompts in file.keyed.items():
-        if key not in used and prompts:
-            result.unmatched += len(prompts)
-            if len(result.unmatched_examples) < 5:
-                result.unmatched_examples.append(file.shown(key))
-    return result

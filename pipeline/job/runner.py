@@ -6,7 +6,6 @@ back.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import time
@@ -40,11 +39,10 @@ from pipeline.job.listing import (
     continued_listing,
     listing_shards,
     new_listing,
-    write_prompt_blocks,
 )
 from pipeline.job.manifest import RunConflictError, check_compatible, new_manifest
 from pipeline.job.progress import ProgressTracker
-from pipeline.job.prompts import MatchedPrompts, read_prompts
+from pipeline.job.prompt_plan import PlannedPrompts, install_prompt_blocks, plan_prompts
 from pipeline.job.sources import InputListing, Shard, list_input
 from pipeline.model.registry import (
     ModelSpec,
@@ -170,27 +168,31 @@ def plan_run(
             "--append extends automatic runs; label new prompts into another --output"
         )
     listing = list_input(source, exclude=output)
-    found, prompts_info = read_run_prompts(prompts, listing) if prompts else (None, None)
-    manifest = new_manifest(job, model, source.uri, prompts_info)
-    if dry_run:
-        expired = Lease(output, "autolabel run").check_free()
-        plan = RunPlan(job, model, source, output, checkpoint, [], [], manifest, dry_run=True)
-        plan.weights_checked = weights_checked
-        plan.expired_lease = expired.describe() if expired else None
-        return planned(plan, listing, found, overwrite, append)
-    lease = Lease(output, "autolabel run").acquire()
-    plan = RunPlan(job, model, source, output, checkpoint, [], [], manifest, lease)
+    found = plan_prompts(prompts, listing, job.runtime.shard_size) if prompts else None
     try:
-        return planned(plan, listing, found, overwrite, append)
-    except BaseException:
-        lease.release()
-        raise
+        manifest = new_manifest(job, model, source.uri, found.info if found else None)
+        if dry_run:
+            expired = Lease(output, "autolabel run").check_free()
+            plan = RunPlan(job, model, source, output, checkpoint, [], [], manifest, dry_run=True)
+            plan.weights_checked = weights_checked
+            plan.expired_lease = expired.describe() if expired else None
+            return planned(plan, listing, found, overwrite, append)
+        lease = Lease(output, "autolabel run").acquire()
+        plan = RunPlan(job, model, source, output, checkpoint, [], [], manifest, lease)
+        try:
+            return planned(plan, listing, found, overwrite, append)
+        except BaseException:
+            lease.release()
+            raise
+    finally:
+        if found is not None:
+            found.close()
 
 
 def planned(
     plan: RunPlan,
     listing: InputListing,
-    found: MatchedPrompts | None,
+    found: PlannedPrompts | None,
     overwrite: bool,
     append: bool,
 ) -> RunPlan:
@@ -225,42 +227,20 @@ def planned(
 
 
 def plan_shards(
-    plan: RunPlan, info: dict[str, Any], found: MatchedPrompts | None, resume: bool
+    plan: RunPlan, info: dict[str, Any], found: PlannedPrompts | None, resume: bool
 ) -> RunPlan:
     """Fill in the plan's shards (with their prompts) and those still to do (``resume``: the
     ones without a marker; else all)."""
     layout = RunLayout(plan.output)
     shards = listing_shards(info, plan.job.runtime.shard_size)
     if found is not None and not plan.dry_run:  # a dry run writes no prompt files
-        write_prompt_blocks(layout, shards, found.by_uri, plan.manifest["prompts"]["hash"])
+        install_prompt_blocks(layout, shards, found)
         shards = [replace(s, prompted=True) for s in shards]
     plan.manifest["listing"] = info
     plan.manifest["planned"] = {"images": info["images"], "shards": info["shards"]}
     todo = set(pending([s.name for s in shards], read_markers(layout) if resume else ()))
     plan.shards, plan.todo = shards, [s for s in shards if s.name in todo]
     return plan
-
-
-def read_run_prompts(
-    source: Location, listing: InputListing
-) -> tuple[MatchedPrompts, dict[str, Any]]:
-    """Read a prompted run's prompts and describe them for the manifest, with a hash (over
-    the sorted images and their prompts) that makes a rerun with other prompts a new run."""
-    found = read_prompts(source, listing.refs())
-    digest = hashlib.sha256()
-    for chunk in listing.chunks():
-        for uri in chunk.to_pylist():
-            digest.update(f"{uri}\n{tuple(found.by_uri.get(uri, ()))!r}\n".encode())
-    info = {
-        "source": str(source),
-        "hash": digest.hexdigest()[:16],
-        "matched": found.count,
-        "unmatched": found.unmatched,
-        "unmatched_examples": found.unmatched_examples,
-        "unknown_categories": found.unknown_categories.as_dict(),
-        "names_file": found.names_file,
-    }
-    return found, info
 
 
 def actor_resources(job: JobConfig) -> tuple[int, dict[str, float]]:

@@ -1,0 +1,353 @@
+"""A prompted run's prompts, planned like its listing: streamed, matched to the sorted listing
+block by block, and written as one prompt file per listing block, so that the driver never
+holds all prompts (a detector's dump can be tens of millions of boxes).
+
+1. ``open_prompts`` opens the file; COCO and YOLO keys are paired with the listed images
+   first (a key that fits two images is refused, naming both).
+2. The prompts stream in the file's order; each goes to the listing block its image sorts
+   into (by the blocks' first URIs) and is spilled, a bounded buffer at a time, into a part
+   file of that block in a scratch folder.
+3. Block by block, the spilled prompts are looked up among the block's URIs (a table's
+   ``image_uri`` that is not listed is counted as unmatched), ordered by image and by their
+   order in the file, and written as the block's prompt file (``PROMPT_SCHEMA``: a row group
+   per shard); the prompts' hash is computed in listing order as they are written.
+4. ``install_prompt_blocks`` copies each block's prompt file into the run beside its listing
+   block (a dry run never does; its scratch folder is removed all the same).
+
+Memory: the listing, the COCO/YOLO key pairing, one spill buffer and one block's prompts.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.core.prompt import Prompt
+from pipeline.core.storage import Location
+from pipeline.core.writer import RunLayout
+from pipeline.job.listing import (
+    PROMPT_SCHEMA,
+    PROMPTS_FORMAT,
+    SHARDS_PER_BLOCK,
+    prompts_name,
+    prompts_stamp,
+    write_parquet,
+)
+from pipeline.job.prompts import ADVICE, MATCHERS, PromptsError, PromptsFile, open_prompts
+from pipeline.job.sources import ImageRef, InputListing, Shard, Tally, sorted_listing
+
+# A spilled prompt: its image's URI, its place in the file, and the prompt's columns.
+SPILL_SCHEMA = pa.schema(
+    [("uri", pa.string()), ("seq", pa.int64())]
+    + [f for f in PROMPT_SCHEMA if f.name not in ("shard", "position", "rank")]
+)
+SPILL_ROWS = 65_536  # prompts buffered before they are spilled to the blocks' part files
+
+
+@dataclass
+class PlannedPrompts:
+    """A run's prompts, matched and laid out per listing block in a scratch folder.
+
+    Attributes:
+        scratch: the scratch folder (``prompts-NNNNN.parquet`` per block, named after the
+            block's first shard); ``close`` removes it.
+        info: the manifest's ``prompts`` section: ``source``, ``hash`` (over the sorted
+            images and their prompts), ``matched``, ``unmatched`` and ``unmatched_examples``,
+            ``unknown_categories``, ``names_file``.
+    """
+
+    scratch: Path
+    info: dict[str, Any]
+
+    def block_file(self, block: str) -> Path:
+        """The scratch prompt file of a listing block (``plan-000/block-00064.parquet``)."""
+        return self.scratch / prompts_name(block).rpartition("/")[2]
+
+    def close(self) -> None:
+        """Remove the scratch folder."""
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def __enter__(self) -> PlannedPrompts:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def plan_prompts(source: Location, listing: InputListing, shard_size: int) -> PlannedPrompts:
+    """Read a prompts file as a stream and lay its prompts out per block of the listing.
+
+    Args:
+        source: a COCO JSON, a YOLO label folder, or a Parquet/CSV table (``open_prompts``).
+        listing: the run's sorted listing (its blocks are ``SHARDS_PER_BLOCK`` shards of
+            ``shard_size`` images, as ``listing.write_batch`` cuts them).
+        shard_size: images per shard.
+
+    Returns:
+        The planned prompts, in a scratch folder the caller removes (``close``, or ``with``).
+
+    Raises:
+        PromptsError: the source is missing, unreadable or malformed; a key fits two images;
+            a prompt cannot be stored; no prompt fits an image of the input.
+    """
+    file = open_prompts(source)
+    scratch = Path(tempfile.mkdtemp(prefix="autolabel-prompts-"))
+    try:
+        rows_per_block = SHARDS_PER_BLOCK * shard_size
+        unmatched = Tally()
+        spill = Spill(scratch / "spill", block_firsts(listing, rows_per_block))
+        to_uri = uri_finder(file, listing)
+        for key, prompt in file.prompts():
+            uri = to_uri(key)
+            if uri is None:
+                unmatched.add(file.shown(key), keep=5)
+            else:
+                spill.add(uri, prompt)
+        spill.flush()
+        writer = BlockWriter(scratch, shard_size, unmatched)
+        for block, uris in enumerate(listing.chunks(rows_per_block)):
+            writer.write(block * SHARDS_PER_BLOCK, uris, spill.read(block))
+        shutil.rmtree(spill.folder, ignore_errors=True)
+        refuse_unmatched(file, writer.matched, unmatched, listing)
+        info = {
+            "source": str(source),
+            "hash": writer.digest.hexdigest()[:16],
+            "matched": writer.matched,
+            "unmatched": unmatched.count,
+            "unmatched_examples": unmatched.examples,
+            "unknown_categories": file.unknown_categories.as_dict(),
+            "names_file": file.names_file,
+        }
+        return PlannedPrompts(scratch, info)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+
+
+def block_firsts(listing: InputListing, rows_per_block: int) -> list[str]:
+    """The first URI of each listing block, in order."""
+    return [chunk[0].as_py() for chunk in listing.chunks(rows_per_block)]
+
+
+def uri_finder(file: PromptsFile, listing: InputListing):
+    """A function from a prompt's key to its image's URI (None: no listed image fits it).
+
+    A table's keys are URIs already (whether they are listed is checked block by block).
+    COCO and YOLO keys are paired with the listed URIs first; a key with prompts that fits
+    two images is refused when its first prompt streams by.
+    """
+    if file.kind == "table":
+        return lambda key: key
+
+    def uris() -> Iterator[str]:
+        for chunk in listing.chunks():
+            yield from chunk.to_pylist()
+
+    pairing = MATCHERS[file.kind](file, uris)
+    image_of = {key: uri for uri, key in pairing.found.items()}
+    shared = {key: fits for key, fits in pairing.fits.items() if len(fits) > 1}
+
+    def find(key: str) -> str | None:
+        if key in shared:
+            fits = shared[key]
+            raise PromptsError(
+                f"{file.shown(key)} fits {len(fits)} images ({fits[0]}, {fits[1]}), so its "
+                f"prompts could go to either; {ADVICE[pairing.rule or file.kind]}"
+            )
+        return image_of.get(key)
+
+    return find
+
+
+class Spill:
+    """Prompts spilled to part files by listing block, a bounded buffer at a time."""
+
+    def __init__(self, folder: Path, firsts: list[str]) -> None:
+        self.folder = folder
+        self.firsts = firsts
+        self.buffer: dict[int, list[dict[str, Any]]] = {}
+        self.buffered = 0
+        self.seq = 0  # the prompt's place in the file: its rank among its image's prompts
+        self.parts = 0
+
+    def add(self, uri: str, prompt: Prompt) -> None:
+        """Buffer one prompt for the block ``uri`` sorts into (spilled when the buffer is
+        full)."""
+        block = max(0, bisect.bisect_right(self.firsts, uri) - 1)
+        self.buffer.setdefault(block, []).append({"uri": uri, "seq": self.seq, **prompt.record()})
+        self.seq += 1
+        self.buffered += 1
+        if self.buffered >= SPILL_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffer as one part file per block it holds prompts for."""
+        for block, rows in self.buffer.items():
+            try:
+                table = pa.Table.from_pylist(rows, schema=SPILL_SCHEMA)
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+                raise PromptsError(
+                    f"a prompt for {rows[0]['uri']} or near it cannot be stored: {error}"
+                ) from error
+            folder = self.folder / f"block-{block:05d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, folder / f"part-{self.parts:05d}.parquet")
+        self.parts += 1
+        self.buffer, self.buffered = {}, 0
+
+    def read(self, block: int) -> pa.Table:
+        """Every prompt spilled for ``block`` (none: an empty table)."""
+        folder = self.folder / f"block-{block:05d}"
+        if not folder.exists():
+            return SPILL_SCHEMA.empty_table()
+        parts = [pq.read_table(path, schema=SPILL_SCHEMA) for path in sorted(folder.iterdir())]
+        return pa.concat_tables(parts)
+
+
+@dataclass
+class BlockWriter:
+    """Writes each block's prompt file (scratch) and hashes the prompts in listing order."""
+
+    scratch: Path
+    shard_size: int
+    unmatched: Tally
+    matched: int = 0
+    digest: Any = field(default_factory=hashlib.sha256)
+
+    def write(self, first_shard: int, uris: pa.Array, spilled: pa.Table) -> None:
+        """One block's prompt file from its URIs and its spilled prompts.
+
+        Args:
+            first_shard: the block's first shard.
+            uris: the block's URIs, sorted.
+            spilled: the prompts spilled for the block (a table's URIs may not be listed).
+        """
+        index = pc.index_in(spilled.column("uri"), value_set=uris)
+        listed = pc.is_valid(index)
+        for uri in spilled.column("uri").filter(pc.invert(listed)).to_pylist():
+            self.unmatched.add(uri, keep=5)
+        rows = spilled.filter(listed)
+        at = index.filter(listed).to_numpy(zero_copy_only=False).astype(np.int64)
+        order = np.lexsort((rows.column("seq").to_numpy(), at))
+        rows, at = rows.take(pa.array(order, pa.int64())), at[order]
+        firsts = np.r_[True, at[1:] != at[:-1]] if len(at) else np.zeros(0, bool)
+        start = np.maximum.accumulate(np.where(firsts, np.arange(len(at)), 0))
+        shard = first_shard + at // self.shard_size
+        table = pa.table(
+            {
+                "shard": pa.array(shard, pa.int32()),
+                "position": pa.array(at % self.shard_size, pa.int32()),
+                "rank": pa.array(np.arange(len(at)) - start, pa.int32()),
+                **{name: rows.column(name) for name in SPILL_SCHEMA.names[2:]},
+            },
+            schema=PROMPT_SCHEMA,
+        )
+        self.hash_block(uris, at, table)
+        starts = list(np.flatnonzero(np.r_[True, shard[1:] != shard[:-1]])) if len(at) else []
+        ends = [*starts[1:], len(at)] if starts else []
+        tables = [table.slice(a, b - a) for a, b in zip(starts, ends, strict=True)]
+        target = Location(str(self.scratch / f"prompts-{first_shard:05d}.parquet"))
+        write_parquet(target, PROMPT_SCHEMA, tables)
+        self.matched += len(at)
+
+    def hash_block(self, uris: pa.Array, at: np.ndarray, table: pa.Table) -> None:
+        """Add the block's images and their prompts, in listing order, to the hash (every
+        listed image counts, with or without prompts)."""
+        prompts = [Prompt.from_record(row) for row in table.to_pylist()]
+        bounds = np.searchsorted(at, np.arange(len(uris) + 1))
+        for i, uri in enumerate(uris.to_pylist()):
+            own = tuple(prompts[bounds[i] : bounds[i + 1]])
+            self.digest.update(f"{uri}\n{own!r}\n".encode())
+
+
+def refuse_unmatched(
+    file: PromptsFile, matched: int, unmatched: Tally, listing: InputListing
+) -> None:
+    """Refuse prompts none of which fits an image of the input, with examples of both."""
+    if matched:
+        return
+    if not unmatched.count:
+        raise PromptsError(f"prompts {file.source} hold no prompt (no box, no points)")
+    listed = next(listing.chunks(2)).to_pylist()
+    raise PromptsError(
+        f"none of the {unmatched.count} prompt(s) in {file.source} is for an image of the "
+        f"input: the prompts name {', '.join(unmatched.examples[:2])}; the input lists "
+        f"{', '.join(listed)}; {ADVICE[file.kind]}"
+    )
+
+
+def install_prompt_blocks(layout: RunLayout, shards: list[Shard], planned: PlannedPrompts) -> None:
+    """Copy each listing block's planned prompt file into the run beside the block, with the
+    prompts' hash in its metadata; a file an earlier plan of this run wrote with the same
+    prompts (the same hash and format) is kept.
+
+    Args:
+        layout: the run's layout.
+        shards: the run's shards (their blocks are the ones ``planned`` laid out).
+        planned: from ``plan_prompts`` over the same listing and shard size.
+    """
+    stamp = f"{PROMPTS_FORMAT}:{planned.info['hash']}".encode()
+    schema = PROMPT_SCHEMA.with_metadata({"autolabel": stamp})
+    for block in sorted({shard.block for shard in shards}):
+        target = layout.listing_file(prompts_name(block))
+        if target.exists() and prompts_stamp(target) == stamp:
+            continue
+        planned_file = pq.ParquetFile(planned.block_file(block))
+        groups = [
+            planned_file.read_row_group(k).cast(schema) for k in range(planned_file.num_row_groups)
+        ]
+        write_parquet(target, schema, groups)
+
+
+@dataclass
+class MatchedPrompts:
+    """Prompts by image URI, and what could not be matched (``read_prompts``)."""
+
+    by_uri: dict[str, list[Prompt]]
+    unmatched: int
+    unmatched_examples: list[str]
+    unknown_categories: Tally
+    names_file: str | None
+
+    @property
+    def count(self) -> int:
+        """Prompts matched to an input image."""
+        return sum(len(prompts) for prompts in self.by_uri.values())
+
+
+def read_prompts(source: Location, images: list[ImageRef], shard_size: int = 64) -> MatchedPrompts:
+    """Read a prompts file and match its prompts to the listed images, all in memory (for
+    small inputs and tests; a run plans them with ``plan_prompts``, the same path).
+
+    Args:
+        source: a COCO JSON, a YOLO label folder, or a Parquet/CSV table.
+        images: the listed images.
+        shard_size: the shard size the prompts are laid out with on the way.
+    """
+    listing = sorted_listing(pa.array([ref.uri for ref in images], pa.string()))
+    uris = [uri for chunk in listing.chunks() for uri in chunk.to_pylist()]
+    by_uri: dict[str, list[Prompt]] = {}
+    with plan_prompts(source, listing, shard_size) as planned:
+        for path in sorted(planned.scratch.glob("prompts-*.parquet")):
+            for row in pq.read_table(path).to_pylist():
+                uri = uris[row["shard"] * shard_size + row["position"]]
+                by_uri.setdefault(uri, []).append(Prompt.from_record(row))
+        info = planned.info
+    return MatchedPrompts(
+        by_uri,
+        info["unmatched"],
+        info["unmatched_examples"],
+        Tally(**info["unknown_categories"]),
+        info["names_file"],
+    )
