@@ -33,7 +33,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.core.prompt import Prompt
+from pipeline.core.errors import one_line
+from pipeline.core.prompt import RECORD_FIELDS, Prompt
 from pipeline.core.storage import Location
 from pipeline.core.writer import RunLayout
 from pipeline.job.listing import (
@@ -185,7 +186,7 @@ class Spill:
         """Buffer one prompt for the block ``uri`` sorts into (spilled when the buffer is
         full)."""
         block = max(0, bisect.bisect_right(self.firsts, uri) - 1)
-        self.buffer.setdefault(block, []).append({"uri": uri, "seq": self.seq, **prompt.record()})
+        self.buffer.setdefault(block, []).append((uri, self.seq, prompt))
         self.seq += 1
         self.buffered += 1
         if self.buffered >= SPILL_ROWS:
@@ -194,15 +195,9 @@ class Spill:
     def flush(self) -> None:
         """Write the buffer as one part file per block it holds prompts for."""
         for block, rows in self.buffer.items():
-            try:
-                table = pa.Table.from_pylist(rows, schema=SPILL_SCHEMA)
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-                raise PromptsError(
-                    f"a prompt for {rows[0]['uri']} or near it cannot be stored: {error}"
-                ) from error
             folder = self.folder / f"block-{block:05d}"
             folder.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, folder / f"part-{self.parts:05d}.parquet")
+            pq.write_table(spill_table(rows), folder / f"part-{self.parts:05d}.parquet")
         self.parts += 1
         self.buffer, self.buffered = {}, 0
 
@@ -213,6 +208,36 @@ class Spill:
             return SPILL_SCHEMA.empty_table()
         parts = [pq.read_table(path, schema=SPILL_SCHEMA) for path in sorted(folder.iterdir())]
         return pa.concat_tables(parts)
+
+
+def spill_table(rows: list[tuple[str, int, Prompt]]) -> pa.Table:
+    """Spilled prompts as a table (``SPILL_SCHEMA``), built a column at a time.
+
+    Raises:
+        PromptsError: a prompt has a value that cannot be stored (e.g. a category id that is
+            not an integer).
+    """
+    prompts = [prompt for _, _, prompt in rows]
+    columns = {
+        "uri": [uri for uri, _, _ in rows],
+        "seq": [seq for _, seq, _ in rows],
+        "box": [list(p.box) if p.box is not None else None for p in prompts],
+        "points": [[list(point) for point in p.points] for p in prompts],
+        "point_labels": [list(p.point_labels) for p in prompts],
+        "normalized": [p.normalized for p in prompts],
+        "category_id": [p.category_id for p in prompts],
+        "category_name": [p.category_name for p in prompts],
+        "source_id": [p.source_id for p in prompts],
+        "score": [p.score for p in prompts],
+    }
+    try:
+        return pa.table(
+            [pa.array(columns[f.name], f.type) for f in SPILL_SCHEMA], schema=SPILL_SCHEMA
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise PromptsError(
+            f"a prompt for {rows[0][0]} or an image near it cannot be stored: {one_line(error)}"
+        ) from error
 
 
 @dataclass
@@ -264,7 +289,7 @@ class BlockWriter:
     def hash_block(self, uris: pa.Array, at: np.ndarray, table: pa.Table) -> None:
         """Add the block's images and their prompts, in listing order, to the hash (every
         listed image counts, with or without prompts)."""
-        prompts = [Prompt.from_record(row) for row in table.to_pylist()]
+        prompts = Prompt.from_columns(table.select(list(RECORD_FIELDS)).to_pydict())
         bounds = np.searchsorted(at, np.arange(len(uris) + 1))
         for i, uri in enumerate(uris.to_pylist()):
             own = tuple(prompts[bounds[i] : bounds[i + 1]])

@@ -285,12 +285,12 @@ def names_in(file: Location) -> dict[int, str | None]:
 def table_stream(file: PromptsFile) -> Iterator[tuple[str, Prompt]]:
     """A Parquet or CSV table's prompts, a batch of rows at a time, by ``image_uri`` (a
     relative one read from the table's folder)."""
-    source = file.source
+    source, shown = file.source, str(file.source)
     for number, row in enumerate(table_rows(source), start=1):
         uri = row.get("image_uri")
         if not uri:
-            raise PromptsError(f"row {number} of {source} has no image_uri")
-        yield source.resolve(str(uri)), table_prompt(row, f"row {number} of {source}")
+            raise PromptsError(f"row {number} of {shown} has no image_uri")
+        yield source.resolve(str(uri)), table_prompt(row, number, shown)
 
 
 def table_rows(source: Location, batch: int = 65_536) -> Iterator[dict[str, Any]]:
@@ -319,8 +319,8 @@ CSV_CELLS = {
 }
 
 
-def table_prompt(row: dict[str, Any], where: str) -> Prompt:
-    """One table row as a prompt."""
+def table_prompt(row: dict[str, Any], number: int, source: str) -> Prompt:
+    """One table row (row ``number`` of ``source``) as a prompt."""
     box = row.get("box")
     if box is None and all(row.get(k) is not None for k in "xywh"):
         box = [row[k] for k in "xywh"]
@@ -328,10 +328,13 @@ def table_prompt(row: dict[str, Any], where: str) -> Prompt:
     labels = row.get("point_labels")
     labels = [1] * len(points) if labels is None else labels
     if box is None and not points:
+        where = f"row {number} of {source}"
         raise PromptsError(f"{where} has neither a box nor points")
     if box is not None and len(box) != 4:
+        where = f"row {number} of {source}"
         raise PromptsError(f"{where}: box must be [x, y, w, h]")
     if len(labels) != len(points) or any(len(p) != 2 for p in points):
+        where = f"row {number} of {source}"
         raise PromptsError(f"{where}: points must be [[x, y], …] with one label each")
     return Prompt(
         box=tuple(float(v) for v in box) if box is not None else None,
