@@ -22,8 +22,10 @@ from training.train import (
     click_losses,
     held_out_scenes,
     init_cross_attention,
+    iou_head_loss,
     make_batch,
     point_conditioning,
+    stability_loss,
     train,
 )
 
@@ -113,6 +115,24 @@ def test_click_losses_reward_the_prompted_object_only():
     assert own < 1e-3 and other < 1e-3
     own, other = click_losses(everything, clicks, inside, size)
     assert own < 1e-3 and other > 5
+
+
+def test_small_object_terms_reward_sharp_edges_and_weigh_small_objects():
+    """The stability loss is near 0 for a mask with steep edges and large for a soft one (the
+    generator's filter would drop it); the IoU head's error on a small object weighs more."""
+    ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    distance = 5.5 - ((ys - 30) ** 2 + (xs - 30) ** 2).sqrt()  # + inside a disc of 5.5 px
+    targets = (distance > 0).float()[None]
+    sharp, soft = (distance * 20)[None, None], (distance * 0.5)[None, None]
+    assert stability_loss(sharp, targets) < 0.05 < 0.4 < stability_loss(soft, targets)
+    big = torch.zeros(1, 64, 64)
+    big[0, 8:56, 8:56] = 1
+    both = torch.cat([targets, big])
+    errors = torch.tensor([[0.5], [0.9]]), torch.tensor([[0.9], [0.9]])  # wrong on the small one
+    plain = iou_head_loss(*errors, both, Recipe(size=64, loss_size=64))
+    weighted = iou_head_loss(*errors, both, Recipe(size=64, loss_size=64, small_iou_weight=3.0))
+    assert torch.isclose(plain, torch.tensor(0.16 / 2))
+    assert torch.isclose(weighted, torch.tensor(0.16 * 4 / 5))
 
 
 def test_cross_attention_init_gives_equal_orthonormal_q_and_k():

@@ -75,6 +75,11 @@ class Recipe:
             scenes have more, smaller and thinner shapes (the held-out and evaluation scenes
             are all at difficulty 1), so a floor puts more small objects into training.
         focal_weight, dice_weight, iou_weight: mask and IoU-head loss weights.
+        small_iou_weight: extra IoU-head weight on prompts whose object is small (COCO's
+            rule, under 32² pixels), whose IoU the head under-rates (0: all alike).
+        stability_weight: weight of a soft stability loss, 1 - area(logit > 1) / area(logit
+            > -1) with sigmoid edges, on the chosen and single-mask outputs: the generator's
+            stability filter drops small masks whose logits are soft at the edge (0: off).
         click_weight: weight of "positive at the own click".
         other_click_weight: weight of "negative at clicks outside the target".
         instance_weight: weight of the training-only instance-embedding loss (0: no head).
@@ -96,6 +101,8 @@ class Recipe:
     focal_weight: float = 1.0
     dice_weight: float = 5.0
     iou_weight: float = 1.0
+    small_iou_weight: float = 0.0
+    stability_weight: float = 0.0
     click_weight: float = 1.0
     other_click_weight: float = 1.0
     instance_weight: float = 0.0
@@ -348,6 +355,35 @@ def mask_losses(logits: torch.Tensor, targets: torch.Tensor, recipe: Recipe):
     return recipe.focal_weight * focal + recipe.dice_weight * dice, true_iou
 
 
+def iou_head_loss(
+    iou_pred: torch.Tensor, true_iou: torch.Tensor, targets: torch.Tensor, recipe: Recipe
+) -> torch.Tensor:
+    """MSE of the IoU head against each output's true IoU, prompts on small objects (under
+    32² pixels of the scene) weighted ``1 + small_iou_weight``."""
+    squared = (iou_pred - true_iou) ** 2
+    if not recipe.small_iou_weight:
+        return squared.mean()
+    scale = (recipe.size / recipe.loss_size) ** 2
+    small = (targets.sum((1, 2)) * scale < 32**2) & (targets.sum((1, 2)) > 0)
+    weight = 1 + recipe.small_iou_weight * small.float()
+    return (squared * weight[:, None]).sum() / (weight.sum() * squared.shape[1])
+
+
+def stability_loss(logits: torch.Tensor, targets: torch.Tensor, edge: float = 4.0) -> torch.Tensor:
+    """1 - soft stability of each mask with an object: area(logit > 1) / area(logit > -1),
+    the steps made sigmoids of slope ``edge`` (the generator keeps stability ≥ 0.95).
+
+    Args:
+        logits: (N, O, s, s) logits at the loss size.
+        targets: (N, s, s) the prompts' objects (empty ones are left out).
+    """
+    high = torch.sigmoid(edge * (logits - 1)).sum((2, 3))
+    low = torch.sigmoid(edge * (logits + 1)).sum((2, 3))
+    stability = (high + 1) / (low + 1)
+    present = targets.sum((1, 2)) > 0
+    return (1 - stability[present]).mean() if present.any() else logits.sum() * 0
+
+
 def click_losses(low_res: torch.Tensor, clicks: torch.Tensor, inside: torch.Tensor, size: int):
     """ "Positive at the own click, negative at clicks outside the target", on every output.
 
@@ -399,13 +435,15 @@ def step_loss(model, head, batch: dict[str, torch.Tensor], recipe: Recipe):
     logits = F.interpolate(
         low_res, size=(recipe.loss_size,) * 2, mode="bilinear", align_corners=False
     )
-    per_mask, true_iou = mask_losses(
-        logits, targets_of(owners, scene, target, recipe.loss_size), recipe
-    )
+    targets = targets_of(owners, scene, target, recipe.loss_size)
+    per_mask, true_iou = mask_losses(logits, targets, recipe)
     best = per_mask[:, 1:].argmin(dim=1) + 1
     rows = torch.arange(len(best), device=device)
     mask_loss = per_mask[rows, best].mean() + per_mask[:, 0].mean()
-    iou_loss = F.mse_loss(iou_pred, true_iou)
+    iou_loss = iou_head_loss(iou_pred, true_iou, targets, recipe)
+    if recipe.stability_weight:
+        chosen = torch.stack([logits[rows, best], logits[:, 0]], dim=1)
+        mask_loss = mask_loss + recipe.stability_weight * stability_loss(chosen, targets)
     # candidates: the own click, the scene's other clicks, the scene's sampled pixels
     scene_clicks = torch.cat([batch["points"], batch["pixels"].float()], dim=1)[scene]
     clicks = torch.cat([points[:, None], scene_clicks], dim=1)
