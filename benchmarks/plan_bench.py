@@ -240,6 +240,8 @@ def prompt_rows(uris: int, counts: list[int], dry_counts: list[int]) -> list[str
     cases += [(n, "table", True) for n in dry_counts]
     with tempfile.TemporaryDirectory() as folder:
         manifest = Path(folder) / "images.txt"
+        write_manifest(manifest, 100)  # a first plan verifies the model's weights once
+        measure(manifest, Path(folder) / "warm-up")
         write_manifest(manifest, uris)
         for count, kind, dry_run in cases:
             prompts = Path(folder) / ("prompts.parquet" if kind == "table" else "prompts.json")

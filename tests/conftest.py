@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
+
+from pipeline.core.prompt import Prompt
+from pipeline.core.storage import Location
+from pipeline.job.prompt_plan import plan_prompts
+from pipeline.job.sources import ImageRef, Tally, sorted_listing
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_BUCKET = "autolabel-tests"
@@ -34,6 +42,42 @@ def autolabel(*args: str, timeout: int = 600):
         text=True,
         timeout=timeout,
         cwd=ROOT,
+    )
+
+
+@dataclass
+class MatchedPrompts:
+    """Prompts by image URI, and what could not be matched (``read_prompts``)."""
+
+    by_uri: dict[str, list[Prompt]]
+    unmatched: int
+    unmatched_examples: list[str]
+    unknown_categories: Tally
+    names_file: str | None
+
+    @property
+    def count(self) -> int:
+        return sum(len(prompts) for prompts in self.by_uri.values())
+
+
+def read_prompts(source: Location, images: list[ImageRef], shard_size: int = 64) -> MatchedPrompts:
+    """Plan a prompts file over the listed images (``plan_prompts``, as a run does) and read
+    the planned prompt files back, by image URI."""
+    listing = sorted_listing(pa.array([ref.uri for ref in images], pa.string()))
+    uris = [uri for chunk in listing.chunks() for uri in chunk.to_pylist()]
+    by_uri: dict[str, list[Prompt]] = {}
+    with plan_prompts(source, listing, shard_size) as planned:
+        for path in sorted(planned.scratch.glob("prompts-*.parquet")):
+            for row in pq.read_table(path).to_pylist():
+                uri = uris[row["shard"] * shard_size + row["position"]]
+                by_uri.setdefault(uri, []).append(Prompt.from_record(row))
+        info = planned.info
+    return MatchedPrompts(
+        by_uri,
+        info["unmatched"],
+        info["unmatched_examples"],
+        Tally(**info["unknown_categories"]),
+        info["names_file"],
     )
 
 

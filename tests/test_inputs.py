@@ -15,10 +15,9 @@ from pipeline.core.config import load_config
 from pipeline.core.imageio import ImageReadError, load_image
 from pipeline.core.prompt import Prompt
 from pipeline.core.storage import Location
-from pipeline.job.prompt_plan import read_prompts
 from pipeline.job.prompts import PromptsError
 from pipeline.job.sources import InputError, list_images, list_input
-from tests.conftest import ROOT, autolabel, make_scene
+from tests.conftest import ROOT, autolabel, make_scene, read_prompts
 
 
 def scene(path: Path, seed: int = 0) -> Path:

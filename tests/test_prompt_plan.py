@@ -11,10 +11,13 @@ import pytest
 
 from pipeline.core.prompt import Prompt
 from pipeline.core.storage import Location
+from pipeline.core.writer import RunLayout
 from pipeline.job import prompt_plan
-from pipeline.job.prompt_plan import plan_prompts, read_prompts
+from pipeline.job.listing import listing_shards, new_listing, read_shard_prompts, read_shard_uris
+from pipeline.job.prompt_plan import install_prompt_blocks, plan_prompts
 from pipeline.job.prompts import PromptsError
 from pipeline.job.sources import ImageRef, image_id_for, sorted_listing
+from tests.conftest import read_prompts
 
 
 @pytest.fixture()
@@ -31,13 +34,22 @@ def uris(count):
 
 
 def table_rows(listed, unlisted, count, seed=0):
-    """``count`` prompt rows over the listed URIs and a few unlisted ones, in random order."""
+    """``count`` prompt rows over the listed URIs and a few unlisted ones, in random order;
+    scores are whole numbers (an int column), as some detectors write them."""
     rng = random.Random(seed)
     rows = []
     for k in range(count):
         uri = rng.choice(unlisted) if k % 50 == 0 else rng.choice(listed)
         box = [float(rng.randint(0, 50)), float(rng.randint(0, 50)), 8.0, 9.0]
-        rows.append({"image_uri": uri, "box": box, "category_id": k % 7, "source_id": str(k)})
+        rows.append(
+            {
+                "image_uri": uri,
+                "box": box,
+                "category_id": k % 7,
+                "source_id": str(k),
+                "score": k % 2,
+            }
+        )
     return rows
 
 
@@ -48,10 +60,22 @@ def expected_prompts(rows, listed):
     for row in rows:
         if row["image_uri"] in wanted:
             prompt = Prompt(
-                box=tuple(row["box"]), category_id=row["category_id"], source_id=row["source_id"]
+                box=tuple(row["box"]),
+                category_id=row["category_id"],
+                source_id=row["source_id"],
+                score=row["score"],
             )
             by_uri.setdefault(row["image_uri"], []).append(prompt)
     return by_uri
+
+
+def old_hash(expected, listed):
+    """The prompts' hash as runs planned before prompts streamed have it in their manifest:
+    sha256 over each sorted image and the ``repr`` of its prompts as read."""
+    digest = hashlib.sha256()
+    for uri in sorted(listed):
+        digest.update(f"{uri}\n{tuple(expected.get(uri, ()))!r}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def test_a_table_cut_into_spills_and_blocks_gives_every_prompt_to_its_image_in_order(
@@ -70,38 +94,53 @@ def test_a_table_cut_into_spills_and_blocks_gives_every_prompt_to_its_image_in_o
     expected = expected_prompts(rows, listed)
     assert cut.by_uri == expected and whole.by_uri == expected
     assert cut.unmatched == whole.unmatched == sum(r["image_uri"] not in listed for r in rows)
-    assert set(cut.unmatched_examples) <= {"/data/img/zz-missing.png", "/other/a.png"}
+    assert set(cut.unmatched_examples) == {"/data/img/zz-missing.png", "/other/a.png"}
     assert not list(scratch.iterdir())  # the scratch folders are gone
 
 
 def test_the_prompts_hash_is_the_one_earlier_runs_were_planned_with(tmp_path, monkeypatch):
     """A prompted run planned before prompts streamed resumes: same images and prompts, same
-    hash (sha256 over each sorted image and the repr of its prompts), however cut up."""
+    hash, however the prompts are cut up (an int score stays an int in the hash)."""
     listed = uris(200)
     rows = table_rows(listed, ["/nowhere.png"], 600, seed=3)
-    path = tmp_path / "prompts.csv"
-    lines = ["image_uri,box,category_id,source_id"]
-    lines += [
-        f'{r["image_uri"]},"{json.dumps(r["box"])}",{r["category_id"]},{r["source_id"]}'
-        for r in rows
-    ]
-    path.write_text("\n".join(lines) + "\n")
+    path = tmp_path / "prompts.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    assert pq.read_schema(path).field("score").type == pa.int64()
     listing = sorted_listing(pa.array(listed))
     expected = expected_prompts(rows, listed)
-    digest = hashlib.sha256()
-    for uri in sorted(listed):
-        digest.update(f"{uri}\n{tuple(expected.get(uri, ()))!r}\n".encode())
 
     with plan_prompts(Location(str(path)), listing, shard_size=1000) as planned:
-        assert planned.info["hash"] == digest.hexdigest()[:16]
+        assert planned.info["hash"] == old_hash(expected, listed)
         assert planned.info["matched"] == sum(len(p) for p in expected.values())
     monkeypatch.setattr(prompt_plan, "SPILL_ROWS", 11)
     with plan_prompts(Location(str(path)), listing, shard_size=1) as planned:
-        assert planned.info["hash"] == digest.hexdigest()[:16]
-        files = sorted(planned.scratch.glob("prompts-*.parquet"))
-        assert len(files) == 4  # 200 shards of one image, 64 a block
-        shards = pq.read_table(files[1]).column("shard").to_pylist()
-        assert shards and min(shards) >= 64 and max(shards) < 128
+        assert planned.info["hash"] == old_hash(expected, listed)
+        rows[5]["box"] = [1.0, 2.0, 3.0, 5.0]  # one prompt moved: another hash
+        pq.write_table(pa.Table.from_pylist(rows), path)
+        with plan_prompts(Location(str(path)), listing, shard_size=1) as other:
+            assert other.info["hash"] != planned.info["hash"]
+
+
+def test_a_run_reads_each_shard_s_prompts_from_the_files_beside_its_listing(tmp_path, monkeypatch):
+    """Planned, installed into the run and read back per shard as an actor does: four blocks,
+    the last one partial, every image's prompts in the file's order."""
+    listed = uris(523)
+    rows = table_rows(listed, ["/nowhere.png"], 2000, seed=5)
+    path = tmp_path / "prompts.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    listing = sorted_listing(pa.array(listed))
+    layout = RunLayout(Location(str(tmp_path / "run")))
+    info = new_listing(layout, listing, shard_size=2)
+    shards = listing_shards(info, 2)
+    assert len({shard.block for shard in shards}) == 5 and shards[-1].size == 1
+    monkeypatch.setattr(prompt_plan, "SPILL_ROWS", 97)
+    with plan_prompts(Location(str(path)), listing, shard_size=2) as planned:
+        install_prompt_blocks(layout, shards, planned)
+    expected = expected_prompts(rows, listed)
+    for shard in shards:
+        own = read_shard_prompts(layout, shard, shard.size)
+        images = read_shard_uris(layout, shard)
+        assert [list(prompts) for prompts in own] == [expected.get(uri, []) for uri in images]
 
 
 def test_coco_annotations_may_come_before_images(tmp_path):
@@ -133,13 +172,25 @@ def test_coco_annotations_may_come_before_images(tmp_path):
     }
 
 
-def test_a_coco_file_cut_off_midway_is_one_line_and_leaves_no_scratch(tmp_path, scratch):
+def test_a_coco_file_cut_off_midway_is_one_line(tmp_path):
     listed = uris(3)
     annotations = [{"id": k, "image_id": 1, "bbox": [1, 1, 5, 5]} for k in range(2000)]
     text = json.dumps({"images": [{"id": 1, "file_name": "00001.png"}], "annotations": annotations})
     path = tmp_path / "cut.json"
     path.write_text(text[: len(text) // 2])
     with pytest.raises(PromptsError, match="cannot read prompts") as error:
+        plan_prompts(Location(str(path)), sorted_listing(pa.array(listed)), shard_size=10)
+    assert "\n" not in str(error.value)
+
+
+def test_a_bad_row_after_spills_is_one_line_and_leaves_no_scratch(tmp_path, scratch, monkeypatch):
+    listed = uris(50)
+    rows = table_rows(listed, ["/nowhere.png"], 400)
+    rows[350]["box"] = [1.0, 2.0, 3.0]  # late in the file: parts are spilled by then
+    path = tmp_path / "prompts.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    monkeypatch.setattr(prompt_plan, "SPILL_ROWS", 40)
+    with pytest.raises(PromptsError, match=r"row 351 of .*prompts.parquet: box must be") as error:
         plan_prompts(Location(str(path)), sorted_listing(pa.array(listed)), shard_size=10)
     assert "\n" not in str(error.value)
     assert not list(scratch.iterdir())

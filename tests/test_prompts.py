@@ -8,10 +8,9 @@ import pytest
 
 from pipeline.core.prompt import Prompt
 from pipeline.core.storage import Location
-from pipeline.job.prompt_plan import read_prompts
 from pipeline.job.prompts import PromptsError
 from pipeline.job.sources import list_images
-from tests.conftest import make_scene
+from tests.conftest import make_scene, read_prompts
 
 
 @pytest.fixture()
@@ -94,6 +93,12 @@ def test_tables_give_boxes_and_clicks_by_image_uri(images, tmp_path):
     [
         ("bad.json", '{"images": []}', "not a COCO instances file"),
         ("broken.json", "{not json", "cannot read prompts"),
+        (
+            "nan.json",
+            '{"images": [{"id": 1, "file_name": "a.png"}], '
+            '"annotations": [{"id": 1, "image_id": 1, "bbox": [NaN, 1, 2, 3]}]}',
+            "NaN and Infinity are not",
+        ),
         ("rows.csv", "image_uri,category_name\nx.png,cup\n", "has neither a box nor points"),
         ("labels/a.txt", "0 0.5 half 0.1 0.1\n", "a.txt:1: expected 'class cx cy w h'"),
         ("missing.json", None, "prompts not found"),

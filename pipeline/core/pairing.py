@@ -35,11 +35,10 @@ class Pairing:
         self.found[uri] = key
         self.fits.setdefault(key, []).append(uri)
 
-    def shared(self, wanted: Iterable[str] | None = None) -> tuple[str, list[str]] | None:
-        """The first name (of ``wanted``, default all) that fits more than one image, with
-        those images; None when each fits one."""
-        keys = self.fits if wanted is None else [key for key in wanted if key in self.fits]
-        return next(((key, self.fits[key]) for key in keys if len(self.fits[key]) > 1), None)
+    def shared(self) -> tuple[str, list[str]] | None:
+        """The first name that fits more than one image, with those images; None when each
+        fits one."""
+        return next(((key, fits) for key, fits in self.fits.items() if len(fits) > 1), None)
 
 
 def by_path_end(keys: Iterable[str], uris: Iterable[str], strip_extension: bool = False) -> Pairing:

@@ -87,38 +87,17 @@ class Prompt:
     @classmethod
     def from_record(cls, row: dict[str, Any]) -> Prompt:
         """The prompt of a ``record`` (extra keys of the row are ignored)."""
-        return cls.from_columns({name: [row[name]] for name in RECORD_FIELDS})[0]
-
-    @classmethod
-    def from_columns(cls, columns: dict[str, list[Any]]) -> list[Prompt]:
-        """The prompts of records given as columns (a list per ``RECORD_FIELDS`` name, e.g.
-        a prompt table's ``to_pydict()``), in order."""
-        return [
-            cls(
-                tuple(box) if box is not None else None,
-                tuple(tuple(p) for p in points or ()),
-                tuple(labels or ()),
-                bool(normalized),
-                *source,
-            )
-            for box, points, labels, normalized, *source in zip(
-                *(columns[name] for name in RECORD_FIELDS), strict=True
-            )
-        ]
+        return cls(
+            tuple(row["box"]) if row["box"] is not None else None,
+            tuple(tuple(p) for p in row["points"] or ()),
+            tuple(row["point_labels"] or ()),
+            bool(row["normalized"]),
+            row["category_id"],
+            row["category_name"],
+            row["source_id"],
+            row["score"],
+        )
 
     def source_fields(self) -> tuple[Any, ...]:
         """``category_id, category_name, source_id, score``."""
         return (self.category_id, self.category_name, self.source_id, self.score)
-
-
-# The fields of a prompt's ``record``, in the order of ``Prompt``'s own.
-RECORD_FIELDS = (
-    "box",
-    "points",
-    "point_labels",
-    "normalized",
-    "category_id",
-    "category_name",
-    "source_id",
-    "score",
-)

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.core.errors import one_line
-from pipeline.core.prompt import RECORD_FIELDS, Prompt
+from pipeline.core.prompt import Prompt
 from pipeline.core.storage import Location
 from pipeline.core.writer import RunLayout
 from pipeline.job.listing import (
@@ -46,12 +46,13 @@ from pipeline.job.listing import (
     write_parquet,
 )
 from pipeline.job.prompts import ADVICE, MATCHERS, PromptsError, PromptsFile, open_prompts
-from pipeline.job.sources import ImageRef, InputListing, Shard, Tally, sorted_listing
+from pipeline.job.sources import InputListing, Shard, Tally
 
-# A spilled prompt: its image's URI, its place in the file, and the prompt's columns.
+# A spilled prompt: its image's URI, its place in the file, its ``repr`` as read (what the
+# prompts' hash is made of, as it was before prompts streamed), and the prompt's columns.
+RECORD_SCHEMA = pa.schema([f for f in PROMPT_SCHEMA if f.name not in ("shard", "position", "rank")])
 SPILL_SCHEMA = pa.schema(
-    [("uri", pa.string()), ("seq", pa.int64())]
-    + [f for f in PROMPT_SCHEMA if f.name not in ("shard", "position", "rank")]
+    [("uri", pa.string()), ("seq", pa.int64()), ("text", pa.string()), *RECORD_SCHEMA]
 )
 SPILL_ROWS = 65_536  # prompts buffered before they are spilled to the blocks' part files
 
@@ -72,8 +73,12 @@ class PlannedPrompts:
     info: dict[str, Any]
 
     def block_file(self, block: str) -> Path:
-        """The scratch prompt file of a listing block (``plan-000/block-00064.parquet``)."""
-        return self.scratch / prompts_name(block).rpartition("/")[2]
+        """The scratch prompt file (``prompts-00064.parquet``) of a listing block
+        (``plan-000/block-00064.parquet``)."""
+        path = self.scratch / prompts_name(block).rpartition("/")[2]
+        if not path.exists():
+            raise ValueError(f"no planned prompts for {block}: planned over another listing")
+        return path
 
     def close(self) -> None:
         """Remove the scratch folder."""
@@ -118,8 +123,7 @@ def plan_prompts(source: Location, listing: InputListing, shard_size: int) -> Pl
         spill.flush()
         writer = BlockWriter(scratch, shard_size, unmatched)
         for block, uris in enumerate(listing.chunks(rows_per_block)):
-            writer.write(block * SHARDS_PER_BLOCK, uris, spill.read(block))
-        shutil.rmtree(spill.folder, ignore_errors=True)
+            writer.write(block * SHARDS_PER_BLOCK, uris, spill.take(block))
         refuse_unmatched(file, writer.matched, unmatched, listing)
         info = {
             "source": str(source),
@@ -158,13 +162,16 @@ def uri_finder(file: PromptsFile, listing: InputListing):
     pairing = MATCHERS[file.kind](file, uris)
     image_of = {key: uri for uri, key in pairing.found.items()}
     shared = {key: fits for key, fits in pairing.fits.items() if len(fits) > 1}
+    advice = ADVICE[pairing.rule or file.kind]
+    del pairing  # only the key → URI map is kept while the prompts stream
+    file.keys = None
 
     def find(key: str) -> str | None:
         if key in shared:
             fits = shared[key]
             raise PromptsError(
                 f"{file.shown(key)} fits {len(fits)} images ({fits[0]}, {fits[1]}), so its "
-                f"prompts could go to either; {ADVICE[pairing.rule or file.kind]}"
+                f"prompts could go to either; {advice}"
             )
         return image_of.get(key)
 
@@ -177,9 +184,9 @@ class Spill:
     def __init__(self, folder: Path, firsts: list[str]) -> None:
         self.folder = folder
         self.firsts = firsts
-        self.buffer: dict[int, list[dict[str, Any]]] = {}
+        self.buffer: dict[int, list[tuple[str, int, Prompt]]] = {}
         self.buffered = 0
-        self.seq = 0  # the prompt's place in the file: its rank among its image's prompts
+        self.seq = 0  # the next prompt's place in the file (orders an image's prompts)
         self.parts = 0
 
     def add(self, uri: str, prompt: Prompt) -> None:
@@ -201,12 +208,14 @@ class Spill:
         self.parts += 1
         self.buffer, self.buffered = {}, 0
 
-    def read(self, block: int) -> pa.Table:
-        """Every prompt spilled for ``block`` (none: an empty table)."""
+    def take(self, block: int) -> pa.Table:
+        """Every prompt spilled for ``block`` (none: an empty table); its part files are
+        removed."""
         folder = self.folder / f"block-{block:05d}"
         if not folder.exists():
             return SPILL_SCHEMA.empty_table()
         parts = [pq.read_table(path, schema=SPILL_SCHEMA) for path in sorted(folder.iterdir())]
+        shutil.rmtree(folder)
         return pa.concat_tables(parts)
 
 
@@ -221,6 +230,7 @@ def spill_table(rows: list[tuple[str, int, Prompt]]) -> pa.Table:
     columns = {
         "uri": [uri for uri, _, _ in rows],
         "seq": [seq for _, seq, _ in rows],
+        "text": [repr(p) for p in prompts],
         "box": [list(p.box) if p.box is not None else None for p in prompts],
         "points": [[list(point) for point in p.points] for p in prompts],
         "point_labels": [list(p.point_labels) for p in prompts],
@@ -234,10 +244,20 @@ def spill_table(rows: list[tuple[str, int, Prompt]]) -> pa.Table:
         return pa.table(
             [pa.array(columns[f.name], f.type) for f in SPILL_SCHEMA], schema=SPILL_SCHEMA
         )
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as error:
+        uri, prompt = next(((u, p) for u, _, p in rows if not storable(p)), rows[0][::2])
         raise PromptsError(
-            f"a prompt for {rows[0][0]} or an image near it cannot be stored: {one_line(error)}"
+            f"a prompt for {uri} cannot be stored ({prompt}): {one_line(error)}"
         ) from error
+
+
+def storable(prompt: Prompt) -> bool:
+    """Whether one prompt's values fit the prompt files' columns."""
+    try:
+        pa.Table.from_pylist([prompt.record()], schema=RECORD_SCHEMA)
+        return True
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return False
 
 
 @dataclass
@@ -274,11 +294,11 @@ class BlockWriter:
                 "shard": pa.array(shard, pa.int32()),
                 "position": pa.array(at % self.shard_size, pa.int32()),
                 "rank": pa.array(np.arange(len(at)) - start, pa.int32()),
-                **{name: rows.column(name) for name in SPILL_SCHEMA.names[2:]},
+                **{name: rows.column(name) for name in SPILL_SCHEMA.names[3:]},
             },
             schema=PROMPT_SCHEMA,
         )
-        self.hash_block(uris, at, table)
+        self.hash_block(uris, at, rows.column("text").to_pylist())
         starts = list(np.flatnonzero(np.r_[True, shard[1:] != shard[:-1]])) if len(at) else []
         ends = [*starts[1:], len(at)] if starts else []
         tables = [table.slice(a, b - a) for a, b in zip(starts, ends, strict=True)]
@@ -286,14 +306,15 @@ class BlockWriter:
         write_parquet(target, PROMPT_SCHEMA, tables)
         self.matched += len(at)
 
-    def hash_block(self, uris: pa.Array, at: np.ndarray, table: pa.Table) -> None:
-        """Add the block's images and their prompts, in listing order, to the hash (every
-        listed image counts, with or without prompts)."""
-        prompts = Prompt.from_columns(table.select(list(RECORD_FIELDS)).to_pydict())
-        bounds = np.searchsorted(at, np.arange(len(uris) + 1))
+    def hash_block(self, uris: pa.Array, at: np.ndarray, texts: list[str]) -> None:
+        """Add the block's images and their prompts, in listing order, to the hash: each
+        image's URI and the ``repr`` of the tuple of its prompts (every listed image counts,
+        with or without prompts; ``texts``: each prompt's ``repr``, sorted as ``at``)."""
+        bounds = np.searchsorted(at, np.arange(len(uris) + 1)).tolist()
         for i, uri in enumerate(uris.to_pylist()):
-            own = tuple(prompts[bounds[i] : bounds[i + 1]])
-            self.digest.update(f"{uri}\n{own!r}\n".encode())
+            own = texts[bounds[i] : bounds[i + 1]]
+            shown = f"({own[0]},)" if len(own) == 1 else f"({', '.join(own)})"
+            self.digest.update(f"{uri}\n{shown}\n".encode())
 
 
 def refuse_unmatched(
@@ -333,46 +354,3 @@ def install_prompt_blocks(layout: RunLayout, shards: list[Shard], planned: Plann
             planned_file.read_row_group(k).cast(schema) for k in range(planned_file.num_row_groups)
         ]
         write_parquet(target, schema, groups)
-
-
-@dataclass
-class MatchedPrompts:
-    """Prompts by image URI, and what could not be matched (``read_prompts``)."""
-
-    by_uri: dict[str, list[Prompt]]
-    unmatched: int
-    unmatched_examples: list[str]
-    unknown_categories: Tally
-    names_file: str | None
-
-    @property
-    def count(self) -> int:
-        """Prompts matched to an input image."""
-        return sum(len(prompts) for prompts in self.by_uri.values())
-
-
-def read_prompts(source: Location, images: list[ImageRef], shard_size: int = 64) -> MatchedPrompts:
-    """Read a prompts file and match its prompts to the listed images, all in memory (for
-    small inputs and tests; a run plans them with ``plan_prompts``, the same path).
-
-    Args:
-        source: a COCO JSON, a YOLO label folder, or a Parquet/CSV table.
-        images: the listed images.
-        shard_size: the shard size the prompts are laid out with on the way.
-    """
-    listing = sorted_listing(pa.array([ref.uri for ref in images], pa.string()))
-    uris = [uri for chunk in listing.chunks() for uri in chunk.to_pylist()]
-    by_uri: dict[str, list[Prompt]] = {}
-    with plan_prompts(source, listing, shard_size) as planned:
-        for path in sorted(planned.scratch.glob("prompts-*.parquet")):
-            for row in pq.read_table(path).to_pylist():
-                uri = uris[row["shard"] * shard_size + row["position"]]
-                by_uri.setdefault(uri, []).append(Prompt.from_record(row))
-        info = planned.info
-    return MatchedPrompts(
-        by_uri,
-        info["unmatched"],
-        info["unmatched_examples"],
-        Tally(**info["unknown_categories"]),
-        info["names_file"],
-    )

@@ -161,19 +161,29 @@ def coco_head(source: Location, chunk: int = 1 << 20) -> CocoHead:
         ijson.items_coro(annotations, "annotations.item", use_float=True),
     ]
     head = CocoHead()
+
+    def take() -> None:  # keep each image's key only, count the annotations
+        for image in images:
+            if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
+                raise PromptsError(f"an image of {source} has no id or file_name: {image!r:.80}")
+            head.files[image["id"]] = file_key(image["file_name"])
+        head.annotations += len(annotations)
+        del images[:], annotations[:]
+
     with source.fs.open(source.path, "rb") as handle:
-        while data := handle.read(chunk):
+        try:
+            while data := handle.read(chunk):
+                for parser in parsers:
+                    parser.send(data)
+                take()
             for parser in parsers:
-                parser.send(data)
-            head.annotations += len(annotations)
-            del annotations[:]
-    for parser in parsers:
-        parser.close()
-    head.annotations += len(annotations)
-    for image in images:
-        if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
-            raise PromptsError(f"an image of {source} has no id or file_name: {image!r:.80}")
-        head.files[image["id"]] = file_key(image["file_name"])
+                parser.close()
+        except ijson.JSONError as error:
+            raise PromptsError(
+                f"cannot read prompts {source}: {one_line(error)} (a COCO file must be strict "
+                "JSON: NaN and Infinity are not, write null)"
+            ) from error
+    take()
     head.names = {c["id"]: c.get("name") for c in categories if isinstance(c, dict) and "id" in c}
     return head
 
