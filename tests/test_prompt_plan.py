@@ -113,8 +113,10 @@ def test_the_prompts_hash_is_the_one_earlier_runs_were_planned_with(tmp_path, mo
         assert planned.info["hash"] == old_hash(expected, listed)
         assert planned.info["matched"] == sum(len(p) for p in expected.values())
     monkeypatch.setattr(prompt_plan, "SPILL_ROWS", 11)
+    monkeypatch.setattr(prompt_plan, "PIECE_ROWS", 7)
     with plan_prompts(Location(str(path)), listing, shard_size=1) as planned:
         assert planned.info["hash"] == old_hash(expected, listed)
+        assert planned.info["matched"] == sum(len(p) for p in expected.values())
         rows[5]["box"] = [1.0, 2.0, 3.0, 5.0]  # one prompt moved: another hash
         pq.write_table(pa.Table.from_pylist(rows), path)
         with plan_prompts(Location(str(path)), listing, shard_size=1) as other:
@@ -122,8 +124,8 @@ def test_the_prompts_hash_is_the_one_earlier_runs_were_planned_with(tmp_path, mo
 
 
 def test_a_run_reads_each_shard_s_prompts_from_the_files_beside_its_listing(tmp_path, monkeypatch):
-    """Planned, installed into the run and read back per shard as an actor does: four blocks,
-    the last one partial, every image's prompts in the file's order."""
+    """Planned, installed into the run and read back per shard as an actor does: five blocks,
+    the last one partial, each ordered in pieces; every image's prompts in the file's order."""
     listed = uris(523)
     rows = table_rows(listed, ["/nowhere.png"], 2000, seed=5)
     path = tmp_path / "prompts.parquet"
@@ -134,6 +136,7 @@ def test_a_run_reads_each_shard_s_prompts_from_the_files_beside_its_listing(tmp_
     shards = listing_shards(info, 2)
     assert len({shard.block for shard in shards}) == 5 and shards[-1].size == 1
     monkeypatch.setattr(prompt_plan, "SPILL_ROWS", 97)
+    monkeypatch.setattr(prompt_plan, "PIECE_ROWS", 50)  # ~400 prompts a block: 8 pieces
     with plan_prompts(Location(str(path)), listing, shard_size=2) as planned:
         install_prompt_blocks(layout, shards, planned)
     expected = expected_prompts(rows, listed)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -123,10 +123,13 @@ def write_batch(
 
 
 def write_parquet(
-    target: Location, schema: pa.Schema, tables: list[pa.Table], row_group_size: int | None = None
+    target: Location,
+    schema: pa.Schema,
+    tables: Iterable[pa.Table],
+    row_group_size: int | None = None,
 ) -> None:
-    """``tables`` (each its own row groups, of ``row_group_size`` rows at most) as one zstd
-    Parquet file at ``target``, whole or not at all."""
+    """``tables`` (each its own row groups, of ``row_group_size`` rows at most; taken one at
+    a time) as one zstd Parquet file at ``target``, whole or not at all."""
     buffer = io.BytesIO()
     with pq.ParquetWriter(buffer, schema, compression="zstd") as writer:
         for table in tables:

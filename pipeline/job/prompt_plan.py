@@ -55,6 +55,7 @@ SPILL_SCHEMA = pa.schema(
     [("uri", pa.string()), ("seq", pa.int64()), ("text", pa.string()), *RECORD_SCHEMA]
 )
 SPILL_ROWS = 65_536  # prompts buffered before they are spilled to the blocks' part files
+PIECE_ROWS = 65_536  # a block with more prompts is ordered in pieces of whole shards
 
 
 @dataclass
@@ -123,7 +124,8 @@ def plan_prompts(source: Location, listing: InputListing, shard_size: int) -> Pl
         spill.flush()
         writer = BlockWriter(scratch, shard_size, unmatched)
         for block, uris in enumerate(listing.chunks(rows_per_block)):
-            writer.write(block * SHARDS_PER_BLOCK, uris, spill.take(block))
+            parts = spill.parts(block)
+            writer.write(block * SHARDS_PER_BLOCK, uris, parts, spill.counts.get(block, 0))
         refuse_unmatched(file, writer.matched, unmatched, listing)
         info = {
             "source": str(source),
@@ -185,15 +187,17 @@ class Spill:
         self.folder = folder
         self.firsts = firsts
         self.buffer: dict[int, list[tuple[str, int, Prompt]]] = {}
+        self.counts: dict[int, int] = {}  # prompts spilled per block
         self.buffered = 0
         self.seq = 0  # the next prompt's place in the file (orders an image's prompts)
-        self.parts = 0
+        self.flushes = 0
 
     def add(self, uri: str, prompt: Prompt) -> None:
         """Buffer one prompt for the block ``uri`` sorts into (spilled when the buffer is
         full)."""
         block = max(0, bisect.bisect_right(self.firsts, uri) - 1)
         self.buffer.setdefault(block, []).append((uri, self.seq, prompt))
+        self.counts[block] = self.counts.get(block, 0) + 1
         self.seq += 1
         self.buffered += 1
         if self.buffered >= SPILL_ROWS:
@@ -204,19 +208,14 @@ class Spill:
         for block, rows in self.buffer.items():
             folder = self.folder / f"block-{block:05d}"
             folder.mkdir(parents=True, exist_ok=True)
-            pq.write_table(spill_table(rows), folder / f"part-{self.parts:05d}.parquet")
-        self.parts += 1
+            pq.write_table(spill_table(rows), folder / f"part-{self.flushes:05d}.parquet")
+        self.flushes += 1
         self.buffer, self.buffered = {}, 0
 
-    def take(self, block: int) -> pa.Table:
-        """Every prompt spilled for ``block`` (none: an empty table); its part files are
-        removed."""
+    def parts(self, block: int) -> list[Path]:
+        """The part files spilled for ``block`` (none: no prompt sorts into it)."""
         folder = self.folder / f"block-{block:05d}"
-        if not folder.exists():
-            return SPILL_SCHEMA.empty_table()
-        parts = [pq.read_table(path, schema=SPILL_SCHEMA) for path in sorted(folder.iterdir())]
-        shutil.rmtree(folder)
-        return pa.concat_tables(parts)
+        return sorted(folder.iterdir()) if folder.exists() else []
 
 
 def spill_table(rows: list[tuple[str, int, Prompt]]) -> pa.Table:
@@ -270,46 +269,107 @@ class BlockWriter:
     matched: int = 0
     digest: Any = field(default_factory=hashlib.sha256)
 
-    def write(self, first_shard: int, uris: pa.Array, spilled: pa.Table) -> None:
-        """One block's prompt file from its URIs and its spilled prompts.
+    def write(self, first_shard: int, uris: pa.Array, parts: list[Path], count: int) -> None:
+        """One block's prompt file from its URIs and its spilled prompts, in order of image
+        and of the file. A block with more than ``PIECE_ROWS`` prompts is first split into
+        pieces of whole shards, each ordered alone, so that memory holds one piece.
 
         Args:
             first_shard: the block's first shard.
             uris: the block's URIs, sorted.
-            spilled: the prompts spilled for the block (a table's URIs may not be listed).
+            parts: the block's spilled part files (a table's URIs may not be listed); each is
+                removed once read.
+            count: how many prompts they hold.
         """
-        index = pc.index_in(spilled.column("uri"), value_set=uris)
-        listed = pc.is_valid(index)
-        for uri in spilled.column("uri").filter(pc.invert(listed)).to_pylist():
-            self.unmatched.add(uri, keep=5)
-        rows = spilled.filter(listed)
-        at = index.filter(listed).to_numpy(zero_copy_only=False).astype(np.int64)
+        shards = -(-len(uris) // self.shard_size)
+        pieces = min(shards, max(1, -(-count // PIECE_ROWS)))
+        per_piece = -(-shards // pieces) * self.shard_size  # images a piece covers
+        located = self.located_pieces(uris, parts, per_piece, pieces)
+        target = Location(str(self.scratch / f"prompts-{first_shard:05d}.parquet"))
+        tables = (
+            table
+            for piece in range(pieces)
+            for table in self.shard_tables(
+                first_shard, uris, piece * per_piece, per_piece, located(piece)
+            )
+        )
+        write_parquet(target, PROMPT_SCHEMA, tables)
+
+    def located_pieces(self, uris: pa.Array, parts: list[Path], per_piece: int, pieces: int):
+        """Read the block's parts once: count the unlisted prompts, give the others their
+        image's place in the block (``at``), and, when there are several pieces, spill them
+        again by piece. Returns a function from a piece to its prompts (a table with ``at``)."""
+        located = []
+        for number, path in enumerate(parts):
+            spilled = pq.read_table(path, schema=SPILL_SCHEMA)
+            path.unlink()
+            index = pc.index_in(spilled.column("uri"), value_set=uris)
+            listed = pc.is_valid(index)
+            for uri in spilled.column("uri").filter(pc.invert(listed)).to_pylist():
+                self.unmatched.add(uri, keep=5)
+            rows = spilled.filter(listed).append_column(
+                "at", pc.cast(index.filter(listed), pa.int64())
+            )
+            if pieces == 1:
+                located.append(rows)
+                continue
+            piece_of = pc.divide(rows.column("at"), per_piece).to_numpy()
+            for piece in np.unique(piece_of).tolist():
+                folder = self.scratch / "pieces" / f"piece-{piece:05d}"
+                folder.mkdir(parents=True, exist_ok=True)
+                pq.write_table(
+                    rows.filter(pa.array(piece_of == piece)), folder / f"{number:05d}.parquet"
+                )
+
+        def piece_rows(piece: int) -> pa.Table:
+            if pieces == 1:
+                return pa.concat_tables(located) if located else None
+            folder = self.scratch / "pieces" / f"piece-{piece:05d}"
+            if not folder.exists():
+                return None
+            tables = [pq.read_table(path) for path in sorted(folder.iterdir())]
+            shutil.rmtree(folder)
+            return pa.concat_tables(tables)
+
+        return piece_rows
+
+    def shard_tables(
+        self, first_shard: int, uris: pa.Array, begin: int, size: int, rows: pa.Table | None
+    ) -> Iterator[pa.Table]:
+        """The prompt-file row groups (one per shard with prompts) of the block's images
+        ``begin`` to ``begin + size``, from their prompts ``rows`` (with ``at``; None: none),
+        which are hashed with the images on the way."""
+        if rows is None:
+            rows = SPILL_SCHEMA.empty_table().append_column("at", pa.array([], pa.int64()))
+        at = rows.column("at").to_numpy()
         order = np.lexsort((rows.column("seq").to_numpy(), at))
         rows, at = rows.take(pa.array(order, pa.int64())), at[order]
         firsts = np.r_[True, at[1:] != at[:-1]] if len(at) else np.zeros(0, bool)
         start = np.maximum.accumulate(np.where(firsts, np.arange(len(at)), 0))
-        shard = first_shard + at // self.shard_size
         table = pa.table(
             {
-                "shard": pa.array(shard, pa.int32()),
+                "shard": pa.array(first_shard + at // self.shard_size, pa.int32()),
                 "position": pa.array(at % self.shard_size, pa.int32()),
                 "rank": pa.array(np.arange(len(at)) - start, pa.int32()),
                 **{name: rows.column(name) for name in SPILL_SCHEMA.names[3:]},
             },
             schema=PROMPT_SCHEMA,
         )
-        self.hash_block(uris, at, rows.column("text").to_pylist())
-        starts = list(np.flatnonzero(np.r_[True, shard[1:] != shard[:-1]])) if len(at) else []
-        ends = [*starts[1:], len(at)] if starts else []
-        tables = [table.slice(a, b - a) for a, b in zip(starts, ends, strict=True)]
-        target = Location(str(self.scratch / f"prompts-{first_shard:05d}.parquet"))
-        write_parquet(target, PROMPT_SCHEMA, tables)
+        for low_image in range(begin, min(begin + size, len(uris)), self.shard_size):
+            high_image = min(low_image + self.shard_size, len(uris))
+            low, high = np.searchsorted(at, [low_image, high_image]).tolist()
+            texts = rows.column("text").slice(low, high - low).to_pylist()
+            shard_uris = uris.slice(low_image, high_image - low_image)
+            self.hash_images(shard_uris, at[low:high] - low_image, texts)
+            if high > low:
+                yield table.slice(low, high - low)
         self.matched += len(at)
 
-    def hash_block(self, uris: pa.Array, at: np.ndarray, texts: list[str]) -> None:
-        """Add the block's images and their prompts, in listing order, to the hash: each
-        image's URI and the ``repr`` of the tuple of its prompts (every listed image counts,
-        with or without prompts; ``texts``: each prompt's ``repr``, sorted as ``at``)."""
+    def hash_images(self, uris: pa.Array, at: np.ndarray, texts: list[str]) -> None:
+        """Add images and their prompts, in listing order, to the hash: each image's URI and
+        the ``repr`` of the tuple of its prompts (every listed image counts, with or without
+        prompts). ``at``: each prompt's image (an index into ``uris``), sorted; ``texts``: each
+        prompt's ``repr``, in the same order."""
         bounds = np.searchsorted(at, np.arange(len(uris) + 1)).tolist()
         for i, uri in enumerate(uris.to_pylist()):
             own = texts[bounds[i] : bounds[i + 1]]
