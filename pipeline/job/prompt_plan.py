@@ -218,6 +218,14 @@ class Spill:
         return sorted(folder.iterdir()) if folder.exists() else []
 
 
+def write_pieces(folder: Path, buffers: dict[int, list[pa.Table]], flush: int) -> None:
+    """Spill a block's buffered prompts by piece: one file per piece and flush."""
+    for piece, tables in buffers.items():
+        own = folder / f"piece-{piece:05d}"
+        own.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.concat_tables(tables), own / f"{flush:05d}.parquet")
+
+
 def spill_table(rows: list[tuple[str, int, Prompt]]) -> pa.Table:
     """Spilled prompts as a table (``SPILL_SCHEMA``), built a column at a time.
 
@@ -298,40 +306,45 @@ class BlockWriter:
     def located_pieces(self, uris: pa.Array, parts: list[Path], per_piece: int, pieces: int):
         """Read the block's parts once: count the unlisted prompts, give the others their
         image's place in the block (``at``), and, when there are several pieces, spill them
-        again by piece. Returns a function from a piece to its prompts (a table with ``at``)."""
-        located = []
-        for number, path in enumerate(parts):
-            spilled = pq.read_table(path, schema=SPILL_SCHEMA)
+        again by piece (``PIECE_ROWS`` buffered at most). Returns a function from a piece to
+        its prompts (a table with ``at``; None: none)."""
+        buffers: dict[int, list[pa.Table]] = {}
+        buffered, flushes = 0, 0
+        folder = self.scratch / "pieces"
+        for path in parts:
+            rows = self.located(pq.read_table(path, schema=SPILL_SCHEMA), uris)
             path.unlink()
-            index = pc.index_in(spilled.column("uri"), value_set=uris)
-            listed = pc.is_valid(index)
-            for uri in spilled.column("uri").filter(pc.invert(listed)).to_pylist():
-                self.unmatched.add(uri, keep=5)
-            rows = spilled.filter(listed).append_column(
-                "at", pc.cast(index.filter(listed), pa.int64())
-            )
-            if pieces == 1:
-                located.append(rows)
-                continue
             piece_of = pc.divide(rows.column("at"), per_piece).to_numpy()
             for piece in np.unique(piece_of).tolist():
-                folder = self.scratch / "pieces" / f"piece-{piece:05d}"
-                folder.mkdir(parents=True, exist_ok=True)
-                pq.write_table(
-                    rows.filter(pa.array(piece_of == piece)), folder / f"{number:05d}.parquet"
-                )
+                buffers.setdefault(piece, []).append(rows.filter(pa.array(piece_of == piece)))
+            buffered += len(rows)
+            if pieces > 1 and buffered >= PIECE_ROWS:
+                write_pieces(folder, buffers, flushes)
+                buffers, buffered, flushes = {}, 0, flushes + 1
+        if pieces > 1:
+            write_pieces(folder, buffers, flushes)
 
-        def piece_rows(piece: int) -> pa.Table:
+        def piece_rows(piece: int) -> pa.Table | None:
             if pieces == 1:
-                return pa.concat_tables(located) if located else None
-            folder = self.scratch / "pieces" / f"piece-{piece:05d}"
-            if not folder.exists():
+                return pa.concat_tables(buffers[0]).combine_chunks() if buffers else None
+            own = folder / f"piece-{piece:05d}"
+            if not own.exists():
                 return None
-            tables = [pq.read_table(path) for path in sorted(folder.iterdir())]
-            shutil.rmtree(folder)
-            return pa.concat_tables(tables)
+            tables = [pq.read_table(path) for path in sorted(own.iterdir())]
+            shutil.rmtree(own)
+            return pa.concat_tables(tables).combine_chunks()
 
         return piece_rows
+
+    def located(self, spilled: pa.Table, uris: pa.Array) -> pa.Table:
+        """Spilled prompts whose image is among the block's ``uris``, with its place there
+        (``at``); the others are counted as unmatched."""
+        index = pc.index_in(spilled.column("uri"), value_set=uris)
+        listed = pc.is_valid(index)
+        for uri in spilled.column("uri").filter(pc.invert(listed)).to_pylist():
+            self.unmatched.add(uri, keep=5)
+        at = pc.cast(index.filter(listed), pa.int64())
+        return spilled.filter(listed).append_column("at", at)
 
     def shard_tables(
         self, first_shard: int, uris: pa.Array, begin: int, size: int, rows: pa.Table | None
