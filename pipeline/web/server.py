@@ -12,6 +12,7 @@ from memory: no path from a request ever reaches the filesystem; run images are 
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import secrets
@@ -288,5 +289,13 @@ def serve_on(app: FastAPI, sock: socket.socket, host: str, what: str) -> None:
     shown = f"[{host}]" if ":" in host else host  # an IPv6 address
     url = f"http://{shown}:{sock.getsockname()[1]}/" + (f"?token={token}" if token else "")
     print(f"{what} at {url} (Ctrl-C stops it)", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    server.run(sockets=[sock])
+    config = uvicorn.Config(app, log_level="warning")
+    loop_factory = config.get_loop_factory()
+    # uvicorn's Server.run makes the coroutine before the loop exists; a Ctrl-C in
+    # between left a "coroutine was never awaited" warning under the one-line answer.
+    serving = uvicorn.Server(config).serve(sockets=[sock])
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serving)
+    finally:
+        serving.close()  # a no-op once it ran; silences it if it never started
