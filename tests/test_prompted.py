@@ -2,6 +2,7 @@
 and COCO / YOLO / table prompts go through the whole job."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -59,8 +60,10 @@ def test_prompted_masks_equal_the_predictor_one_prompt_at_a_time(model):
         Prompt(box=(10.0, 10.0, 0.0, 5.0)),  # zero width
         Prompt(box=(box[0] / 256, box[1] / 256, box[2] / 256, box[3] / 256), normalized=True),
     ]
-    amg = load_config(None, ["amg.min_mask_region_area=0"]).amg
-    results = PromptedGenerator(model, amg, batch=2).generate(scene.image, prompts)
+    job = load_config(None, ["amg.min_mask_region_area=0", "prompts.zoom_below=0"])
+    results = PromptedGenerator(model, job.amg, batch=2, zoom=job.prompts).generate(
+        scene.image, prompts
+    )
     assert results[4] == results[5] == "the prompt's box has no area inside the image"
     predictor = SAM2ImagePredictor(model)
     fix_feature_sizes(predictor)
@@ -77,6 +80,88 @@ def test_prompted_masks_equal_the_predictor_one_prompt_at_a_time(model):
     assert results[6]["segmentation"] == results[0]["segmentation"]  # YOLO-style = pixels
     clicked = rle.decode(results[1]["segmentation"]).astype(bool)
     assert (clicked & first).sum() / (clicked | first).sum() > 0.5, "a click finds its object"
+
+
+def test_a_small_box_is_segmented_on_a_crop_around_it_and_placed_back(model):
+    """A box under ``prompts.zoom_below`` input pixels: its mask is what sam2's predictor gives
+    for it on a square crop three times its size (a box with a click keeps the click), placed
+    back in the image; a large box and a click are decoded on the whole image."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    scene = make_scene(31_337, 256, 1.0)
+    image = np.ascontiguousarray(np.concatenate([scene.image, scene.image[:64]], axis=0))
+    small = (100.0, 180.0, 20.0, 12.0)  # x, y, w, h: 20 px of a 320 x 256 image
+    prompts = [
+        Prompt(box=small),
+        Prompt(box=small, points=((110.0, 186.0),), point_labels=(1,)),
+        Prompt(box=(5.0, 300.0, 14.0, 16.0)),  # in a corner: the crop slides inside
+        Prompt(box=(10.0, 10.0, 200.0, 150.0)),  # 200 of 256 px at the input: not zoomed
+        Prompt(points=((110.0, 186.0),), point_labels=(1,)),
+    ]
+    job = load_config(None, ["amg.min_mask_region_area=0"])
+    assert (job.prompts.zoom_below, job.prompts.zoom_context) == (96, 3.0)
+    results = PromptedGenerator(model, job.amg, zoom=job.prompts).generate(image, prompts)
+    assert all(isinstance(r, dict) for r in results), results
+    crops = [r["crop_box"] for r in results]
+    assert crops[0] == crops[1] == [80.0, 156.0, 60.0, 60.0]  # 3 x 20 px, centred on the box
+    assert crops[2] == [0.0, 272.0, 48.0, 48.0]  # 3 x 16 px, kept inside the image
+    assert crops[3] == crops[4] == [0.0, 0.0, 256.0, 320.0]
+    predictor = SAM2ImagePredictor(model)
+    fix_feature_sizes(predictor)
+    with torch.inference_mode():
+        for prompt, record in zip(prompts[:3], results[:3], strict=True):
+            x0, y0, side, _ = (int(v) for v in record["crop_box"])
+            predictor.set_image(np.ascontiguousarray(image[y0 : y0 + side, x0 : x0 + side]))
+            x, y, w, h = prompt.box
+            points = tuple((px - x0, py - y0) for px, py in prompt.points)
+            local = Prompt(
+                box=(x - x0, y - y0, w, h), points=points, point_labels=prompt.point_labels
+            )
+            mask, iou = alone(predictor, local, side, side)
+            placed = np.zeros(image.shape[:2], dtype=bool)
+            placed[y0 : y0 + side, x0 : x0 + side] = mask
+            got = rle.decode(record["segmentation"]).astype(bool)
+            assert got.any() and np.array_equal(got, placed)
+            assert record["predicted_iou"] == pytest.approx(iou, abs=1e-4)
+            assert record["area"] == int(mask.sum())
+            assert record["point_coords"] == [list(p) for p in prompt.points]  # image pixels
+    unzoomed = load_config(None, ["amg.min_mask_region_area=0", "prompts.zoom_below=0"])
+    plain = PromptedGenerator(model, unzoomed.amg, zoom=unzoomed.prompts).generate(image, prompts)
+    assert [r["crop_box"] for r in plain] == [[0.0, 0.0, 256.0, 320.0]] * 5
+    assert plain[3]["segmentation"] == results[3]["segmentation"]
+
+
+def test_a_prompted_run_labelled_before_boxes_were_zoomed_resumes_unzoomed():
+    """The fingerprint of a prompted run written before zooming (no ``prompts`` settings) is
+    what ``prompts.zoom_below=0`` gives now; with zooming on, the refusal says so. An
+    automatic run's fingerprint does not depend on the prompt settings."""
+    import hashlib
+
+    from pipeline.job.manifest import RunConflictError, check_compatible, new_manifest
+    from pipeline.job.manifest import fingerprint as run_fingerprint
+
+    spec = resolve_model("sam2-tiny-synthetic", None, None)
+    prompts = {"hash": "0123abcd", "matched": 3, "unmatched": 0}
+    zoomed, unzoomed = load_config(None, []), load_config(None, ["prompts.zoom_below=0"])
+    before = new_manifest(unzoomed, spec, "/in", prompts)
+    del before["config"]["prompts"]
+    config = before["config"]
+    identity = {section: config[section] for section in ("model", "amg", "image")}
+    identity["runtime"] = {"shard_size": config["runtime"]["shard_size"]}
+    identity["generator"] = {"impl": config["generator"]["impl"]}
+    identity["resolved_model"] = {  # the shipped model: named by its weights' content
+        "name": spec.name,
+        "checkpoint_sha256": hashlib.sha256(Path(spec.checkpoint).read_bytes()).hexdigest(),
+    }
+    identity["prompts"] = prompts["hash"]
+    old = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    assert before["fingerprint"] == old
+    check_compatible(before, new_manifest(unzoomed, spec, "/in", prompts))  # resumes
+    with pytest.raises(
+        RunConflictError, match="before boxes were zoomed: add prompts.zoom_below=0"
+    ):
+        check_compatible(before, new_manifest(zoomed, spec, "/in", prompts))
+    assert run_fingerprint(zoomed, spec) == run_fingerprint(unzoomed, spec)
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +259,8 @@ def test_coco_boxes_become_a_segmentation_dataset_with_their_categories_and_ids(
     assert sorted(odd) == sorted(r["box_iou"] for r in rows if r["box_iou"] < 0.5)
     rerun = run_prompted(folder, prompts, out)
     assert rerun.returncode == 0 and "2 already committed" in rerun.stderr
+    unzoomed = run_prompted(folder, prompts, out, "prompts.zoom_below=0")
+    assert unzoomed.returncode == 2 and "(prompts.zoom_below/zoom_context)" in unzoomed.stderr
     coco["annotations"] = coco["annotations"][:-3]
     prompts.write_text(json.dumps(coco))
     refused = run_prompted(folder, prompts, out)

@@ -185,7 +185,8 @@ def test_box_measure_is_what_run_prompts_gives(trained_model):
 
     scenes = held_out_scenes(256, count=4)
     measured = box_conditioning(trained_model, scenes)
-    generator = PromptedGenerator(trained_model, load_config(None, []).amg)
+    unzoomed = load_config(None, ["prompts.zoom_below=0"])  # the model's own, whole-image masks
+    generator = PromptedGenerator(trained_model, unzoomed.amg, zoom=unzoomed.prompts)
     ious = []
     for scene in scenes:
         prompts = []

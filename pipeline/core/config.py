@@ -102,6 +102,20 @@ class ImageConfig:
 
 
 @dataclass
+class PromptsConfig:
+    """How ``run --prompts`` turns box prompts into masks."""
+
+    # A box whose longer side is under this many pixels at the model's input (e.g. 96 of
+    # 256, or of 1024) is segmented again on a square crop around it, resized to the input:
+    # the mask grid, a quarter of the input size, then has more cells on the object. Costs
+    # one more image-encoder pass per such box. 0 turns zooming off.
+    zoom_below: int = 96
+    # The crop's side, in multiples of the box's longer side (the object and its
+    # surroundings); at least 1.
+    zoom_context: float = 3.0
+
+
+@dataclass
 class RuntimeConfig:
     """Where and how the work runs on the Ray cluster."""
 
@@ -152,6 +166,7 @@ class JobConfig:
     amg: AMGConfig = field(default_factory=AMGConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -265,6 +280,8 @@ def validate(job: JobConfig) -> None:
             or (job.model.image_size >= 64 and job.model.image_size % 32 == 0),
             "model.image_size must be a multiple of 32, at least 64",
         ),
+        (job.prompts.zoom_below >= 0, "prompts.zoom_below must be >= 0"),
+        (job.prompts.zoom_context >= 1, "prompts.zoom_context must be >= 1"),
         (job.output.mask_row_group_size >= 1, "output.mask_row_group_size must be >= 1"),
     ]
     for ok, message in checks:

@@ -19,6 +19,8 @@ PACKAGES = ("autolabel", "sam2", "torch", "torchvision", "ray", "pycocotools", "
 FINGERPRINT_SECTIONS = ("model", "amg", "image")
 FINGERPRINT_RUNTIME = ("shard_size",)
 FINGERPRINT_GENERATOR = ("impl",)
+# The prompt settings of a prompted run written before boxes were zoomed.
+UNZOOMED = {"zoom_below": 0, "zoom_context": 3.0}
 
 
 class RunConflictError(UserError, ValueError):
@@ -38,7 +40,7 @@ def package_versions() -> dict[str, str]:
 
 def fingerprint(job: JobConfig, model: ModelSpec, prompts: str | None = None) -> str:
     """A hash of everything that decides the masks: model identity, generator settings and, in
-    a prompted run, the prompts (``prompts``: their hash)."""
+    a prompted run, the prompts (``prompts``: their hash) and how boxes are zoomed."""
     config = to_dict(job)
     identity = {section: config[section] for section in FINGERPRINT_SECTIONS}
     identity["runtime"] = {key: config["runtime"][key] for key in FINGERPRINT_RUNTIME}
@@ -46,6 +48,8 @@ def fingerprint(job: JobConfig, model: ModelSpec, prompts: str | None = None) ->
     identity["resolved_model"] = model_identity(model)
     if prompts is not None:
         identity["prompts"] = prompts
+        if config["prompts"]["zoom_below"]:  # unzoomed: as runs from before zooming
+            identity["prompt_settings"] = config["prompts"]
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -115,6 +119,12 @@ def check_compatible(existing: dict[str, Any] | None, manifest: dict[str, Any]) 
     ]
     if (existing.get("prompts") or {}).get("hash") != (manifest.get("prompts") or {}).get("hash"):
         differences.append("prompts")
+    elif manifest.get("prompts") and old.get("prompts", UNZOOMED) != manifest["config"]["prompts"]:
+        before = "prompts" not in old  # written by a version that did not zoom boxes
+        differences.append(
+            "prompts.zoom_below/zoom_context"
+            + ("; it was labelled before boxes were zoomed: add prompts.zoom_below=0" * before)
+        )
     what = ", ".join(differences) or "model"
     raise RunConflictError(
         f"the output holds a run with different settings ({what}); "

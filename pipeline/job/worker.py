@@ -150,7 +150,7 @@ class ShardWorker:
         dtype = job.model.dtype or default_dtype(self.device)
         sam = build_model(model, self.device, checkpoint)
         if prompted:
-            self.generator = PromptedGenerator(sam, job.amg, dtype=dtype)
+            self.generator = PromptedGenerator(sam, job.amg, dtype=dtype, zoom=job.prompts)
         else:
             self.generator = make_generator(sam, job.amg, job.generator, dtype, self.device)
         if os.environ.get(FAULT_HOOK) == "generation":

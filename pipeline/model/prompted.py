@@ -7,19 +7,25 @@ products re-associated), and the predictor upscales the masks, so a prompt's mas
 are what ``SAM2ImagePredictor.predict`` gives for it alone, to float rounding.
 ``multimask_output`` follows SAM's advice unless set: three masks for a single click (the one
 with the highest predicted IoU is kept), one for a box or several clicks.
+
+Small boxes are zoomed (``prompts.zoom_below``): a box under that many pixels at the model's
+input is segmented on a square crop around it (``prompts.zoom_context`` times its longer side)
+that the model sees at its full input size, so that the low-resolution mask, a quarter of the
+input size, has more cells on the object; its record's ``crop_box`` is that crop.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from sam2.utils.amg import calculate_stability_score
 
 from pipeline.core import rle
-from pipeline.core.config import AMGConfig
+from pipeline.core.config import AMGConfig, PromptsConfig
 from pipeline.core.prompt import Prompt
 from pipeline.model import decoder
 from pipeline.model.records import autocast, fill_holes_and_islands, fix_feature_sizes
@@ -37,6 +43,8 @@ class PromptedGenerator:
         dtype: ``float32``, ``bfloat16`` or ``float16`` (autocast).
         batch: prompts decoded together.
         multimask: force ``multimask_output`` (None: SAM's advice, see the module docstring).
+        zoom: which boxes are segmented again on a crop (None: the defaults; see the module
+            docstring).
     """
 
     def __init__(
@@ -46,12 +54,15 @@ class PromptedGenerator:
         dtype: str = "float32",
         batch: int = 64,
         multimask: bool | None = None,
+        zoom: PromptsConfig | None = None,
     ) -> None:
         from sam2.sam2_image_predictor import SAM2ImagePredictor
 
         self.settings, self.dtype, self.batch, self.multimask = amg, dtype, batch, multimask
+        self.zoom = zoom or PromptsConfig()
         self.predictor = SAM2ImagePredictor(model, mask_threshold=amg.mask_threshold)
         fix_feature_sizes(self.predictor)
+        self.input_size = int(model.image_size)
         self.device_type = next(model.parameters()).device.type
 
     @torch.inference_mode()
@@ -65,6 +76,7 @@ class PromptedGenerator:
         height, width = image.shape[:2]
         results: list[PromptResult] = [""] * len(prompts)
         groups: dict[tuple[bool, int], list[tuple[int, Any, np.ndarray | None]]] = defaultdict(list)
+        zoomed: list[tuple[int, Any, list[float], Window]] = []
         for index, prompt in enumerate(prompts):
             if (wrong := prompt.non_finite()) is not None:
                 results[index] = f"a coordinate of the prompt is not a finite number: {wrong}"
@@ -75,27 +87,66 @@ class PromptedGenerator:
                 results[index] = "the prompt's box has no area inside the image"
             elif prompt.box is None and not prompt.points:
                 results[index] = "the prompt has neither a box nor points"
+            elif box is not None and (window := self.zoom_window(box, width, height)):
+                zoomed.append((index, prompt, box, window))
             else:
                 groups[(box is not None, len(prompt.points))].append((index, prompt, box))
-        if not groups:  # nothing to decode: no need to encode the image
-            return results
         with autocast(self.device_type, self.dtype):
-            self.predictor.set_image(image)
+            if groups:  # nothing to decode on the whole image: no need to encode it
+                self.predictor.set_image(image)
             for (has_box, clicks), members in groups.items():
-                multimask = self.multimask
-                if multimask is None:
-                    multimask = not has_box and clicks == 1
                 for start in range(0, len(members), self.batch):
                     chunk = members[start : start + self.batch]
-                    decoded = self.decode(chunk, has_box, clicks, multimask)
-                    for (index, _, _), result in zip(chunk, decoded, strict=True):
-                        results[index] = result
+                    decoded = self.decode(chunk, has_box, clicks)
+                    for (index, prompt, _), (logits, iou) in zip(chunk, decoded, strict=True):
+                        results[index] = self.record(logits, iou, prompt, (height, width))
+            for index, prompt, box, window in zoomed:
+                results[index] = self.decode_zoomed(image, prompt, box, window)
         return results
 
-    def decode(self, chunk: list, has_box: bool, clicks: int, multimask: bool) -> list:
+    def zoom_window(self, box: list[float], width: int, height: int) -> Window | None:
+        """The square crop a box is segmented on, or None when it is not zoomed.
+
+        Args:
+            box: (x0, y0, x1, y1) in image pixels, inside the image.
+            width, height: the image's size.
+        """
+        longer = max(box[2] - box[0], box[3] - box[1])
+        # sam2 resizes the image to a square input, each side by its own factor
+        at_input = max((box[2] - box[0]) / width, (box[3] - box[1]) / height) * self.input_size
+        if not self.zoom.zoom_below or at_input >= self.zoom.zoom_below:
+            return None
+        # at most 8 input pixels per image pixel: a tiny box is not blown up to a blur
+        side = max(self.zoom.zoom_context * longer, self.input_size / 8)
+        side = int(round(min(side, width, height)))
+        if side >= max(width, height):  # the crop would be the whole image
+            return None
+        x0 = int(round((box[0] + box[2] - side) / 2))
+        y0 = int(round((box[1] + box[3] - side) / 2))
+        return Window(min(max(x0, 0), width - side), min(max(y0, 0), height - side), side)
+
+    def decode_zoomed(
+        self, image: np.ndarray, prompt: Any, box: list[float], window: Window
+    ) -> PromptResult:
+        """A box prompt's mask from its crop (``window``), placed back in the image."""
+        x0, y0, side = window
+        crop = np.ascontiguousarray(image[y0 : y0 + side, x0 : x0 + side])
+        shifted_box = [box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0]
+        points = tuple((x - x0, y - y0) for x, y in prompt.points)
+        self.predictor.set_image(crop)
+        chunk = [(0, replace(prompt, points=points), shifted_box)]
+        ((logits, iou),) = self.decode(chunk, True, len(points))
+        return self.record(logits, iou, prompt, image.shape[:2], window)
+
+    def decode(self, chunk: list, has_box: bool, clicks: int) -> list[tuple[np.ndarray, float]]:
         """Masks of prompts of one shape, decoded together: sam2's predictor's prompt
         transforms and encoder, then ``pipeline.model.decoder`` (the image side shared, the
-        per-prompt products re-associated), then the predictor's upscaling to the image."""
+        per-prompt products re-associated), then the predictor's upscaling to the image set.
+        Each prompt's mask logits (at that image's size) and predicted IoU, best of the
+        masks when several are decoded."""
+        multimask = self.multimask
+        if multimask is None:
+            multimask = not has_box and clicks == 1
         coords = labels = boxes = None
         if clicks:
             coords = np.array([p.points for _, p, _ in chunk], dtype=np.float32)
@@ -122,21 +173,39 @@ class PromptedGenerator:
         logits = logits.float().cpu().numpy()
         iou = iou.float().view(len(chunk), -1).cpu().numpy()
         best = iou.argmax(axis=1)
-        return [
-            self.record(logits[i, best[i]], float(iou[i, best[i]]), prompt)
-            for i, (_, prompt, _) in enumerate(chunk)
-        ]
+        return [(logits[i, best[i]], float(iou[i, best[i]])) for i in range(len(chunk))]
 
-    def record(self, logits: np.ndarray, predicted_iou: float, prompt: Any) -> PromptResult:
-        """A mask record from one mask's logits at image size."""
+    def record(
+        self,
+        logits: np.ndarray,
+        predicted_iou: float,
+        prompt: Any,
+        image_hw: tuple[int, int],
+        window: Window | None = None,
+    ) -> PromptResult:
+        """A mask record from one mask's logits.
+
+        Args:
+            logits: at the image's size, or at the crop's when ``window`` is given.
+            predicted_iou: the model's score for the mask.
+            prompt: the prompt, in image pixels.
+            image_hw: the image's (height, width).
+            window: the crop the logits are on (a zoomed box), or None.
+        """
         threshold, offset = self.settings.mask_threshold, self.settings.stability_score_offset
         mask = logits > threshold
         if self.settings.min_mask_region_area > 0:
             mask, _ = fill_holes_and_islands(mask, self.settings.min_mask_region_area)
         if not mask.any():
             return "the model found no mask for this prompt"
+        height, width = image_hw
+        crop_box = [0.0, 0.0, float(width), float(height)]
+        if window is not None:
+            x0, y0, side = window
+            placed = np.zeros(image_hw, dtype=bool)
+            placed[y0 : y0 + side, x0 : x0 + side] = mask
+            mask, crop_box = placed, [float(x0), float(y0), float(side), float(side)]
         segmentation = rle.encode_mask(mask)
-        height, width = mask.shape
         return {
             "segmentation": segmentation,
             "area": rle.area(segmentation),
@@ -146,8 +215,16 @@ class PromptedGenerator:
                 calculate_stability_score(torch.from_numpy(logits), threshold, offset)
             ),
             "point_coords": [[float(x), float(y)] for x, y in prompt.points],
-            "crop_box": [0.0, 0.0, float(width), float(height)],
+            "crop_box": crop_box,
         }
+
+
+class Window(NamedTuple):
+    """A square crop of the image: its top-left corner and side, in pixels."""
+
+    x0: int
+    y0: int
+    side: int
 
 
 def clipped_box(box: tuple, width: int, height: int) -> list[float] | None:
