@@ -1,10 +1,12 @@
 """Benchmark: labelling from prompts (boxes, clicks) against a plain SAM2ImagePredictor loop.
 
-On synthetic scenes whose exact masks are known, each object is prompted twice: by its tight
-box and by one click on it. ``PromptedGenerator`` (what ``autolabel run --prompts`` runs:
-image encoded once, prompts decoded in batches) is timed against the loop users write
-(``set_image`` once, then ``predict`` per prompt), both on the same images and model, and the
-masks' IoU with the objects is reported per prompt kind. Writes ``<out>.json`` and ``<out>.md``.
+On synthetic scenes whose exact masks are known, each object is prompted by its tight box
+(with small boxes zoomed, as ``run --prompts`` does by default, and without), by its box
+jittered by SAM's rule (noise of std 10 % of the side, at most 20 px) and by one click on it.
+``PromptedGenerator`` (what ``autolabel run --prompts`` runs: image encoded once, prompts
+decoded in batches) is timed against the loop users write (``set_image`` once, then
+``predict`` per prompt, never zoomed), both on the same images and model, and the masks' IoU
+with the objects is reported per prompt kind. Writes ``<out>.json`` and ``<out>.md``.
 
 Example::
 
@@ -38,16 +40,25 @@ from pipeline.synthetic.scenes import make_scene  # noqa: E402
 HELD_OUT = 8_080_808  # scene seeds far from anything the training stream drew
 
 
-def object_prompts(scene, rng: np.random.Generator) -> tuple[list[Prompt], list[Prompt]]:
-    """Each object's tight box, and one click on a random pixel of it."""
-    boxes, clicks = [], []
+def object_prompts(scene, rng: np.random.Generator) -> dict[str, list[Prompt]]:
+    """Each object's tight box, its box jittered by SAM's rule, and one click on a random
+    pixel of it."""
+    prompts: dict[str, list[Prompt]] = {"box": [], "jittered box": [], "click": []}
+    size = scene.image.shape[0]
     for mask in scene.masks:
         ys, xs = np.nonzero(mask)
         box = (float(xs.min()), float(ys.min()), float(np.ptp(xs) + 1), float(np.ptp(ys) + 1))
-        boxes.append(Prompt(box=box))
+        prompts["box"].append(Prompt(box=box))
+        corners = np.array([box[0], box[1], box[0] + box[2], box[1] + box[3]])
+        sides = np.array([box[2], box[3]] * 2)
+        corners = np.clip(corners + np.clip(rng.normal(0, 0.1 * sides), -20, 20), 0, size)
+        x0, y0, x1, y1 = (float(v) for v in corners)
+        prompts["jittered box"].append(Prompt(box=(x0, y0, max(x1 - x0, 1.0), max(y1 - y0, 1.0))))
         pick = int(rng.integers(len(xs)))
-        clicks.append(Prompt(points=((float(xs[pick]), float(ys[pick])),), point_labels=(1,)))
-    return boxes, clicks
+        prompts["click"].append(
+            Prompt(points=((float(xs[pick]), float(ys[pick])),), point_labels=(1,))
+        )
+    return prompts
 
 
 def iou(mask: np.ndarray, truth: np.ndarray) -> float:
@@ -86,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="sam2-tiny-synthetic")
+    parser.add_argument("--checkpoint", help="other weights for the model (default: its own)")
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=64, help="prompts decoded together")
@@ -93,16 +105,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-    model = build_model(resolve_model(args.model, None, None), "cpu")
+    model = build_model(resolve_model(args.model, None, args.checkpoint), "cpu")
     scenes = [make_scene(HELD_OUT + i, args.size, 1.0) for i in range(args.images)]
     rng = np.random.default_rng(0)
-    pairs = [object_prompts(scene, rng) for scene in scenes]
-    generator = PromptedGenerator(model, load_config(None, []).amg, batch=args.batch)
+    drawn = [object_prompts(scene, rng) for scene in scenes]
+    job = load_config(None, [])
+    unzoomed = load_config(None, ["prompts.zoom_below=0"]).prompts
+    zoomed = PromptedGenerator(model, job.amg, batch=args.batch, zoom=job.prompts)
+    plain = PromptedGenerator(model, job.amg, batch=args.batch, zoom=unzoomed)
     predictor = SAM2ImagePredictor(model)
     fix_feature_sizes(predictor)
     rows = {}
-    for kind, index in (("box", 0), ("click", 1)):
-        prompts = [pair[index] for pair in pairs]
+    kinds = (
+        ("tight box", "box", zoomed),
+        ("tight box, unzoomed", "box", plain),
+        ("jittered box", "jittered box", zoomed),
+        ("jittered box, unzoomed", "jittered box", plain),
+        ("one click", "click", zoomed),
+    )
+    for kind, drawn_kind, generator in kinds:
+        prompts = [own[drawn_kind] for own in drawn]
         count = sum(len(p) for p in prompts)
         ours(generator, scenes[:1], prompts[:1])  # warm-up
         seconds, results = ours(generator, scenes, prompts)
@@ -122,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "setup": {
             "model": args.model,
+            "checkpoint": args.checkpoint,
+            "zoom": {"zoom_below": job.prompts.zoom_below, "context": job.prompts.zoom_context},
             "images": args.images,
             "size": args.size,
             "batch": args.batch,
@@ -141,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['loop_prompts_per_s']:.1f} | {row['speed_up']:.2f}x | {row['mean_iou']:.3f} |"
         )
     table = (
-        "\n".join(lines)
-        + f"\n\n{args.model}, {args.images} held-out {args.size}-px scenes; {result['machine']}\n"
+        "\n".join(lines) + f"\n\n{args.model}{f' ({args.checkpoint})' if args.checkpoint else ''}, "
+        f"{args.images} held-out {args.size}-px scenes; {result['machine']}\n"
     )
     print(table)
     out = Path(args.out)
