@@ -97,6 +97,8 @@ def test_a_small_box_is_segmented_on_a_crop_around_it_and_placed_back(model):
         Prompt(box=(5.0, 300.0, 14.0, 16.0)),  # in a corner: the crop slides inside
         Prompt(box=(10.0, 10.0, 200.0, 150.0)),  # 200 of 256 px at the input: not zoomed
         Prompt(points=((110.0, 186.0),), point_labels=(1,)),
+        # a click outside the crop (not on the object): the whole image, as sam2 would
+        Prompt(box=small, points=((110.0, 186.0), (20.0, 20.0)), point_labels=(1, 0)),
     ]
     job = load_config(None, ["amg.min_mask_region_area=0"])
     assert (job.prompts.zoom_below, job.prompts.zoom_context) == (96, 3.0)
@@ -105,7 +107,7 @@ def test_a_small_box_is_segmented_on_a_crop_around_it_and_placed_back(model):
     crops = [r["crop_box"] for r in results]
     assert crops[0] == crops[1] == [80.0, 156.0, 60.0, 60.0]  # 3 x 20 px, centred on the box
     assert crops[2] == [0.0, 272.0, 48.0, 48.0]  # 3 x 16 px, kept inside the image
-    assert crops[3] == crops[4] == [0.0, 0.0, 256.0, 320.0]
+    assert crops[3] == crops[4] == crops[5] == [0.0, 0.0, 256.0, 320.0]
     predictor = SAM2ImagePredictor(model)
     fix_feature_sizes(predictor)
     with torch.inference_mode():
@@ -127,8 +129,9 @@ def test_a_small_box_is_segmented_on_a_crop_around_it_and_placed_back(model):
             assert record["point_coords"] == [list(p) for p in prompt.points]  # image pixels
     unzoomed = load_config(None, ["amg.min_mask_region_area=0", "prompts.zoom_below=0"])
     plain = PromptedGenerator(model, unzoomed.amg, zoom=unzoomed.prompts).generate(image, prompts)
-    assert [r["crop_box"] for r in plain] == [[0.0, 0.0, 256.0, 320.0]] * 5
-    assert plain[3]["segmentation"] == results[3]["segmentation"]
+    assert [r["crop_box"] for r in plain] == [[0.0, 0.0, 256.0, 320.0]] * 6
+    for index in (3, 4, 5):
+        assert plain[index]["segmentation"] == results[index]["segmentation"]
 
 
 def test_a_prompted_run_labelled_before_boxes_were_zoomed_resumes_unzoomed():

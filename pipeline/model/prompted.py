@@ -87,7 +87,7 @@ class PromptedGenerator:
                 results[index] = "the prompt's box has no area inside the image"
             elif prompt.box is None and not prompt.points:
                 results[index] = "the prompt has neither a box nor points"
-            elif box is not None and (window := self.zoom_window(box, width, height)):
+            elif box is not None and (window := self.zoom_window(box, prompt, width, height)):
                 zoomed.append((index, prompt, box, window))
             else:
                 groups[(box is not None, len(prompt.points))].append((index, prompt, box))
@@ -104,11 +104,15 @@ class PromptedGenerator:
                 results[index] = self.decode_zoomed(image, prompt, box, window)
         return results
 
-    def zoom_window(self, box: list[float], width: int, height: int) -> Window | None:
-        """The square crop a box is segmented on, or None when it is not zoomed.
+    def zoom_window(
+        self, box: list[float], prompt: Prompt, width: int, height: int
+    ) -> Window | None:
+        """The square crop a box is segmented on, or None when it is not zoomed (a large box,
+        zooming off, or a click of the prompt outside the crop).
 
         Args:
             box: (x0, y0, x1, y1) in image pixels, inside the image.
+            prompt: the prompt, in image pixels (its clicks must fall inside the crop).
             width, height: the image's size.
         """
         longer = max(box[2] - box[0], box[3] - box[1])
@@ -121,9 +125,10 @@ class PromptedGenerator:
         side = int(round(min(side, width, height)))
         if side >= max(width, height):  # the crop would be the whole image
             return None
-        x0 = int(round((box[0] + box[2] - side) / 2))
-        y0 = int(round((box[1] + box[3] - side) / 2))
-        return Window(min(max(x0, 0), width - side), min(max(y0, 0), height - side), side)
+        x0 = min(max(int(round((box[0] + box[2] - side) / 2)), 0), width - side)
+        y0 = min(max(int(round((box[1] + box[3] - side) / 2)), 0), height - side)
+        inside = all(x0 <= x < x0 + side and y0 <= y < y0 + side for x, y in prompt.points)
+        return Window(x0, y0, side) if inside else None
 
     def decode_zoomed(
         self, image: np.ndarray, prompt: Any, box: list[float], window: Window
