@@ -145,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         "setup": {
             "model": args.model,
             "checkpoint": args.checkpoint,
-            "zoom": {"zoom_below": job.prompts.zoom_below, "context": job.prompts.zoom_context},
+            "zoom": {
+                "zoom_below": job.prompts.zoom_below,
+                "zoom_context": job.prompts.zoom_context,
+            },
             "images": args.images,
             "size": args.size,
             "batch": args.batch,

@@ -85,34 +85,64 @@ def test_prompted_masks_equal_the_predictor_one_prompt_at_a_time(model):
 def test_a_small_box_is_segmented_on_a_crop_around_it_and_placed_back(model):
     """A box under ``prompts.zoom_below`` input pixels: its mask is what sam2's predictor gives
     for it on a square crop three times its size (a box with a click keeps the click), placed
-    back in the image; a large box and a click are decoded on the whole image."""
+    back in the image, unless that mask runs into an inner edge of the crop (then the whole
+    image's); a large box, a click and a box whose click is outside the crop are decoded on
+    the whole image."""
     from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    from pipeline.model.prompted import Window, cut_by_crop
 
     scene = make_scene(31_337, 256, 1.0)
     image = np.ascontiguousarray(np.concatenate([scene.image, scene.image[:64]], axis=0))
+    whole = [0.0, 0.0, 256.0, 320.0]
     small = (100.0, 180.0, 20.0, 12.0)  # x, y, w, h: 20 px of a 320 x 256 image
-    prompts = [
-        Prompt(box=small),
-        Prompt(box=small, points=((110.0, 186.0),), point_labels=(1,)),
-        Prompt(box=(5.0, 300.0, 14.0, 16.0)),  # in a corner: the crop slides inside
-        Prompt(box=(10.0, 10.0, 200.0, 150.0)),  # 200 of 256 px at the input: not zoomed
-        Prompt(points=((110.0, 186.0),), point_labels=(1,)),
-        # a click outside the crop (not on the object): the whole image, as sam2 would
-        Prompt(box=small, points=((110.0, 186.0), (20.0, 20.0)), point_labels=(1, 0)),
-    ]
+    prompts = {  # a prompt, and the crop it is decoded on, if zoomed
+        "small": (Prompt(box=small), [80.0, 156.0, 60.0, 60.0]),  # 3 x 20 px, centred
+        "small + click": (
+            Prompt(box=small, points=((110.0, 186.0),), point_labels=(1,)),
+            [80.0, 156.0, 60.0, 60.0],
+        ),
+        "corner": (Prompt(box=(5.0, 300.0, 14.0, 16.0)), [0.0, 272.0, 48.0, 48.0]),  # slid in
+        "tiny": (Prompt(box=(150.0, 40.0, 4.0, 3.0)), [136.0, 26.0, 32.0, 32.0]),  # input / 8
+        "small again": (Prompt(box=small, category_name="again"), [80.0, 156.0, 60.0, 60.0]),
+        "large": (Prompt(box=(10.0, 10.0, 200.0, 150.0)), None),  # 200 of 256 input px
+        "click": (Prompt(points=((110.0, 186.0),), point_labels=(1,)), None),
+        "click outside": (
+            Prompt(box=small, points=((110.0, 186.0), (20.0, 20.0)), point_labels=(1, 0)),
+            None,
+        ),
+    }
     job = load_config(None, ["amg.min_mask_region_area=0"])
     assert (job.prompts.zoom_below, job.prompts.zoom_context) == (96, 3.0)
-    results = PromptedGenerator(model, job.amg, zoom=job.prompts).generate(image, prompts)
-    assert all(isinstance(r, dict) for r in results), results
-    crops = [r["crop_box"] for r in results]
-    assert crops[0] == crops[1] == [80.0, 156.0, 60.0, 60.0]  # 3 x 20 px, centred on the box
-    assert crops[2] == [0.0, 272.0, 48.0, 48.0]  # 3 x 16 px, kept inside the image
-    assert crops[3] == crops[4] == crops[5] == [0.0, 0.0, 256.0, 320.0]
+    given = [prompt for prompt, _ in prompts.values()]
+    results = dict(
+        zip(
+            prompts,
+            PromptedGenerator(model, job.amg, zoom=job.prompts).generate(image, given),
+            strict=True,
+        )
+    )
+    unzoomed = load_config(None, ["amg.min_mask_region_area=0", "prompts.zoom_below=0"])
+    plain = dict(
+        zip(
+            prompts,
+            PromptedGenerator(model, unzoomed.amg, zoom=unzoomed.prompts).generate(image, given),
+            strict=True,
+        )
+    )
+    assert all(isinstance(r, dict) for r in [*results.values(), *plain.values()]), results
+    assert all(r["crop_box"] == whole for r in plain.values())
     predictor = SAM2ImagePredictor(model)
     fix_feature_sizes(predictor)
+    placed_from_crops = 0
     with torch.inference_mode():
-        for prompt, record in zip(prompts[:3], results[:3], strict=True):
-            x0, y0, side, _ = (int(v) for v in record["crop_box"])
+        for name, (prompt, crop) in prompts.items():
+            record = results[name]
+            if crop is None:
+                assert record["crop_box"] == whole, name
+                assert record["segmentation"] == plain[name]["segmentation"], name
+                continue
+            x0, y0, side, _ = (int(v) for v in crop)
             predictor.set_image(np.ascontiguousarray(image[y0 : y0 + side, x0 : x0 + side]))
             x, y, w, h = prompt.box
             points = tuple((px - x0, py - y0) for px, py in prompt.points)
@@ -120,18 +150,48 @@ def test_a_small_box_is_segmented_on_a_crop_around_it_and_placed_back(model):
                 box=(x - x0, y - y0, w, h), points=points, point_labels=prompt.point_labels
             )
             mask, iou = alone(predictor, local, side, side)
+            if cut_by_crop(mask, Window(x0, y0, side), 256, 320):  # decoded on the whole image
+                assert record["crop_box"] == whole, name
+                assert record["segmentation"] == plain[name]["segmentation"], name
+                continue
+            placed_from_crops += 1
+            assert record["crop_box"] == crop, name
             placed = np.zeros(image.shape[:2], dtype=bool)
             placed[y0 : y0 + side, x0 : x0 + side] = mask
             got = rle.decode(record["segmentation"]).astype(bool)
-            assert got.any() and np.array_equal(got, placed)
+            assert got.any() and np.array_equal(got, placed), name
             assert record["predicted_iou"] == pytest.approx(iou, abs=1e-4)
             assert record["area"] == int(mask.sum())
             assert record["point_coords"] == [list(p) for p in prompt.points]  # image pixels
-    unzoomed = load_config(None, ["amg.min_mask_region_area=0", "prompts.zoom_below=0"])
-    plain = PromptedGenerator(model, unzoomed.amg, zoom=unzoomed.prompts).generate(image, prompts)
-    assert [r["crop_box"] for r in plain] == [[0.0, 0.0, 256.0, 320.0]] * 6
-    for index in (3, 4, 5):
-        assert plain[index]["segmentation"] == results[index]["segmentation"]
+    assert placed_from_crops >= 3, "the shipped model's masks of these boxes fit their crops"
+    assert results["small again"]["segmentation"] == results["small"]["segmentation"]
+    # a long box in a narrow strip: no square crop of the strip holds it, so no zoom
+    strip = np.ascontiguousarray(np.tile(scene.image[100:140], (1, 4, 1)))  # 1024 x 40
+    (record,) = PromptedGenerator(model, job.amg, zoom=job.prompts).generate(
+        strip, [Prompt(box=(300.0, 10.0, 80.0, 10.0))]
+    )
+    assert record["crop_box"] == [0.0, 0.0, 1024.0, 40.0]
+
+
+def test_a_mask_cut_by_its_crop_is_told_from_one_that_ends_inside_it():
+    """``cut_by_crop``: a mask touching an inner edge of its crop (the object goes on) is
+    cut; touching an edge the crop shares with the image is not."""
+    from pipeline.model.prompted import Window, cut_by_crop
+
+    mask = np.zeros((32, 32), dtype=bool)
+    mask[10:20, 10:20] = True
+    assert not cut_by_crop(mask, Window(50, 50, 32), 256, 256)
+    for edge in (np.s_[10:20, 0], np.s_[0, 10:20], np.s_[10:20, -1], np.s_[-1, 10:20]):
+        touching = mask.copy()
+        touching[edge] = True
+        assert cut_by_crop(touching, Window(50, 50, 32), 256, 256)
+    left, top = mask.copy(), mask.copy()
+    left[10:20, 0], top[0, 10:20] = True, True
+    assert not cut_by_crop(left, Window(0, 50, 32), 256, 256)  # the image's own left edge
+    assert not cut_by_crop(top, Window(50, 0, 32), 256, 256)
+    right = mask.copy()
+    right[10:20, -1] = True
+    assert not cut_by_crop(right, Window(224, 50, 32), 256, 256)
 
 
 def test_a_prompted_run_labelled_before_boxes_were_zoomed_resumes_unzoomed():

@@ -541,7 +541,8 @@ def point_conditioning(model, scenes: list[Scene], device: str = "cpu") -> dict[
 @torch.no_grad()
 def box_conditioning(model, scenes: list[Scene], device: str = "cpu") -> dict[str, float]:
     """On held-out scenes: the mask a box prompt gives, as ``autolabel run --prompts`` takes it
-    (the single-mask output, replaced by the most stable multimask one where sam2 does so).
+    with zooming off (``prompts.zoom_below=0``: the single-mask output on the whole image,
+    replaced by the most stable multimask one where sam2 does so).
 
     ``box_tight`` is the mean IoU with the object of its tight box's mask; ``box_jittered``
     the same for the box jittered by SAM's rule (``box_prompts``: noise of std 10 % of the

@@ -111,7 +111,7 @@ class PromptsConfig:
     # one more image-encoder pass per such box. 0 turns zooming off.
     zoom_below: int = 96
     # The crop's side, in multiples of the box's longer side (the object and its
-    # surroundings); at least 1.
+    # surroundings), and at least an eighth of the input size; at least 1.
     zoom_context: float = 3.0
 
 

@@ -98,6 +98,13 @@ def new_manifest(
     }
 
 
+def zooming(config: dict[str, Any]) -> dict[str, Any]:
+    """A prompted run's zoom settings as they decide its masks (any with zooming off are
+    alike; a config from before zooming has none)."""
+    settings = config.get("prompts", UNZOOMED)
+    return settings if settings["zoom_below"] else UNZOOMED
+
+
 def check_compatible(existing: dict[str, Any] | None, manifest: dict[str, Any]) -> None:
     """Refuse to mix runs: the output's manifest must have the same fingerprint.
 
@@ -119,7 +126,7 @@ def check_compatible(existing: dict[str, Any] | None, manifest: dict[str, Any]) 
     ]
     if (existing.get("prompts") or {}).get("hash") != (manifest.get("prompts") or {}).get("hash"):
         differences.append("prompts")
-    elif manifest.get("prompts") and old.get("prompts", UNZOOMED) != manifest["config"]["prompts"]:
+    elif manifest.get("prompts") and zooming(old) != zooming(manifest["config"]):
         before = "prompts" not in old  # written by a version that did not zoom boxes
         differences.append(
             "prompts.zoom_below/zoom_context"

@@ -9,14 +9,18 @@ are what ``SAM2ImagePredictor.predict`` gives for it alone, to float rounding.
 with the highest predicted IoU is kept), one for a box or several clicks.
 
 Small boxes are zoomed (``prompts.zoom_below``): a box under that many pixels at the model's
-input is segmented on a square crop around it (``prompts.zoom_context`` times its longer side)
-that the model sees at its full input size, so that the low-resolution mask, a quarter of the
-input size, has more cells on the object; its record's ``crop_box`` is that crop.
+input is segmented on a square crop around it (``prompts.zoom_context`` times its longer side,
+at least an eighth of the input size) that the model sees at its full input size, so that the
+low-resolution mask, a quarter of the input size, has more cells on the object; its record's
+``crop_box`` is that crop. Prompts on the same crop share its encoding. A mask that reaches
+an inner edge of its crop (the object goes on outside) is decoded on the whole image instead.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -32,6 +36,8 @@ from pipeline.model.records import autocast, fill_holes_and_islands, fix_feature
 
 # A prompt's result: its mask record, or the one-line reason it has none.
 PromptResult = dict[str, Any] | str
+# A prompt to decode: its index, the prompt (image pixels), its box (x0, y0, x1, y1) or None.
+Member = tuple[int, Prompt, list[float] | None]
 
 
 class PromptedGenerator:
@@ -75,8 +81,8 @@ class PromptedGenerator:
         """
         height, width = image.shape[:2]
         results: list[PromptResult] = [""] * len(prompts)
-        groups: dict[tuple[bool, int], list[tuple[int, Any, np.ndarray | None]]] = defaultdict(list)
-        zoomed: list[tuple[int, Any, list[float], Window]] = []
+        groups: dict[tuple[bool, int], list[Member]] = defaultdict(list)
+        zoomed: dict[tuple[Window, int], list[Member]] = defaultdict(list)
         for index, prompt in enumerate(prompts):
             if (wrong := prompt.non_finite()) is not None:
                 results[index] = f"a coordinate of the prompt is not a finite number: {wrong}"
@@ -88,10 +94,18 @@ class PromptedGenerator:
             elif prompt.box is None and not prompt.points:
                 results[index] = "the prompt has neither a box nor points"
             elif box is not None and (window := self.zoom_window(box, prompt, width, height)):
-                zoomed.append((index, prompt, box, window))
+                zoomed[(window, len(prompt.points))].append((index, prompt, box))
             else:
                 groups[(box is not None, len(prompt.points))].append((index, prompt, box))
         with autocast(self.device_type, self.dtype):
+            for (window, clicks), members in zoomed.items():
+                for member, logits, iou in self.decode_on_crop(image, window, clicks, members):
+                    if cut_by_crop(logits > self.settings.mask_threshold, window, width, height):
+                        groups[(True, clicks)].append(member)  # its object leaves the crop
+                    else:
+                        results[member[0]] = self.record(
+                            logits, iou, member[1], (height, width), window
+                        )
             if groups:  # nothing to decode on the whole image: no need to encode it
                 self.predictor.set_image(image)
             for (has_box, clicks), members in groups.items():
@@ -100,15 +114,14 @@ class PromptedGenerator:
                     decoded = self.decode(chunk, has_box, clicks)
                     for (index, prompt, _), (logits, iou) in zip(chunk, decoded, strict=True):
                         results[index] = self.record(logits, iou, prompt, (height, width))
-            for index, prompt, box, window in zoomed:
-                results[index] = self.decode_zoomed(image, prompt, box, window)
         return results
 
     def zoom_window(
         self, box: list[float], prompt: Prompt, width: int, height: int
     ) -> Window | None:
-        """The square crop a box is segmented on, or None when it is not zoomed (a large box,
-        zooming off, or a click of the prompt outside the crop).
+        """The square crop a box is segmented on, or None when it is not zoomed: a large box,
+        zooming off, a crop that would be the whole image or could not hold the box (a long
+        box in a narrow image), or a click of the prompt outside the crop.
 
         Args:
             box: (x0, y0, x1, y1) in image pixels, inside the image.
@@ -120,28 +133,41 @@ class PromptedGenerator:
         at_input = max((box[2] - box[0]) / width, (box[3] - box[1]) / height) * self.input_size
         if not self.zoom.zoom_below or at_input >= self.zoom.zoom_below:
             return None
-        # at most 8 input pixels per image pixel: a tiny box is not blown up to a blur
+        # a tiny box's crop is at least an eighth of the input size (in image pixels): it is
+        # not blown up more than 8 times
         side = max(self.zoom.zoom_context * longer, self.input_size / 8)
-        side = int(round(min(side, width, height)))
-        if side >= max(width, height):  # the crop would be the whole image
+        side = min(math.ceil(side), width, height)
+        if side >= max(width, height):
             return None
         x0 = min(max(int(round((box[0] + box[2] - side) / 2)), 0), width - side)
         y0 = min(max(int(round((box[1] + box[3] - side) / 2)), 0), height - side)
-        inside = all(x0 <= x < x0 + side and y0 <= y < y0 + side for x, y in prompt.points)
-        return Window(x0, y0, side) if inside else None
+        window = Window(x0, y0, side)
+        corners = ((box[0], box[1]), (box[2] - 1e-6, box[3] - 1e-6))
+        if not all(window.holds(x, y) for x, y in (*corners, *prompt.points)):
+            return None
+        return window
 
-    def decode_zoomed(
-        self, image: np.ndarray, prompt: Any, box: list[float], window: Window
-    ) -> PromptResult:
-        """A box prompt's mask from its crop (``window``), placed back in the image."""
+    def decode_on_crop(
+        self, image: np.ndarray, window: Window, clicks: int, members: list[Member]
+    ) -> Iterator[tuple[Member, np.ndarray, float]]:
+        """Box prompts (with ``clicks`` clicks each) decoded on one crop of the image, the crop
+        encoded once: each member with its mask logits at the crop's size and its predicted
+        IoU."""
         x0, y0, side = window
-        crop = np.ascontiguousarray(image[y0 : y0 + side, x0 : x0 + side])
-        shifted_box = [box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0]
-        points = tuple((x - x0, y - y0) for x, y in prompt.points)
-        self.predictor.set_image(crop)
-        chunk = [(0, replace(prompt, points=points), shifted_box)]
-        ((logits, iou),) = self.decode(chunk, True, len(points))
-        return self.record(logits, iou, prompt, image.shape[:2], window)
+        self.predictor.set_image(np.ascontiguousarray(image[y0 : y0 + side, x0 : x0 + side]))
+        shifted = [
+            (
+                index,
+                replace(prompt, points=tuple((x - x0, y - y0) for x, y in prompt.points)),
+                [box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0],
+            )
+            for index, prompt, box in members
+        ]
+        for start in range(0, len(members), self.batch):
+            stop = start + self.batch
+            decoded = self.decode(shifted[start:stop], True, clicks)
+            for member, (logits, iou) in zip(members[start:stop], decoded, strict=True):
+                yield member, logits, iou
 
     def decode(self, chunk: list, has_box: bool, clicks: int) -> list[tuple[np.ndarray, float]]:
         """Masks of prompts of one shape, decoded together: sam2's predictor's prompt
@@ -230,6 +256,22 @@ class Window(NamedTuple):
     x0: int
     y0: int
     side: int
+
+    def holds(self, x: float, y: float) -> bool:
+        """Whether the point (image pixels) lies inside the crop."""
+        return self.x0 <= x < self.x0 + self.side and self.y0 <= y < self.y0 + self.side
+
+
+def cut_by_crop(mask: np.ndarray, window: Window, width: int, height: int) -> bool:
+    """Whether a crop's mask reaches an edge of the crop that is not an edge of the image:
+    the object goes on outside the crop, so the mask would be cut there."""
+    x0, y0, side = window
+    return bool(
+        (x0 > 0 and mask[:, 0].any())
+        or (y0 > 0 and mask[0].any())
+        or (x0 + side < width and mask[:, -1].any())
+        or (y0 + side < height and mask[-1].any())
+    )
 
 
 def clipped_box(box: tuple, width: int, height: int) -> list[float] | None:

@@ -290,6 +290,9 @@ def serve_on(app: FastAPI, sock: socket.socket, host: str, what: str) -> None:
     url = f"http://{shown}:{sock.getsockname()[1]}/" + (f"?token={token}" if token else "")
     print(f"{what} at {url} (Ctrl-C stops it)", flush=True)
     config = uvicorn.Config(app, log_level="warning")
+    if not hasattr(asyncio, "Runner") or not hasattr(config, "get_loop_factory"):
+        uvicorn.Server(config).run(sockets=[sock])  # Python 3.10, uvicorn before 0.36
+        return
     loop_factory = config.get_loop_factory()
     # uvicorn's Server.run makes the coroutine before the loop exists; a Ctrl-C in
     # between left a "coroutine was never awaited" warning under the one-line answer.
