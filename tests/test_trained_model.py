@@ -3,10 +3,12 @@ unseen scenes with it, both generators agree on its masks, and its training code
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
+from pipeline.core import rle
 from pipeline.core.config import load_config
 from pipeline.model.fast import FastMaskGenerator
 from pipeline.model.parity import Parity
@@ -178,7 +180,8 @@ def test_training_can_start_from_the_shipped_model(tmp_path):
 
 def test_box_measure_is_what_run_prompts_gives(trained_model):
     """The training's held-out box measure scores the mask ``autolabel run --prompts`` makes
-    for each object's tight box (``PromptedGenerator``, masks decoded with pycocotools)."""
+    for each object's tight box with zooming off, the model's own whole-image mask
+    (``PromptedGenerator``, masks decoded with pycocotools)."""
     from pipeline.core import rle
     from pipeline.core.prompt import Prompt
     from pipeline.model.prompted import PromptedGenerator
@@ -201,6 +204,46 @@ def test_box_measure_is_what_run_prompts_gives(trained_model):
             ious.append((got & mask).sum() / max((got | mask).sum(), 1))
     assert abs(measured["box_tight"] - float(np.mean(ious))) < 0.02, (measured, np.mean(ious))
     assert 0.0 <= measured["box_jittered"] <= 1.0
+
+
+def test_a_detections_file_of_boxes_becomes_masks_of_their_objects(tmp_path):
+    """Issue 21's bar: unseen scenes' own boxes, as a COCO detections file through
+    ``run --prompts`` with the default settings, give masks whose mean IoU with the objects
+    (``autolabel eval``) is at least 0.75; one click per object stays as good."""
+    scenes = tmp_path / "scenes"
+    write_dataset(str(scenes), 8, seed=UNSEEN_SEED)
+    gt = scenes / "annotations.json"
+    truth = json.loads(gt.read_text())
+    clicks = tmp_path / "clicks.csv"
+    rows = ["image_uri,points,point_labels,source_id"]
+    names = {image["id"]: image["file_name"] for image in truth["images"]}
+    annotations = {}
+    for ann in truth["annotations"]:  # a click on each object's innermost pixel
+        mask = rle.decode(rle.as_pycocotools(ann["segmentation"])).astype(np.uint8)
+        annotations[ann["id"]] = mask.astype(bool)
+        inside = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
+        y, x = np.unravel_index(int(inside.argmax()), inside.shape)
+        uri = scenes / "images" / names[ann["image_id"]]
+        rows.append(f'{uri},"[[{x}, {y}]]","[1]",{ann["id"]}')
+    clicks.write_text("\n".join(rows) + "\n")
+    scores = {}
+    for kind, prompts in (("boxes", gt), ("clicks", clicks)):
+        out = tmp_path / kind
+        args = ["run", "--input", str(scenes / "images"), "--prompts", str(prompts)]
+        result = autolabel(*args, "--output", str(out), f"model.name={MODEL}", "--no-progress")
+        assert result.returncode == 0, result.stderr
+        ious = []  # each mask against the annotation it was prompted for, pycocotools-decoded
+        for row in open_run(str(out)).masks.to_table().to_pylist():
+            truth_mask = annotations[int(row["source_id"])]
+            got = rle.decode(row["segmentation"]).astype(bool)
+            ious.append((got & truth_mask).sum() / (got | truth_mask).sum())
+        scores[kind] = sum(ious) / len(annotations)  # a prompt without a mask counts 0
+    shown = autolabel("eval", str(tmp_path / "boxes"), "--gt", str(gt), "--out", str(tmp_path))
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["prompted"]["mean_iou"] == pytest.approx(scores["boxes"], abs=1e-6)
+    assert scores["boxes"] >= 0.75, scores
+    assert scores["clicks"] >= 0.75, scores
 
 
 def test_eval_scores_each_prompt_against_the_annotation_that_prompted_it(tmp_path):
