@@ -464,10 +464,15 @@ def test_view_filters_a_prompted_run_by_category_and_box_iou(prompted_run, page,
 
     boxes[0].uncheck()  # "bar"
     wait_ready(page, "categories=2%2C3%2C4%2C5%2C6")
-    move_slider(page, "#min_box_iou", 30)
-    wait_ready(page, "min_box_iou=0.30&categories=2%2C3%2C4%2C5%2C6")
+    # a cut between the masks' box IoUs (the median's hundredth), so that some stay and some go
+    table = open_run(str(prompted_run)).masks.to_table(columns=["box_iou", "category_id"])
+    ious = sorted(i for i, c in zip(*table.to_pydict().values(), strict=True) if c != 1)
+    cut = int(ious[len(ious) // 2] * 100)
+    assert cut > 0 and ious[0] < cut / 100
+    move_slider(page, "#min_box_iou", cut)
+    wait_ready(page, f"min_box_iou={cut / 100:.2f}&categories=2%2C3%2C4%2C5%2C6")
     shown = int(page.get_attribute("#run-count", "data-kept"))
-    where = "box_iou >= 0.3 and category_id in [2, 3, 4, 5, 6]"
+    where = f"box_iou >= {cut / 100:g} and category_id in [2, 3, 4, 5, 6]"
     assert shown == kept_count(prompted_run, where=where)
     assert 0 < shown < kept_count(prompted_run, where="category_id in (2, 3, 4, 5, 6)")
     assert page.query_selector("#hist-box_iou line.cut")
