@@ -60,13 +60,19 @@ def main(run_path: str, gt: str = "samples/scenes/annotations.json", count: int 
         scene_tile(image, [r for r in rows if r["image_id"] == image["image_id"]], truth)
         for image in images
     ]
-    side = tiles[0].width
-    sheet = Image.new("RGB", (4 * side + 6, 2 * side + 2), (255, 255, 255))
-    for index, tile in enumerate(tiles):
-        sheet.paste(tile, ((index % 4) * (side + 2), (index // 4) * (side + 2)))
     out = ROOT / "docs" / "prompted_overlays.png"
-    sheet.save(out)
+    contact_sheet(tiles).save(out)
     print(f"wrote {out}")
+
+
+def contact_sheet(tiles: list[Image.Image], columns: int = 4) -> Image.Image:
+    """Square tiles of one size in rows of ``columns``, 2 px of white between them."""
+    side = tiles[0].width
+    rows = -(-len(tiles) // columns)
+    sheet = Image.new("RGB", (columns * (side + 2) - 2, rows * (side + 2) - 2), (255, 255, 255))
+    for index, tile in enumerate(tiles):
+        sheet.paste(tile, ((index % columns) * (side + 2), (index // columns) * (side + 2)))
+    return sheet
 
 
 if __name__ == "__main__":

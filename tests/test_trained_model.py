@@ -71,8 +71,11 @@ def test_run_on_unseen_scenes_with_the_default_preset(tmp_path):
         assert row["area"] == int(decode_mask(row).sum())
     report = evaluate_run(str(out), str(scenes / "annotations.json"))
     assert report["images"] == 8
-    assert report["metrics"]["AR@100"] >= 0.5, report["metrics"]
-    assert report["metrics"]["AP"] >= 0.25, report["metrics"]
+    # The 256-px model before the 512-px fine-tune gave AR@100 0.58, AP 0.33 here; this one
+    # 0.76, 0.46, and small objects (under 32² px) AR 0.58.
+    assert report["metrics"]["AR@100"] >= 0.65, report["metrics"]
+    assert report["metrics"]["AR_small"] >= 0.45, report["metrics"]
+    assert report["metrics"]["AP"] >= 0.35, report["metrics"]
 
 
 def test_fast_matches_reference_at_default_thresholds(trained_model):
@@ -175,6 +178,30 @@ def test_training_can_start_from_the_shipped_model(tmp_path):
     # one small step away from the shipped weights, not a fresh initialisation
     key = "sam_mask_decoder.transformer.layers.0.cross_attn_token_to_image.q_proj.weight"
     assert (tuned[key] - shipped[key]).abs().max() < 0.01
+    assert not torch.equal(tuned[key], shipped[key])
+
+
+def test_training_at_another_input_size_with_the_image_encoder_frozen(tmp_path):
+    """``--input-size``: the model is built at that input size (scenes resized, prompts scaled);
+    ``--freeze-encoder``: a step moves the decoder and leaves the image encoder as it was."""
+    config, checkpoint = SHIPPED_MODELS[MODEL]
+    recipe = Recipe(
+        scenes_per_step=1,
+        prompts_per_scene=4,
+        boxes_per_scene=2,
+        size=64,
+        input_size=128,
+        loss_size=64,
+        freeze_encoder=True,
+    )
+    out = tmp_path / "frozen"
+    train(str(out), recipe, steps=1, eval_every=1, config=config, init=checkpoint)
+    assert json.loads((out / "run.json").read_text())["recipe"]["input_size"] == 128
+    shipped = build_model(resolve_model(MODEL, None, None), "cpu").state_dict()
+    tuned = build_model(resolve_model(None, config, str(out / "last.pt")), "cpu").state_dict()
+    encoder = [key for key in shipped if key.startswith("image_encoder.")]
+    assert encoder and all(torch.equal(tuned[key], shipped[key]) for key in encoder)
+    key = "sam_mask_decoder.transformer.layers.0.cross_attn_token_to_image.q_proj.weight"
     assert not torch.equal(tuned[key], shipped[key])
 
 

@@ -66,7 +66,11 @@ class Recipe:
         pixels_per_scene: extra random pixels per scene, used as negative clicks for the
             prompts whose target they are not in, and by the instance head.
         background: share of point prompts on the background (target: everything else).
-        size: scene side in pixels (the model's image size).
+        size: scene side in pixels.
+        input_size: the model's input size (0: the config's ``image_size``); scenes are
+            resized to it as sam2's predictor resizes images, prompts scaled with them, and
+            masks compared at ``loss_size`` over the scene (a 512-px model looking at 256-px
+            scenes draws its masks on a 128×128 grid, two scene pixels per cell).
         loss_size: masks are compared at this resolution.
         peak_lr: AdamW learning rate after warm-up.
         warmup: warm-up steps.
@@ -84,6 +88,10 @@ class Recipe:
         other_click_weight: weight of "negative at clicks outside the target".
         instance_weight: weight of the training-only instance-embedding loss (0: no head).
         qk_init_scale: scale of the decoder's q/k init (0: sam2's default init).
+        freeze_encoder: train the prompt encoder and mask decoder only; the image encoder
+            (Hiera and FPN neck) keeps its weights and runs without gradients (at a 512-px
+            input this saved only an eighth of a CPU step: the decoder's per-prompt work
+            dominates).
     """
 
     scenes_per_step: int = 4
@@ -93,6 +101,7 @@ class Recipe:
     pixels_per_scene: int = 0
     background: float = 0.2
     size: int = 256
+    input_size: int = 0
     loss_size: int = 128
     peak_lr: float = 3e-4
     warmup: int = 50
@@ -107,6 +116,7 @@ class Recipe:
     other_click_weight: float = 1.0
     instance_weight: float = 0.0
     qk_init_scale: float = 2.0
+    freeze_encoder: bool = False
 
 
 # ----------------------------------------------------------------------------- data
@@ -234,10 +244,21 @@ class BatchStream:
 # ----------------------------------------------------------------------------- model
 
 
-def to_input(images: torch.Tensor) -> torch.Tensor:
-    """(B, h, w, 3) uint8 scenes → the normalised (B, 3, h, w) batch SAM 2 expects."""
+def to_input(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, h, w, 3) uint8 scenes → the normalised (B, 3, size, size) batch SAM 2 expects,
+    resized (bilinear) as ``SAM2ImagePredictor`` resizes an image to the model's input size."""
     batch = images.permute(0, 3, 1, 2).float() / 255.0
-    return (batch - MEAN.to(batch.device)) / STD.to(batch.device)
+    batch = (batch - MEAN.to(batch.device)) / STD.to(batch.device)
+    if batch.shape[-1] != size:
+        batch = F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False)
+    return batch
+
+
+def encode(model, images: torch.Tensor):
+    """Image embedding, high-res features and the scale from scene pixels to the model's
+    input frame (prompts are multiplied by it) of a batch of (B, h, w, 3) uint8 scenes."""
+    embed, high_res = image_features(model, to_input(images, model.image_size))
+    return embed, high_res, model.image_size / images.shape[2]
 
 
 def image_features(model, images: torch.Tensor):
@@ -428,10 +449,10 @@ def step_loss(model, head, batch: dict[str, torch.Tensor], recipe: Recipe):
     images, owners = batch["images"], batch["owners"]
     count, prompts = batch["points"].shape[:2]
     device = images.device
-    embed, high_res = image_features(model, to_input(images))
+    embed, high_res, scale = encode(model, images)
     scene = torch.arange(count, device=device).repeat_interleave(prompts)
     points, target = batch["points"].reshape(-1, 2), batch["point_targets"].reshape(-1)
-    low_res, iou_pred = decode(model, embed, high_res, scene, points=points)
+    low_res, iou_pred = decode(model, embed, high_res, scene, points=points * scale)
     logits = F.interpolate(
         low_res, size=(recipe.loss_size,) * 2, mode="bilinear", align_corners=False
     )
@@ -462,7 +483,7 @@ def step_loss(model, head, batch: dict[str, torch.Tensor], recipe: Recipe):
         "single_iou": true_iou[:, 0].mean().item(),
     }
     if recipe.boxes_per_scene:
-        total = total + box_loss(model, embed, high_res, batch, recipe, parts)
+        total = total + box_loss(model, embed, high_res, scale, batch, recipe, parts)
     if head is not None:
         pixels = batch["pixels"]
         labels = owners[torch.arange(count, device=device)[:, None], pixels[..., 1], pixels[..., 0]]
@@ -472,12 +493,16 @@ def step_loss(model, head, batch: dict[str, torch.Tensor], recipe: Recipe):
     return total, parts
 
 
-def box_loss(model, embed, high_res, batch, recipe: Recipe, parts: dict) -> torch.Tensor:
-    """Mask and IoU loss of the single-mask output for the batch's box prompts."""
+def box_loss(
+    model, embed, high_res, scale: float, batch, recipe: Recipe, parts: dict
+) -> torch.Tensor:
+    """Mask and IoU loss of the single-mask output for the batch's box prompts (``scale``:
+    scene pixels to the model's input frame)."""
     count, per_scene = batch["boxes"].shape[:2]
     scene = torch.arange(count, device=embed.device).repeat_interleave(per_scene)
     target = batch["box_targets"].reshape(-1)
-    low_res, iou_pred = decode(model, embed, high_res, scene, boxes=batch["boxes"].reshape(-1, 4))
+    boxes = batch["boxes"].reshape(-1, 4) * scale
+    low_res, iou_pred = decode(model, embed, high_res, scene, boxes=boxes)
     logits = F.interpolate(
         low_res[:, :1], size=(recipe.loss_size,) * 2, mode="bilinear", align_corners=False
     )
@@ -509,10 +534,10 @@ def point_conditioning(model, scenes: list[Scene], device: str = "cpu") -> dict[
         if len(scene.masks) < 2:
             continue
         images = torch.from_numpy(scene.image[None]).to(device)
-        embed, high_res = image_features(model, to_input(images))
+        embed, high_res, scale = encode(model, images)
         points = torch.tensor([random_pixel(rng, m) for m in scene.masks], dtype=torch.float32)
         owners = torch.zeros(len(points), dtype=torch.long, device=device)
-        logits, iou = decode(model, embed, high_res, owners, points=points.to(device))
+        logits, iou = decode(model, embed, high_res, owners, points=points.to(device) * scale)
         logits, iou = logits[:, 1:], iou[:, 1:]  # the multimask outputs the generator uses
         size = scene.image.shape[0]
         full = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
@@ -561,12 +586,12 @@ def box_conditioning(model, scenes: list[Scene], device: str = "cpu") -> dict[st
         jittered, targets = box_prompts(rng, owners, len(scene.masks))
         jittered = jittered[np.argsort(targets)]  # one box per object, in the objects' order
         images = torch.from_numpy(scene.image[None]).to(device)
-        embed, high_res = image_features(model, to_input(images))
+        embed, high_res, scale = encode(model, images)
         index = torch.zeros(len(tight), dtype=torch.long, device=device)
         gts = torch.from_numpy(np.stack(scene.masks)).to(device)
         size = scene.image.shape[0]
         for name, boxes in (("box_tight", tight), ("box_jittered", jittered)):
-            prompts = torch.from_numpy(boxes).to(device)
+            prompts = torch.from_numpy(boxes).to(device) * scale
             masks, iou = decode(model, embed, high_res, index, boxes=prompts)
             single = masks[:, :1]
             if decoder.dynamic_multimask_via_stability:
@@ -682,12 +707,16 @@ def train(
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    model = build_model(resolve_model(None, config, init), "cpu").train()
+    image_size = recipe.input_size or None
+    model = build_model(resolve_model(None, config, init, image_size), "cpu").train()
     if recipe.qk_init_scale and init is None:
         init_cross_attention(model, recipe.qk_init_scale, torch.Generator().manual_seed(seed))
     head = InstanceHead(model.sam_mask_decoder.transformer_dim) if recipe.instance_weight else None
     model.to(device)
-    trained = list(model.parameters()) + (list(head.to(device).parameters()) if head else [])
+    if recipe.freeze_encoder:
+        model.image_encoder.requires_grad_(False)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    trained += list(head.to(device).parameters()) if head else []
     optimizer = torch.optim.AdamW(trained, lr=recipe.peak_lr, weight_decay=0.01)
     schedule = Schedule(recipe.peak_lr, recipe.warmup, steps, decay_from or recipe.warmup)
     if minutes is not None and steps is None:
@@ -806,7 +835,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init", help="start from this checkpoint (e.g. the shipped model)")
     parser.add_argument("--threads", type=int)
     for field in fields(Recipe):
-        parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default))
+        kind = type(field.default)
+        parse = (lambda text: text.lower() in ("1", "true", "yes")) if kind is bool else kind
+        parser.add_argument("--" + field.name.replace("_", "-"), type=parse)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
