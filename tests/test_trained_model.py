@@ -2,6 +2,7 @@
 unseen scenes with it, both generators agree on its masks, and its training code works."""
 
 import json
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -51,8 +52,10 @@ def test_shipped_checkpoint_is_the_official_layout():
 def test_trained_model_follows_its_prompt(trained_model):
     """Held-out hard scenes, one click per object: the chosen mask is the clicked object."""
     scores = point_conditioning(trained_model, held_out_scenes(256, count=12))
-    assert scores["prompted"] >= 0.6
-    assert scores["prompted"] >= 3 * scores["other"]
+    # 0.86 and 0.63 kept by the default thresholds; the 256-px model before it: 0.76 and 0.39
+    assert scores["prompted"] >= 0.8
+    assert scores["prompted"] >= 5 * scores["other"]
+    assert scores["kept"] >= 0.5, "the IoU head and stability score pass most clicks' masks"
 
 
 @pytest.mark.slow
@@ -150,14 +153,19 @@ def test_cross_attention_init_gives_equal_orthonormal_q_and_k():
 
 
 def test_training_writes_a_loadable_checkpoint_and_resumes(tmp_path):
-    """Two steps, then two more from state.pt: the log continues and the model loads in sam2."""
+    """Two steps, then two more from state.pt: the log continues and the model loads in sam2.
+    Resuming at another input size than the run's is refused, not silently continued."""
     recipe = Recipe(scenes_per_step=1, prompts_per_scene=4, pixels_per_scene=4, loss_size=64)
     out = tmp_path / "train"
     train(str(out), recipe, steps=2, eval_every=2)
     train(str(out), recipe, steps=4, eval_every=2)
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
-    assert json.loads((out / "run.json").read_text())["steps"] == 4
+    run = json.loads((out / "run.json").read_text())
+    assert run["steps"] == 4
+    assert run["recipe"]["input_size"] == 512, "run.json names the size the config gave"
+    with pytest.raises(SystemExit, match="--input-size 512"):
+        train(str(out), replace(recipe, input_size=256), steps=6, eval_every=2)
     config = SHIPPED_MODELS[MODEL][0]
     model = build_model(resolve_model(None, config, str(out / "last.pt")), "cpu")
     assert next(model.parameters()).isfinite().all()
@@ -196,7 +204,7 @@ def test_training_at_another_input_size_with_the_image_encoder_frozen(tmp_path):
     )
     out = tmp_path / "frozen"
     train(str(out), recipe, steps=1, eval_every=1, config=config, init=checkpoint)
-    assert json.loads((out / "run.json").read_text())["recipe"]["input_size"] == 128
+    assert torch.load(out / "state.pt", weights_only=False)["input_size"] == 128
     shipped = build_model(resolve_model(MODEL, None, None), "cpu").state_dict()
     tuned = build_model(resolve_model(None, config, str(out / "last.pt")), "cpu").state_dict()
     encoder = [key for key in shipped if key.startswith("image_encoder.")]
@@ -230,7 +238,7 @@ def test_box_measure_is_what_run_prompts_gives(trained_model):
             got = got.astype(bool)
             ious.append((got & mask).sum() / max((got | mask).sum(), 1))
     assert abs(measured["box_tight"] - float(np.mean(ious))) < 0.02, (measured, np.mean(ious))
-    assert 0.0 <= measured["box_jittered"] <= 1.0
+    assert measured["box_jittered"] >= 0.7, "issue 21's bar for boxes jittered by SAM's rule"
 
 
 def test_a_detections_file_of_boxes_becomes_masks_of_their_objects(tmp_path):

@@ -36,7 +36,7 @@ import math
 import multiprocessing
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -257,6 +257,8 @@ def to_input(images: torch.Tensor, size: int) -> torch.Tensor:
 def encode(model, images: torch.Tensor):
     """Image embedding, high-res features and the scale from scene pixels to the model's
     input frame (prompts are multiplied by it) of a batch of (B, h, w, 3) uint8 scenes."""
+    if images.shape[1] != images.shape[2]:
+        raise ValueError(f"scenes must be square to be scaled to the input, got {images.shape}")
     embed, high_res = image_features(model, to_input(images, model.image_size))
     return embed, high_res, model.image_size / images.shape[2]
 
@@ -709,6 +711,7 @@ def train(
         torch.backends.cudnn.allow_tf32 = True
     image_size = recipe.input_size or None
     model = build_model(resolve_model(None, config, init, image_size), "cpu").train()
+    recipe = replace(recipe, input_size=int(model.image_size))  # run.json records the size
     if recipe.qk_init_scale and init is None:
         init_cross_attention(model, recipe.qk_init_scale, torch.Generator().manual_seed(seed))
     head = InstanceHead(model.sam_mask_decoder.transformer_dim) if recipe.instance_weight else None
@@ -767,6 +770,11 @@ def resume(folder: Path, model, head, optimizer, schedule: Schedule) -> int:
     if not path.exists():
         return 0
     state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("input_size", model.image_size) != model.image_size:
+        raise SystemExit(
+            f"{path} was trained at {state['input_size']}-px input, this run is at "
+            f"{model.image_size}: pass --input-size {state['input_size']} to resume it"
+        )
     model.load_state_dict(state["model"])
     if head is not None and state.get("head"):
         head.load_state_dict(state["head"])
@@ -805,6 +813,7 @@ def save(folder: Path, model, head, optimizer, schedule: Schedule, step: int, ex
         "optimizer": optimizer.state_dict(),
         "step": step,
         "schedule": (schedule.steps, schedule.decay_from),
+        "input_size": int(model.image_size),
     }
     torch.save(state, folder / "state.pt.tmp")
     (folder / "state.pt.tmp").replace(folder / "state.pt")
@@ -816,6 +825,15 @@ def write_checkpoint(path: Path, state_dict: dict) -> None:
     cpu = {k: v.detach().cpu() for k, v in state_dict.items()}
     torch.save({"model": cpu}, str(path) + ".tmp")
     Path(str(path) + ".tmp").replace(path)
+
+
+def yes_or_no(text: str) -> bool:
+    """A boolean option's value: true/yes/1 or false/no/0 (any case); anything else is an
+    argparse error."""
+    answers = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    if text.lower() not in answers:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return answers[text.lower()]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -836,7 +854,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int)
     for field in fields(Recipe):
         kind = type(field.default)
-        parse = (lambda text: text.lower() in ("1", "true", "yes")) if kind is bool else kind
+        parse = yes_or_no if kind is bool else kind
         parser.add_argument("--" + field.name.replace("_", "-"), type=parse)
     args = parser.parse_args(argv)
     if args.threads:

@@ -16,7 +16,8 @@ prompts=${PROMPTS:-32}
 mkdir -p "$out" "$runs"
 common=(--device "$device" --workers "$workers" --minutes "$minutes" --eval-every "${EVAL_EVERY:-250}"
     --save-every 45 --scenes-per-step "$scenes" --prompts-per-scene "$prompts"
-    --loss-size "${LOSS_SIZE:-256}" --curriculum-steps "${CURRICULUM:-1000}")
+    --loss-size "${LOSS_SIZE:-256}" --curriculum-steps "${CURRICULUM:-1000}"
+    --input-size "${INPUT_SIZE:-256}")
 declare -A recipe=(
     [a]="--peak-lr 3e-4"
     [b]="--peak-lr 3e-4 --pixels-per-scene 32 --boxes-per-scene 8 --instance-weight 0.5"

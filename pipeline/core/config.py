@@ -106,7 +106,8 @@ class PromptsConfig:
     """How ``run --prompts`` turns box prompts into masks."""
 
     # A box whose longer side is under this many pixels at the model's input (e.g. 96 of
-    # 256, or of 1024) is segmented again on a square crop around it, resized to the input:
+    # 1024; of 512 for sam2-tiny-synthetic, i.e. boxes under 48 px of a 256-px image) is
+    # segmented again on a square crop around it, resized to the input:
     # the mask grid, a quarter of the input size, then has more cells on the object. Costs
     # one more image-encoder pass per such box. 0 turns zooming off.
     zoom_below: int = 96

@@ -46,7 +46,7 @@ OFFICIAL_MODELS = {
 # which the package carries (``pipeline.core.config.CONFIG_DIR``).
 SHIPPED_DIR = CONFIG_DIR / "models"
 SHIPPED_MODELS: dict[str, tuple[str, str]] = {
-    # 256-px SAM 2 trained on synthetic scenes (training/README.md): it knows shapes, not photos.
+    # 512-px SAM 2 trained on synthetic scenes (training/README.md): it knows shapes, not photos.
     "sam2-tiny-synthetic": (
         str(SHIPPED_DIR / "sam2_tiny_synthetic.yaml"),
         str(SHIPPED_DIR / "sam2_tiny_synthetic.pt"),
