@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The CPU benchmark set, as run for the README: sam2-tiny-synthetic (the model trained here) on
-# 256-px synthetic scenes with the default and SA-1B presets (the README's figures were taken
-# when the model's input was 256 px too; it is now 512, its config's size); the micro SAM 2
-# (random weights) with the default preset at 256 and 1024 px, without score thresholds, with the SA-1B
+# 256-px synthetic scenes with the default and SA-1B presets (the README's figures were taken when
+# the model's input was 256 px too; it is now 512, its config's size); the micro SAM 2 (random
+# weights) with the default preset at 256 and 1024 px, without score thresholds, with the SA-1B
 # preset; Hiera-T's layout run at 512 px; and the pipeline's overhead.
 # Usage: benchmarks/cpu.sh [OUT_DIR] [trained|random|all]
 set -euo pipefail
