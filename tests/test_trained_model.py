@@ -26,6 +26,7 @@ from training.train import (
     held_out_scenes,
     init_cross_attention,
     iou_head_loss,
+    main,
     make_batch,
     point_conditioning,
     stability_loss,
@@ -166,6 +167,14 @@ def test_training_writes_a_loadable_checkpoint_and_resumes(tmp_path):
     assert run["recipe"]["input_size"] == 512, "run.json names the size the config gave"
     with pytest.raises(SystemExit, match="--input-size 512"):
         train(str(out), replace(recipe, input_size=256), steps=6, eval_every=2)
+    # a state saved before states recorded their size: refused unless the size is given
+    state = torch.load(out / "state.pt", weights_only=False)
+    del state["input_size"]
+    torch.save(state, out / "state.pt")
+    with pytest.raises(SystemExit, match="does not record its input size"):
+        train(str(out), recipe, steps=5, eval_every=5)
+    train(str(out), replace(recipe, input_size=512), steps=5, eval_every=5)
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 5
     config = SHIPPED_MODELS[MODEL][0]
     model = build_model(resolve_model(None, config, str(out / "last.pt")), "cpu")
     assert next(model.parameters()).isfinite().all()
@@ -203,6 +212,9 @@ def test_training_at_another_input_size_with_the_image_encoder_frozen(tmp_path):
         freeze_encoder=True,
     )
     out = tmp_path / "frozen"
+    with pytest.raises(SystemExit):  # a boolean option takes true/false, not any word
+        main(["--out", str(out), "--steps", "1", "--freeze-encoder", "on"])
+    assert not out.exists()
     train(str(out), recipe, steps=1, eval_every=1, config=config, init=checkpoint)
     assert torch.load(out / "state.pt", weights_only=False)["input_size"] == 128
     shipped = build_model(resolve_model(MODEL, None, None), "cpu").state_dict()

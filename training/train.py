@@ -709,8 +709,8 @@ def train(
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    image_size = recipe.input_size or None
-    model = build_model(resolve_model(None, config, init, image_size), "cpu").train()
+    asked_size = recipe.input_size
+    model = build_model(resolve_model(None, config, init, asked_size or None), "cpu").train()
     recipe = replace(recipe, input_size=int(model.image_size))  # run.json records the size
     if recipe.qk_init_scale and init is None:
         init_cross_attention(model, recipe.qk_init_scale, torch.Generator().manual_seed(seed))
@@ -724,7 +724,7 @@ def train(
     schedule = Schedule(recipe.peak_lr, recipe.warmup, steps, decay_from or recipe.warmup)
     if minutes is not None and steps is None:
         schedule.decay_from = None
-    start = resume(folder, model, head, optimizer, schedule)
+    start = resume(folder, model, head, optimizer, schedule, asked_size)
     write_run(folder, recipe, schedule, seed, config, minutes, init)
     held_out = held_out_scenes(recipe.size)
     stream = BatchStream(recipe, seed, start, workers)
@@ -764,16 +764,29 @@ def train(
     return folder / "last.pt"
 
 
-def resume(folder: Path, model, head, optimizer, schedule: Schedule) -> int:
-    """Load ``state.pt`` from ``folder`` when there is one; return the step to start at."""
+def resume(folder: Path, model, head, optimizer, schedule: Schedule, asked_size: int = 0) -> int:
+    """Load ``state.pt`` from ``folder`` when there is one; return the step to start at.
+
+    A state is resumed at the input size it was trained at: one saved at another size is
+    refused, and so is one saved before states recorded their size (runs then took the
+    config's, 256 for sam2-tiny-synthetic until it became 512) unless ``asked_size`` (the
+    ``--input-size`` given, 0 for none) says which.
+    """
     path = folder / "state.pt"
     if not path.exists():
         return 0
     state = torch.load(path, map_location="cpu", weights_only=False)
-    if state.get("input_size", model.image_size) != model.image_size:
+    saved = state.get("input_size")
+    if saved is None and not asked_size:
         raise SystemExit(
-            f"{path} was trained at {state['input_size']}-px input, this run is at "
-            f"{model.image_size}: pass --input-size {state['input_size']} to resume it"
+            f"{path} does not record its input size (saved before --input-size existed, at "
+            f"the config's size then): pass --input-size (256 for the runs of training/runs/) "
+            f"to resume it"
+        )
+    if saved is not None and saved != model.image_size:
+        raise SystemExit(
+            f"{path} was trained at {saved}-px input, this run is at "
+            f"{model.image_size}: pass --input-size {saved} to resume it"
         )
     model.load_state_dict(state["model"])
     if head is not None and state.get("head"):
