@@ -104,9 +104,18 @@ def test_view_port_and_host_that_cannot_be_served(small_run):
     assert "--host no-such-host.invalid does not resolve" in one_line(unknown)
 
 
+OTHER_USER = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]  # root drops to this
+
+
 @pytest.fixture()
 def shared_folder() -> Iterator[Path]:
-    """A folder every user can read (the tests' own temporary folders are private to root)."""
+    """A folder every user can read (the tests' own temporary folders are private to root).
+    Skips when the other user cannot read this checkout's package (a clone inside a private
+    folder, e.g. one made by ``mktemp -d``, mode 700): nothing could run as that user."""
+    if os.geteuid() == 0:
+        check = [*OTHER_USER, sys.executable, "-c", "import pipeline.cli"]
+        if subprocess.run(check, cwd=ROOT, capture_output=True).returncode != 0:
+            pytest.skip(f"another user cannot read this checkout ({ROOT}): clone it elsewhere")
     folder = Path(tempfile.mkdtemp(prefix="autolabel-ro-"))
     folder.chmod(0o755)
     yield folder
@@ -117,8 +126,7 @@ def shared_folder() -> Iterator[Path]:
 
 def as_another_user(*args: str) -> subprocess.CompletedProcess:
     """``autolabel ARGS`` as a user who owns nothing here (root may write anywhere)."""
-    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    prefix = drop if os.geteuid() == 0 else []
+    prefix = OTHER_USER if os.geteuid() == 0 else []
     command = [*prefix, sys.executable, "-m", "pipeline.cli", *args]
     env = {**os.environ, "HOME": "/tmp", "MPLCONFIGDIR": tempfile.gettempdir()}
     return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
